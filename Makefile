@@ -1,0 +1,46 @@
+# The two commands: `make demo` and `make test`. Each sets up what it needs on a fresh
+# machine (system data packages, the .venv, the install) and reuses it on a second call.
+
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+DATA   := .cache/offline/.installed
+
+.PHONY: setup data demo demo-s3 test lint typecheck unit bench clean
+
+setup: $(STAMP) $(DATA)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q -U pip wheel
+	$(PIP) install -c constraints.txt -e ".[dev]"
+	# img2dataset pins the py3.6 `dataclasses` backport, which breaks Prefect's server.
+	$(PIP) uninstall -y -q dataclasses || true
+	touch $(STAMP)
+
+$(DATA): scripts/install_offline_data.sh $(STAMP)
+	bash scripts/install_offline_data.sh
+	touch $(DATA)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy model tasks
+
+test: setup lint typecheck
+	$(VENV)/bin/pytest -q -ra
+
+demo: setup
+	$(VENV)/bin/clipflow demo configs/demo.yaml
+
+demo-s3: setup
+	$(VENV)/bin/clipflow demo configs/demo-s3.yaml --with-moto
+
+bench: setup
+	for b in bench/bench_*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf data .pytest_cache .mypy_cache .ruff_cache

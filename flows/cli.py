@@ -1,0 +1,91 @@
+"""The ``clipflow`` command: run the pipeline or one stage, and show stage status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+
+from tasks.config import STAGES, ConfigError, load_config
+from tasks.manifest import is_up_to_date, read_manifest
+from tasks.storage import Storage
+
+def _parse_stages(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    stages = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise SystemExit(f"unknown stage(s) {unknown}; stages are {', '.join(STAGES)}")
+    return stages
+
+
+def cmd_status(config_path: str) -> int:
+    cfg = load_config(config_path)
+    storage = Storage(cfg.storage)
+    print(f"pipeline {cfg.name!r}, storage {storage.root}")
+    for stage in STAGES:
+        manifest = read_manifest(storage, stage)
+        if manifest is None:
+            print(f"  {stage:<9} not run")
+            continue
+        state = "done" if is_up_to_date(storage, cfg, stage) else "stale"
+        when = manifest.get("finished_at", "?")
+        secs = manifest.get("timings", {}).get("seconds", 0.0)
+        counts = json.dumps(manifest.get("counts", {}), sort_keys=True)
+        print(f"  {stage:<9} {state:<5} {when} ({secs:.1f}s) {counts}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clipflow", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the pipeline flow (or some of its stages)")
+    run.add_argument("config")
+    run.add_argument("--stages", help="comma-separated subset, e.g. crawl,download")
+    run.add_argument("--force", help="rerun this stage and everything downstream of it")
+    status = sub.add_parser("status", help="print each stage's manifest")
+    status.add_argument("config")
+    for stage in STAGES:
+        p = sub.add_parser(stage, help=f"run the {stage} stage's flow alone")
+        p.add_argument("config")
+        p.add_argument("--force", action="store_true", help="rerun even if up to date")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(f"clipflow: {e}", file=sys.stderr)
+        return 2
+    if args.command == "status":
+        return cmd_status(args.config)
+    started = datetime.now(UTC)
+    if args.command == "run":
+        from flows.pipeline import pipeline_flow
+
+        pipeline_flow(
+            config=cfg.model_dump(mode="json"),
+            stages=_parse_stages(args.stages),
+            force=args.force,
+        )
+    else:
+        from flows.common import load_flow
+
+        load_flow(args.command)(config=cfg.model_dump(mode="json"), force=args.force)
+    elapsed = (datetime.now(UTC) - started).total_seconds()
+    print(f"clipflow {args.command}: finished in {elapsed:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

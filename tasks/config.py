@@ -1,0 +1,241 @@
+"""Typed pipeline configuration: one pydantic model per stage, composed into PipelineConfig.
+
+Every model forbids unknown keys, so a typo in YAML fails before any work starts with a
+message naming the field (``crawl.max_pagse: Extra inputs are not permitted``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+STAGES: tuple[str, ...] = ("crawl", "download", "curate", "shard", "train", "evaluate")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageConfig(_Section):
+    root: str = "data"
+    s3_endpoint_url: str | None = None
+    """S3 API endpoint (MinIO, Ceph, moto_server); None means AWS. Credentials come from the
+    environment or the standard AWS config files, never from this file."""
+    s3_region: str | None = None
+
+    @property
+    def is_s3(self) -> bool:
+        return self.root.startswith("s3://")
+
+
+class CrawlConfig(_Section):
+    seeds: list[str] = Field(default_factory=list)
+    wat_files: list[str] = Field(default_factory=list)
+    max_pages: int = Field(1000, ge=0)
+    allowed_domains: list[str] = Field(default_factory=list)
+    """Hosts (and their subdomains) the site crawler may follow; empty means the seeds' hosts."""
+    allow_private_networks: bool = False
+    """Let the crawler reach private, loopback and link-local addresses. Demo and tests only."""
+    concurrency: int = Field(8, ge=1)
+    per_host_delay: float = Field(0.0, ge=0)
+    """Seconds between two requests to the same host (robots.txt Crawl-delay wins if larger)."""
+    timeout: float = Field(10.0, gt=0)
+    max_page_bytes: int = Field(5_000_000, gt=0)
+    max_redirects: int = Field(5, ge=0)
+    max_caption_chars: int = Field(1000, gt=0)
+    user_agent: str = "clipflow-crawler/0.1 (+https://github.com/clipflow/clipflow)"
+    respect_robots: bool = True
+    rows_per_file: int = Field(100_000, gt=0)
+
+
+class DownloadConfig(_Section):
+    image_size: int = Field(256, gt=0)
+    resize_mode: Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"] = (
+        "center_crop"
+    )
+    resize_only_if_bigger: bool = False
+    encode_format: Literal["jpg", "png", "webp"] = "jpg"
+    encode_quality: int = Field(95, ge=1, le=100)
+    min_image_size: int = Field(0, ge=0)
+    max_aspect_ratio: float = Field(float("inf"), gt=0)
+    max_image_pixels: int = Field(89_478_485, gt=0)
+    """Decoded-pixel cap: larger images are refused from their header, before decoding."""
+    processes_count: int = Field(2, ge=1)
+    thread_count: int = Field(16, ge=1)
+    number_sample_per_shard: int = Field(10_000, gt=0)
+    retries: int = Field(0, ge=0)
+    timeout: float = Field(10.0, gt=0)
+    """Total seconds per image, connect to last byte (a slow-drip server cannot exceed it)."""
+    distributor: Literal["multiprocessing", "pyspark", "ray"] = "multiprocessing"
+    disallowed_header_directives: list[str] = Field(
+        default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"]
+    )
+    user_agent_token: str | None = "clipflow"
+    compute_hash: Literal["sha256", "md5", "sha512"] | None = "sha256"
+
+
+class CurateConfig(_Section):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    min_caption_chars: int = Field(5, ge=0)
+    min_caption_words: int = Field(2, ge=0)
+    max_caption_chars: int = Field(1000, gt=0)
+    min_image_side: int = Field(16, ge=0)
+    max_aspect_ratio: float = Field(3.0, gt=0)
+    allowed_languages: list[str] = Field(default_factory=lambda: ["en"])
+    min_language_confidence: float = Field(0.0, ge=0, le=1)
+    url_blocklist: list[str] = Field(default_factory=list)
+    """Domains (and their subdomains) whose URLs or pages are dropped."""
+    boilerplate_captions: list[str] = Field(
+        default_factory=lambda: [
+            "image", "img", "photo", "picture", "untitled", "untitled image", "thumbnail",
+            "logo", "icon", "banner", "placeholder", "spacer", "null", "none", "alt", "n/a",
+        ]
+    )
+    phash_hamming_radius: int = Field(4, ge=0, le=64)
+    semantic_dedup: bool = False
+    semantic_dedup_eps: float = Field(0.05, ge=0, le=2)
+    semantic_dedup_clusters: int = Field(0, ge=0)
+    """k-means clusters for SemDeDup; 0 picks sqrt(n)."""
+    clip_score_checkpoint: str | None = None
+    clip_score_model: str = "ViT-B-32"
+    clip_score_min: float | None = None
+    clip_score_top_fraction: float | None = Field(None, gt=0, le=1)
+    decontaminate: bool = True
+    decontam_hamming_radius: int = Field(6, ge=0, le=64)
+    gate: Literal["fail", "warn"] = "fail"
+    gate_min_kept_fraction: float = Field(0.05, ge=0, le=1)
+    gate_max_duplicate_fraction: float = Field(0.9, ge=0, le=1)
+    gate_max_null_caption_fraction: float = Field(0.0, ge=0, le=1)
+
+
+class ShardConfig(_Section):
+    samples_per_shard: int = Field(1000, gt=0)
+    seed: int = 0
+    multipart_chunk_bytes: int = Field(8 * 1024 * 1024, ge=5 * 1024 * 1024)
+    upload_retries: int = Field(5, ge=0)
+
+
+class TrainConfig(_Section):
+    model: str = "clipflow-tiny"
+    """Architecture name in model/configs, or the path of an OpenCLIP-format config JSON."""
+    batch_size: int = Field(256, gt=0)
+    samples: int = Field(1_000_000, gt=0)
+    lr: float = Field(5.0e-4, gt=0)
+    weight_decay: float = Field(0.2, ge=0)
+    warmup: int = Field(500, ge=0)
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1.0e-6
+    precision: Literal["fp32", "amp_bf16", "amp_fp16"] = "amp_bf16"
+    grad_checkpointing: bool = False
+    compile: bool = False
+    accum_steps: int = Field(1, ge=1)
+    local_loss: bool = True
+    seed: int = 0
+    nproc_per_node: int = Field(1, ge=1)
+    nnodes: int = Field(1, ge=1)
+    rdzv_endpoint: str | None = None
+    workers: int = Field(2, ge=0)
+    resume: str | None = "latest"
+    checkpoint_every_steps: int = Field(1000, gt=0)
+    checkpoint_every_minutes: float = Field(30.0, gt=0)
+    log_every_steps: int = Field(10, gt=0)
+    vocab: str | None = None
+    """Path to a trained BPE vocabulary; None means CLIP's own 49,152-merge vocabulary."""
+
+
+class EvalDataset(_Section):
+    name: str
+    path: str
+    task: Literal["zeroshot_classification", "zeroshot_retrieval", "linear_probe"] = (
+        "zeroshot_classification"
+    )
+    split: str = "test"
+
+
+class EvaluateConfig(_Section):
+    model: str | None = None
+    """Architecture; None means the train stage's."""
+    checkpoint: str | None = None
+    """None means the train stage's latest checkpoint."""
+    batch_size: int = Field(256, gt=0)
+    workers: int = Field(0, ge=0)
+    datasets: list[EvalDataset] = Field(default_factory=list)
+
+
+class PipelineConfig(_Section):
+    name: str = "clipflow"
+    storage: StorageConfig = StorageConfig()
+    crawl: CrawlConfig = CrawlConfig()
+    download: DownloadConfig = DownloadConfig()
+    curate: CurateConfig = CurateConfig()
+    shard: ShardConfig = ShardConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_simple(cls, v: str) -> str:
+        if not v or any(c in v for c in "/\\ "):
+            raise ValueError("must be non-empty without slashes or spaces")
+        return v
+
+    def section(self, stage: str) -> BaseModel:
+        return getattr(self, stage)
+
+    def section_hash(self, stage: str) -> str:
+        """sha256 of one stage's section, plus storage.root (outputs move with it)."""
+        payload = {"root": self.storage.root, stage: self.section(stage).model_dump(mode="json")}
+        return _stable_hash(payload)
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and the fields."""
+
+
+def _stable_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def load_config(source: str | Path | dict[str, Any] | PipelineConfig) -> PipelineConfig:
+    """Load and validate a pipeline config from a YAML path, a dict, or a config object."""
+    if isinstance(source, PipelineConfig):
+        return source
+    origin = "<dict>"
+    if isinstance(source, str | Path):
+        origin = str(source)
+        try:
+            data = yaml.safe_load(Path(source).read_text(encoding="utf-8")) or {}
+        except FileNotFoundError as e:
+            raise ConfigError(f"config file not found: {source}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source}: not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: top level must be a mapping of sections")
+        base = Path(source).resolve().parent
+        data = _resolve_relative_root(data, base)
+    else:
+        data = source
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
+        )
+        raise ConfigError(f"{origin}: invalid config: {problems}") from e
+
+
+def _resolve_relative_root(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A relative local storage.root is taken relative to the config file's folder."""
+    storage = data.get("storage")
+    if isinstance(storage, dict):
+        root = storage.get("root")
+        if isinstance(root, str) and "://" not in root and not Path(root).is_absolute():
+            storage = {**storage, "root": str((base / root).resolve())}
+            data = {**data, "storage": storage}
+    return data

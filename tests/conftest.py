@@ -1,0 +1,25 @@
+"""Shared test fixtures. Area-specific fixtures live in tests/fixtures_*.py plugins."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Tests talk only to services on 127.0.0.1; make sure no proxy setting reroutes them.
+for _var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+    os.environ.pop(_var, None)
+os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+pytest_plugins = [
+    "tests.fixtures_prefect",
+]
+
+
+@pytest.fixture
+def tmp_root(tmp_path):
+    """A fresh local storage root."""
+    root = tmp_path / "root"
+    root.mkdir()
+    return root
