@@ -14,6 +14,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 pytest_plugins = [
     "tests.fixtures_prefect",
+    "tests.fixtures_web",
+    "tests.fixtures_s3",
 ]
 
 
