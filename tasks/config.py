@@ -63,6 +63,7 @@ class DownloadConfig(_Section):
     encode_quality: int = Field(95, ge=1, le=100)
     min_image_size: int = Field(0, ge=0)
     max_aspect_ratio: float = Field(float("inf"), gt=0)
+    max_image_bytes: int = Field(50_000_000, gt=0)
     max_image_pixels: int = Field(89_478_485, gt=0)
     """Decoded-pixel cap: larger images are refused from their header, before decoding."""
     processes_count: int = Field(2, ge=1)
@@ -87,7 +88,10 @@ class CurateConfig(_Section):
     min_image_side: int = Field(16, ge=0)
     max_aspect_ratio: float = Field(3.0, gt=0)
     allowed_languages: list[str] = Field(default_factory=lambda: ["en"])
-    min_language_confidence: float = Field(0.0, ge=0, le=1)
+    min_language_confidence: float = Field(0.5, ge=0, le=1)
+    """langid probability below which the language rule abstains."""
+    language_min_chars: int = Field(20, ge=0)
+    """Captions shorter than this are not judged by language (language ID is noise on them)."""
     url_blocklist: list[str] = Field(default_factory=list)
     """Domains (and their subdomains) whose URLs or pages are dropped."""
     boilerplate_captions: list[str] = Field(
@@ -96,11 +100,22 @@ class CurateConfig(_Section):
             "logo", "icon", "banner", "placeholder", "spacer", "null", "none", "alt", "n/a",
         ]
     )
-    phash_hamming_radius: int = Field(4, ge=0, le=64)
+    boilerplate_filename_pattern: str = (
+        r"[\w\-. ()]*\.(jpe?g|png|gif|webp|bmp|tiff?|heic|svg)"
+        r"|(img|dsc|dscn|dcim|pxl|photo|image|screenshot)[\s_\-]*\d+"
+    )
+    """Regex over the whole normalised caption: camera and file names are not captions."""
+    phash_hamming_radius: int = Field(4, ge=0, le=63)
+    phash_index: Literal["auto", "flat", "multihash", "ivf"] = "auto"
+    """FAISS binary index for near-dup search; auto: flat up to phash_flat_max_rows."""
+    phash_flat_max_rows: int = Field(50_000, ge=0)
+    phash_ivf_nprobe: int = Field(16, ge=1)
     semantic_dedup: bool = False
     semantic_dedup_eps: float = Field(0.05, ge=0, le=2)
     semantic_dedup_clusters: int = Field(0, ge=0)
     """k-means clusters for SemDeDup; 0 picks sqrt(n)."""
+    semantic_dedup_nprobe: int = Field(4, ge=1)
+    """Clusters searched per embedding (1 is SemDeDup exactly: pairs within a cluster)."""
     clip_score_checkpoint: str | None = None
     clip_score_model: str = "ViT-B-32"
     clip_score_min: float | None = None

@@ -1,0 +1,143 @@
+"""img2dataset's per-image fetch, with the guards a web-scale download needs and it lacks.
+
+img2dataset's ``download_image`` gives a socket timeout (a server that dribbles one byte a
+second never trips it), decodes any image however many pixels it claims, and follows
+redirects anywhere. ``guarded_download_image`` keeps its contract and output, and adds:
+
+- a total deadline per image, connect to last byte (``download.timeout``);
+- a byte cap and a decoded-pixel cap read from the image header, before any decoding;
+- the SSRF guard (``tasks.safe_http.check_url``) on the URL and on every redirect hop.
+
+``GuardedDownloader`` carries the policy to img2dataset's worker processes (it is pickled
+with the downloader, so it works under the multiprocessing, pyspark and ray distributors).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from img2dataset import downloader as i2d_downloader
+from PIL import Image
+
+from tasks.safe_http import check_url
+
+_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    deadline_s: float
+    max_bytes: int
+    max_pixels: int
+    allow_private_networks: bool
+    max_redirects: int
+
+
+class FetchRefused(Exception):
+    """A fetch stopped by a guard; the message starts with the failure reason."""
+
+
+class _GuardedRedirects(urllib.request.HTTPRedirectHandler):
+    def __init__(self, policy: FetchPolicy) -> None:
+        self.policy = policy
+        self.max_redirections = policy.max_redirects
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        reason = check_url(newurl, self.policy.allow_private_networks)
+        if reason is not None:
+            raise FetchRefused(f"{reason}: redirect to {newurl}")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _read_with_deadline(response: Any, policy: FetchPolicy, deadline: float) -> bytes:
+    buf = io.BytesIO()
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise FetchRefused(f"deadline_exceeded: no complete image after {policy.deadline_s}s")
+        sock = getattr(getattr(getattr(response, "fp", None), "raw", None), "_sock", None)
+        if sock is not None:
+            sock.settimeout(max(0.05, min(remaining, policy.deadline_s)))
+        chunk = response.read1(_CHUNK) if hasattr(response, "read1") else response.read(_CHUNK)
+        if not chunk:
+            return buf.getvalue()
+        buf.write(chunk)
+        if buf.tell() > policy.max_bytes:
+            raise FetchRefused(f"too_large: more than {policy.max_bytes} bytes")
+
+
+def check_pixels(data: bytes, max_pixels: int) -> None:
+    """Refuse an image whose header declares more than ``max_pixels``, without decoding it."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+    except Image.DecompressionBombError as e:
+        raise FetchRefused(f"too_many_pixels: {e}") from e
+    except Exception:
+        return  # not an image PIL can read: the resizer reports it as a decode failure
+    if width * height > max_pixels:
+        raise FetchRefused(
+            f"too_many_pixels: {width}x{height} = {width * height} px exceeds {max_pixels}"
+        )
+
+
+def guarded_download_image(
+    row: tuple[int, str],
+    timeout: float,
+    user_agent_token: str | None,
+    disallowed_header_directives: set[str] | None,
+    policy: FetchPolicy,
+) -> tuple[int, io.BytesIO | None, str | None]:
+    """img2dataset's ``download_image`` contract: ``(key, stream | None, error | None)``."""
+    key, url = row
+    deadline = time.monotonic() + policy.deadline_s
+    agent = "Mozilla/5.0 (X11; Linux x86_64) clipflow"
+    if user_agent_token:
+        agent += f" (compatible; {user_agent_token}; +https://github.com/rom1504/img2dataset)"
+    try:
+        reason = check_url(url, policy.allow_private_networks)
+        if reason is not None:
+            raise FetchRefused(f"{reason}: {url}")
+        opener = urllib.request.build_opener(_GuardedRedirects(policy))
+        request = urllib.request.Request(url, headers={"User-Agent": agent})
+        with opener.open(request, timeout=min(timeout, policy.deadline_s)) as response:
+            if disallowed_header_directives and i2d_downloader.is_disallowed(
+                response.headers, user_agent_token, disallowed_header_directives
+            ):
+                return key, None, "Use of image disallowed by X-Robots-Tag directive"
+            data = _read_with_deadline(response, policy, deadline)
+        check_pixels(data, policy.max_pixels)
+        return key, io.BytesIO(data), None
+    except TimeoutError as err:
+        return key, None, f"timeout: {err}"
+    except Exception as err:
+        return key, None, str(err)
+
+
+class GuardedDownloader(i2d_downloader.Downloader):
+    """img2dataset's Downloader, fetching with ``guarded_download_image`` under ``policy``."""
+
+    policy: FetchPolicy | None = None  # set on the class by the parent before img2dataset runs
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if type(self).policy is None:
+            raise RuntimeError("GuardedDownloader.policy must be set before img2dataset runs")
+        self.instance_policy = type(self).policy  # pickled with the instance into workers
+
+    def __call__(self, row: Any) -> Any:
+        policy = self.instance_policy
+
+        def fetch(row, timeout, user_agent_token, disallowed_header_directives):  # type: ignore[no-untyped-def]
+            return guarded_download_image(
+                row, timeout, user_agent_token, disallowed_header_directives, policy
+            )
+
+        # download_image_with_retry looks the fetch up in its module at call time.
+        i2d_downloader.download_image = fetch
+        return super().__call__(row)
