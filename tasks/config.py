@@ -125,7 +125,10 @@ class CurateConfig(_Section):
     gate: Literal["fail", "warn"] = "fail"
     gate_min_kept_fraction: float = Field(0.05, ge=0, le=1)
     gate_max_duplicate_fraction: float = Field(0.9, ge=0, le=1)
-    gate_max_null_caption_fraction: float = Field(0.0, ge=0, le=1)
+    gate_max_null_caption_fraction: float = Field(0.5, ge=0, le=1)
+    """Largest fraction of input rows with a null or empty caption (a broken upstream)."""
+    gate_min_median_caption_chars: int = Field(10, ge=0)
+    """Smallest median caption length among kept rows."""
 
 
 class ShardConfig(_Section):
@@ -233,7 +236,7 @@ def load_config(source: str | Path | dict[str, Any] | PipelineConfig) -> Pipelin
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: top level must be a mapping of sections")
         base = Path(source).resolve().parent
-        data = _resolve_relative_root(data, base)
+        data = _resolve_relative_paths(data, base)
     else:
         data = source
     try:
@@ -245,12 +248,30 @@ def load_config(source: str | Path | dict[str, Any] | PipelineConfig) -> Pipelin
         raise ConfigError(f"{origin}: invalid config: {problems}") from e
 
 
-def _resolve_relative_root(data: dict[str, Any], base: Path) -> dict[str, Any]:
-    """A relative local storage.root is taken relative to the config file's folder."""
-    storage = data.get("storage")
-    if isinstance(storage, dict):
-        root = storage.get("root")
-        if isinstance(root, str) and "://" not in root and not Path(root).is_absolute():
-            storage = {**storage, "root": str((base / root).resolve())}
-            data = {**data, "storage": storage}
+def _resolve_relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Relative local paths in a config file (storage.root, crawl.wat_files, evaluation
+    dataset paths, checkpoints) are taken relative to the file's folder, not the caller's."""
+
+    def resolve(value: Any) -> Any:
+        if isinstance(value, str) and "://" not in value and not Path(value).is_absolute():
+            return str((base / value).resolve())
+        return value
+
+    data = dict(data)
+    if isinstance(data.get("storage"), dict):
+        data["storage"] = {**data["storage"], "root": resolve(data["storage"].get("root", "data"))}
+    crawl = data.get("crawl")
+    if isinstance(crawl, dict) and isinstance(crawl.get("wat_files"), list):
+        data["crawl"] = {**crawl, "wat_files": [resolve(p) for p in crawl["wat_files"]]}
+    evaluate = data.get("evaluate")
+    if isinstance(evaluate, dict):
+        evaluate = dict(evaluate)
+        if evaluate.get("checkpoint"):
+            evaluate["checkpoint"] = resolve(evaluate["checkpoint"])
+        if isinstance(evaluate.get("datasets"), list):
+            evaluate["datasets"] = [
+                {**d, "path": resolve(d["path"])} if isinstance(d, dict) and "path" in d else d
+                for d in evaluate["datasets"]
+            ]
+        data["evaluate"] = evaluate
     return data
