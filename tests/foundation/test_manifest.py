@@ -1,0 +1,65 @@
+"""Stage manifests: written last, skip when unchanged, rerun when config, input or forced."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.config import PipelineConfig
+from tasks.manifest import StageResult, input_fingerprint, read_manifest, run_stage
+from tasks.storage import Storage
+
+
+def cfg_at(root, **sections) -> PipelineConfig:
+    return PipelineConfig.model_validate({"storage": {"root": str(root)}, **sections})
+
+
+def counting_body(calls: list[str], name: str):
+    def body(storage: Storage) -> StageResult:
+        calls.append(name)
+        storage.write_bytes(storage.uri(name, "out.txt"), b"x")
+        return StageResult(counts={"n": len(calls)}, outputs={"out": storage.uri(name)})
+
+    return body
+
+
+def test_skip_rerun_and_force(tmp_root):
+    calls: list[str] = []
+    cfg = cfg_at(tmp_root)
+    first = run_stage("crawl", cfg, counting_body(calls, "crawl"))
+    assert not first["skipped"] and calls == ["crawl"]
+    assert read_manifest(Storage(cfg.storage), "crawl")["counts"] == {"n": 1}
+    assert run_stage("crawl", cfg, counting_body(calls, "crawl"))["skipped"]
+    assert calls == ["crawl"]
+    run_stage("crawl", cfg, counting_body(calls, "crawl"), force=True)
+    assert calls == ["crawl", "crawl"]
+    changed = cfg_at(tmp_root, crawl={"max_pages": 7})
+    assert not run_stage("crawl", changed, counting_body(calls, "crawl"))["skipped"]
+
+
+def test_upstream_change_invalidates_downstream(tmp_root):
+    calls: list[str] = []
+    cfg = cfg_at(tmp_root)
+    run_stage("crawl", cfg, counting_body(calls, "crawl"))
+    run_stage("download", cfg, counting_body(calls, "download"))
+    storage = Storage(cfg.storage)
+    before = input_fingerprint(storage, cfg, "download")
+    assert run_stage("download", cfg, counting_body(calls, "download"))["skipped"]
+    run_stage("crawl", cfg, counting_body(calls, "crawl"), force=True)  # new counts upstream
+    assert input_fingerprint(storage, cfg, "download") != before
+    assert not run_stage("download", cfg, counting_body(calls, "download"))["skipped"]
+
+
+def test_stage_refuses_to_run_without_its_upstream(tmp_root):
+    with pytest.raises(RuntimeError, match="upstream stage 'crawl' has not finished"):
+        run_stage("download", cfg_at(tmp_root), counting_body([], "download"))
+
+
+def test_failed_stage_writes_no_manifest(tmp_root):
+    cfg = cfg_at(tmp_root)
+
+    def boom(storage: Storage) -> StageResult:
+        raise ValueError("broken input x.parquet")
+
+    with pytest.raises(ValueError, match="x.parquet"):
+        run_stage("crawl", cfg, boom)
+    assert read_manifest(Storage(cfg.storage), "crawl") is None
