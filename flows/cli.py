@@ -12,6 +12,7 @@ from tasks.config import STAGES, ConfigError, load_config
 from tasks.manifest import is_up_to_date, read_manifest
 from tasks.storage import Storage
 
+
 def _parse_stages(text: str | None) -> list[str] | None:
     if text is None:
         return None
@@ -53,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(stage, help=f"run the {stage} stage's flow alone")
         p.add_argument("config")
         p.add_argument("--force", action="store_true", help="rerun even if up to date")
+        if stage == "evaluate":
+            p.add_argument("--checkpoint", help="any OpenCLIP-format checkpoint (default: train's)")
+            p.add_argument("--model", help="its architecture name or config JSON path")
+    demo = sub.add_parser("demo", help="serve the demo web and run the whole pipeline on it")
+    demo.add_argument("config")
+    demo.add_argument("--with-moto", action="store_true", help="start a local S3 API server")
     return parser
 
 
@@ -78,10 +85,17 @@ def main(argv: list[str] | None = None) -> int:
             stages=_parse_stages(args.stages),
             force=args.force,
         )
+    elif args.command == "demo":
+        from flows.demo import run_demo
+
+        return run_demo(args.config, with_moto=args.with_moto)
     else:
         from flows.common import load_flow
 
-        load_flow(args.command)(config=cfg.model_dump(mode="json"), force=args.force)
+        overrides = {
+            k: v for k in ("checkpoint", "model") if (v := getattr(args, k, None)) is not None
+        }
+        load_flow(args.command)(config=cfg.model_dump(mode="json"), force=args.force, **overrides)
     elapsed = (datetime.now(UTC) - started).total_seconds()
     print(f"clipflow {args.command}: finished in {elapsed:.1f}s")
     return 0

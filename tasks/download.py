@@ -71,7 +71,9 @@ def read_candidates(storage: Storage) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)[CANDIDATE_COLUMNS]
 
 
-def split_refused(candidates: pd.DataFrame, allow_private: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_refused(
+    candidates: pd.DataFrame, allow_private: bool
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Candidates the SSRF guard refuses before any request, and the rest."""
     verdicts: dict[str, str | None] = {}
     reasons = []
@@ -128,7 +130,6 @@ def run_img2dataset(cfg: PipelineConfig, storage: Storage, url_list: str) -> Non
         max_bytes=d.max_image_bytes,
         max_pixels=d.max_image_pixels,
         allow_private_networks=cfg.crawl.allow_private_networks,
-        max_redirects=cfg.crawl.max_redirects,
     )
     with _guarded_img2dataset(policy, cfg.storage.s3_endpoint_url):
         img2dataset.download(
@@ -164,7 +165,9 @@ def shard_results(storage: Storage) -> pd.DataFrame:
     """``status`` and ``reason`` of every row of every finished shard."""
     files = [f for f in storage.glob("download/*.parquet") if re.search(r"/\d+\.parquet$", f)]
     cols = ["key", "url", "status", "error_message"]
-    frames = [pd.read_parquet(f, columns=cols, storage_options=storage.storage_options()) for f in files]
+    frames = [
+        pd.read_parquet(f, columns=cols, storage_options=storage.storage_options()) for f in files
+    ]
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
     rows["reason"] = [
         "success" if s == "success" else failure_reason(s, e)

@@ -35,7 +35,6 @@ class FetchPolicy:
     max_bytes: int
     max_pixels: int
     allow_private_networks: bool
-    max_redirects: int
 
 
 class FetchRefused(Exception):
@@ -45,9 +44,8 @@ class FetchRefused(Exception):
 class _GuardedRedirects(urllib.request.HTTPRedirectHandler):
     def __init__(self, policy: FetchPolicy) -> None:
         self.policy = policy
-        self.max_redirections = policy.max_redirects
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
         reason = check_url(newurl, self.policy.allow_private_networks)
         if reason is not None:
             raise FetchRefused(f"{reason}: redirect to {newurl}")
@@ -126,14 +124,15 @@ class GuardedDownloader(i2d_downloader.Downloader):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if type(self).policy is None:
+        policy = type(self).policy
+        if policy is None:
             raise RuntimeError("GuardedDownloader.policy must be set before img2dataset runs")
-        self.instance_policy = type(self).policy  # pickled with the instance into workers
+        self.instance_policy: FetchPolicy = policy  # pickled with the instance into workers
 
     def __call__(self, row: Any) -> Any:
-        policy = self.instance_policy
+        policy: FetchPolicy = self.instance_policy
 
-        def fetch(row, timeout, user_agent_token, disallowed_header_directives):  # type: ignore[no-untyped-def]
+        def fetch(row, timeout, user_agent_token, disallowed_header_directives):
             return guarded_download_image(
                 row, timeout, user_agent_token, disallowed_header_directives, policy
             )

