@@ -1,0 +1,37 @@
+"""CLIP itself: tokenizer, image and text towers, contrastive loss, checkpoint I/O.
+
+The public API mirrors OpenCLIP's::
+
+    from model import create_model, get_tokenizer, image_transform, load_checkpoint
+    m = create_model("ViT-B-32")            # or "clipflow-tiny", a JSON path, a config dict
+    tok = get_tokenizer()                   # CLIP's BPE; get_tokenizer(vocab_path) for a trained one
+    img_f, txt_f, logit_scale = m(images, tok(texts))
+
+This package never imports Prefect, DuckDB or img2dataset.
+"""
+
+from model.checkpoint import load_checkpoint
+from model.clip import CLIP, create_model
+from model.config import ModelConfig, TextConfig, VisionConfig, get_model_config, list_models
+from model.loss import ClipLoss, SigLipLoss
+from model.tokenizer import ClipTokenizer, get_tokenizer, train_tokenizer
+from model.transforms import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, image_transform
+
+__all__ = [
+    "CLIP",
+    "OPENAI_DATASET_MEAN",
+    "OPENAI_DATASET_STD",
+    "ClipLoss",
+    "ClipTokenizer",
+    "ModelConfig",
+    "SigLipLoss",
+    "TextConfig",
+    "VisionConfig",
+    "create_model",
+    "get_model_config",
+    "get_tokenizer",
+    "image_transform",
+    "list_models",
+    "load_checkpoint",
+    "train_tokenizer",
+]
