@@ -38,6 +38,8 @@ _REASONS: tuple[tuple[str, str], ...] = (
     (r"^deadline_exceeded", "deadline_exceeded"),
     (r"^too_many_pixels", "too_many_pixels"),
     (r"^too_large", "too_large"),
+    (r"^truncated", "truncated"),
+    (r"^empty", "empty"),
     (r"^timeout|timed out", "timeout"),
     (r"X-Robots-Tag", "opted_out"),
     (r"infinite loop|redirect", "redirect_loop"),

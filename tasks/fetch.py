@@ -5,7 +5,8 @@ second never trips it), decodes any image however many pixels it claims, and fol
 redirects anywhere. ``guarded_download_image`` keeps its contract and output, and adds:
 
 - a total deadline per image, connect to last byte (``download.timeout``);
-- a byte cap and a decoded-pixel cap read from the image header, before any decoding;
+- a byte cap, a decoded-pixel cap read from the image header before any decoding, and
+  refusal of empty and cut-short (truncated) JPEG / PNG bodies;
 - the SSRF guard (``tasks.safe_http.check_url``) on the URL and on every redirect hop.
 
 ``GuardedDownloader`` carries the policy to img2dataset's worker processes (it is pickled
@@ -69,8 +70,15 @@ def _read_with_deadline(response: Any, policy: FetchPolicy, deadline: float) -> 
             raise FetchRefused(f"too_large: more than {policy.max_bytes} bytes")
 
 
-def check_pixels(data: bytes, max_pixels: int) -> None:
-    """Refuse an image whose header declares more than ``max_pixels``, without decoding it."""
+def check_image(data: bytes, max_pixels: int) -> None:
+    """Refuse, without decoding: an empty body, a JPEG or PNG cut short (no end marker), and
+    an image whose header declares more than ``max_pixels``."""
+    if not data:
+        raise FetchRefused("empty: 0 bytes")
+    if data.startswith(b"\xff\xd8") and not data.rstrip(b"\0\r\n").endswith(b"\xff\xd9"):
+        raise FetchRefused(f"truncated: JPEG of {len(data)} bytes has no end-of-image marker")
+    if data.startswith(b"\x89PNG") and b"IEND" not in data[-64:]:
+        raise FetchRefused(f"truncated: PNG of {len(data)} bytes has no IEND chunk")
     try:
         with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
@@ -109,7 +117,7 @@ def guarded_download_image(
             ):
                 return key, None, "Use of image disallowed by X-Robots-Tag directive"
             data = _read_with_deadline(response, policy, deadline)
-        check_pixels(data, policy.max_pixels)
+        check_image(data, policy.max_pixels)
         return key, io.BytesIO(data), None
     except TimeoutError as err:
         return key, None, f"timeout: {err}"

@@ -1,0 +1,184 @@
+"""The download stage against the demo web on 127.0.0.1: hostile images, the SSRF guard,
+accounting, and a resume after SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tasks.config import PipelineConfig
+from tasks.demo_planted import bomb_png
+from tasks.download import download, failure_reason, shard_results
+from tasks.fetch import FetchRefused, check_image
+from tasks.storage import Storage
+
+EXPECTED_HOSTILE_REASON = {
+    "http_404": "http_404",
+    "http_500": "http_5xx",
+    "slow_drip": "deadline_exceeded",
+    "stall": "timeout",
+    "redirect_loop": "redirect_loop",
+    "redirect_to_image": "opted_out",  # lands on the noai image
+    "x_robots_noai": "opted_out",
+    "not_an_image": "not_an_image",
+    "truncated_jpeg": "truncated",
+    "zero_bytes": "empty",
+    "decompression_bomb": "too_many_pixels",
+}
+
+
+def make_config(root: Path, **download) -> PipelineConfig:
+    options = {"processes_count": 1, "thread_count": 16, "timeout": 3, "image_size": 32}
+    return PipelineConfig.model_validate(
+        {
+            "storage": {"root": str(root)},
+            "crawl": {"allow_private_networks": True},
+            "download": {**options, **download},
+        }
+    )
+
+
+def write_candidates(storage: Storage, urls: list[str], captions: list[str] | None = None) -> None:
+    frame = pd.DataFrame(
+        {
+            "url": urls,
+            "caption": captions or [f"caption {i}" for i in range(len(urls))],
+            "page_url": ["http://127.0.0.1/page.html"] * len(urls),
+            "source": ["site"] * len(urls),
+            "crawl_time": [pd.Timestamp.now(tz="UTC")] * len(urls),
+        }
+    )
+    storage.write_bytes(storage.uri("crawl", "candidates-00000.parquet"), frame.to_parquet())
+
+
+def fashion_urls(demo_web, n: int) -> list[str]:
+    files = sorted((Path(demo_web.site_dir) / "img" / "fashion").glob("*.png"))[:n]
+    assert len(files) == n, "the demo web has too few fashion images for this test"
+    return [f"{demo_web.url}/img/fashion/{f.name}" for f in files]
+
+
+def test_every_hostile_image_gets_its_named_reason(demo_web, tmp_root):
+    cfg = make_config(tmp_root)
+    storage = Storage(cfg.storage)
+    hostile = demo_web.planted["hostile"]["images"]
+    good = fashion_urls(demo_web, 5)
+    urls = [f"{demo_web.url}{path}" for path in hostile.values()] + good
+    write_candidates(storage, urls)
+
+    result = download(cfg, storage)
+
+    rows = shard_results(storage).set_index("url")
+    for kind, path in hostile.items():
+        assert rows.loc[f"{demo_web.url}{path}", "reason"] == EXPECTED_HOSTILE_REASON[kind], kind
+    assert set(rows.loc[good, "reason"]) == {"success"}
+    counts = result.counts
+    failures = sum(v for k, v in counts.items() if k.startswith("failed_"))
+    assert counts["successes"] + failures == counts["candidates"] == len(urls)
+    assert counts["successes"] == len(good)
+
+
+def test_slow_drip_is_cut_at_the_deadline(demo_web, tmp_root):
+    cfg = make_config(tmp_root, timeout=2)
+    storage = Storage(cfg.storage)
+    write_candidates(storage, [demo_web.url + demo_web.planted["hostile"]["images"]["slow_drip"]])
+    started = time.monotonic()
+    download(cfg, storage)
+    # img2dataset's own start-up is a few seconds; the drip would take minutes.
+    assert time.monotonic() - started < 30
+    assert shard_results(storage)["reason"].tolist() == ["deadline_exceeded"]
+
+
+def test_ssrf_guard_refuses_loopback_before_any_request(demo_web, tmp_root):
+    cfg = PipelineConfig.model_validate(
+        {"storage": {"root": str(tmp_root)}, "download": {"processes_count": 1}}
+    )
+    storage = Storage(cfg.storage)
+    port = demo_web.url.rsplit(":", 1)[1]
+    urls = [f"{demo_web.url}/img/fashion/00000.png", f"http://localhost:{port}/img/x.png"]
+    write_candidates(storage, urls)
+    result = download(cfg, storage)
+    assert result.counts["successes"] == 0
+    refused = pd.read_parquet(storage.uri("download", "_input", "refused.parquet"))
+    assert sorted(refused["url"]) == sorted(urls)
+    assert sum(v for k, v in result.counts.items() if k.startswith("failed_")) == 2
+
+
+def test_pixel_cap_refuses_a_bomb_from_its_header():
+    bomb = bomb_png()  # 20,000 x 20,000 px in a few hundred KB
+    started = time.monotonic()
+    with pytest.raises(FetchRefused, match="too_many_pixels"):
+        check_image(bomb, max_pixels=89_478_485)
+    assert time.monotonic() - started < 1.0  # decoding 400 Mpx would take far longer
+
+
+def test_truncated_and_empty_bodies_are_refused():
+    with pytest.raises(FetchRefused, match="empty"):
+        check_image(b"", max_pixels=100)
+    with pytest.raises(FetchRefused, match="truncated"):
+        check_image(b"\xff\xd8\xff\xe0" + b"\x00" * 100, max_pixels=100)
+
+
+def test_failure_reasons_are_stable_names():
+    assert failure_reason("failed_to_download", "HTTP Error 404: Not Found") == "http_404"
+    assert failure_reason("failed_to_download", "HTTP Error 503: Busy") == "http_5xx"
+    assert failure_reason("failed_to_resize", "cv2 error") == "not_an_image"
+    assert failure_reason("failed_to_download", "timeout: timed out") == "timeout"
+
+
+_RUN_DOWNLOAD = """
+import sys
+from tasks.config import load_config
+from tasks.download import download
+from tasks.storage import Storage
+cfg = load_config(sys.argv[1])
+download(cfg, Storage(cfg.storage))
+"""
+
+
+def _run_download(config_path: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _RUN_DOWNLOAD, str(config_path)],
+        cwd=Path(__file__).resolve().parents[2],
+        start_new_session=True,  # so the kill reaches img2dataset's worker processes too
+    )
+
+
+def _write_config(root: Path, path: Path) -> Path:
+    cfg = make_config(root, number_sample_per_shard=20, thread_count=2)
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    return path
+
+
+def test_killed_download_resumes_to_the_same_samples(demo_web, tmp_path):
+    urls = fashion_urls(demo_web, 160)  # 8 shards of 20
+    baseline_root, killed_root = tmp_path / "baseline", tmp_path / "killed"
+    for root in (baseline_root, killed_root):
+        write_candidates(Storage(make_config(root).storage), urls)
+
+    proc = _run_download(_write_config(killed_root, tmp_path / "killed.yaml"))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(killed_root.glob("download/*_stats.json"))) < 2:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished_before_kill = len(list(killed_root.glob("download/*_stats.json")))
+    assert 2 <= finished_before_kill < 8, "the kill must land mid-run"
+
+    assert _run_download(_write_config(killed_root, tmp_path / "killed.yaml")).wait() == 0
+    assert _run_download(_write_config(baseline_root, tmp_path / "baseline.yaml")).wait() == 0
+
+    resumed = shard_results(Storage(make_config(killed_root).storage))
+    baseline = shard_results(Storage(make_config(baseline_root).storage))
+    columns = ["key", "url", "status"]
+    resumed_rows = resumed[columns].sort_values("key").reset_index(drop=True)
+    assert resumed_rows.equals(baseline[columns].sort_values("key").reset_index(drop=True))
+    assert resumed["key"].is_unique and len(resumed) == len(urls)
+    assert set(resumed["status"]) == {"success"}
