@@ -1,0 +1,126 @@
+"""`clipflow demo`: the embedded default, end to end on one machine with nothing to install.
+
+Builds (once) the demo web and the built-in benchmark sets from real offline images, serves
+the web on the host and port of ``crawl.seeds[0]``, optionally starts a local S3 API server,
+runs the pipeline flow, and prints what came out of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from flows.pipeline import pipeline_flow
+from tasks.config import STAGES, PipelineConfig, load_config
+from tasks.manifest import read_manifest
+from tasks.storage import Storage
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parent.parent
+DEMO_WEB_DIR = REPO / ".cache" / "demo-web"
+
+
+def ensure_demo_web(out_dir: Path = DEMO_WEB_DIR) -> Path:
+    """Build the demo web once; a finished build leaves ``planted.json`` last."""
+    from tasks.demo_web import build_demo_web
+
+    if not (out_dir / "planted.json").exists():
+        log.info("building the demo web into %s", out_dir)
+        build_demo_web(out_dir, "demo")
+    return out_dir
+
+
+def ensure_benchmark_sets(cfg: PipelineConfig) -> None:
+    """Build each configured evaluation set that is one of the built-in ones and missing."""
+    from tasks.benchmark_sets import BUILDERS
+
+    for dataset in cfg.evaluate.datasets:
+        path = Path(dataset.path)
+        if "://" in dataset.path or (path / "classnames.txt").exists() or path.exists():
+            continue
+        if dataset.name not in BUILDERS:
+            raise FileNotFoundError(f"evaluation set {dataset.name!r} not found at {path}")
+        log.info("building benchmark set %s into %s", dataset.name, path)
+        BUILDERS[dataset.name](path)
+
+
+def _start_moto(endpoint: str, bucket: str) -> subprocess.Popen[bytes]:
+    import boto3
+
+    parts = urlsplit(endpoint)
+    if parts.hostname not in {"127.0.0.1", "localhost"}:
+        raise ValueError(f"--with-moto serves on loopback only, not {endpoint}")
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "clipflow-demo")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "clipflow-demo-secret")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    exe = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen(
+        [str(exe), "-H", "127.0.0.1", "-p", str(parts.port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = boto3.client("s3", endpoint_url=endpoint)
+    for _ in range(100):
+        try:
+            client.create_bucket(Bucket=bucket)
+            return proc
+        except Exception:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"moto_server did not come up at {endpoint}")
+
+
+def summary(cfg: PipelineConfig) -> str:
+    """The demo's closing summary, from the stage manifests and the evaluation results."""
+    storage = Storage(cfg.storage)
+    lines = ["", "clipflow demo summary", "=" * 21]
+    for stage in STAGES:
+        manifest = read_manifest(storage, stage) or {}
+        seconds = manifest.get("timings", {}).get("seconds", float("nan"))
+        counts = ", ".join(f"{k}={v}" for k, v in manifest.get("counts", {}).items())
+        lines.append(f"{stage:<9} {seconds:7.1f}s  {counts}")
+    train = read_manifest(storage, "train") or {}
+    extra: dict[str, Any] = train.get("extra", {})
+    if "samples_per_s" in extra:
+        lines.append(f"training: {extra['samples_per_s']:.0f} samples/s")
+    curve = storage.uri("train", "loss_curve.png")
+    if storage.exists(curve):
+        lines.append(f"loss curve: {curve}")
+    results_uri = storage.uri("eval", "results.json")
+    if storage.exists(results_uri):
+        for row in storage.read_json(results_uri)["results"]:
+            metrics = row["metrics"]
+            key = "acc1" if "acc1" in metrics else next(iter(metrics))
+            lines.append(f"{row['dataset']:<20} {row['task']:<24} {key} = {metrics[key]:.3f}")
+    return "\n".join(lines)
+
+
+def run_demo(config_path: str, with_moto: bool = False) -> int:
+    """Serve the demo web, run the pipeline on it, print the summary."""
+    from tasks.demo_web import serve
+
+    cfg = load_config(config_path)
+    seed = urlsplit(cfg.crawl.seeds[0])
+    ensure_benchmark_sets(cfg)
+    site = ensure_demo_web()
+    moto = None
+    if with_moto:
+        if not cfg.storage.is_s3 or not cfg.storage.s3_endpoint_url:
+            raise ValueError("--with-moto needs storage.root s3://… and storage.s3_endpoint_url")
+        moto = _start_moto(cfg.storage.s3_endpoint_url, cfg.storage.root[5:].split("/")[0])
+    started = time.monotonic()
+    try:
+        with serve(site, host=seed.hostname or "127.0.0.1", port=seed.port or 80):
+            pipeline_flow(config=cfg.model_dump(mode="json"))
+    finally:
+        if moto is not None:
+            moto.kill()
+    print(summary(cfg))
+    print(f"outputs under {Storage(cfg.storage).root}; wall time {time.monotonic() - started:.1f}s")
+    return 0
