@@ -1,9 +1,10 @@
 """The one storage interface every stage uses: fsspec URIs under ``storage.root``.
 
-Local paths and ``s3://bucket/prefix`` URIs behave the same. Small objects (manifests,
-JSON, parquet) are written atomically: to a temporary name, then renamed (local) or written
-in one PUT (S3, where an object is visible only once complete). Credentials come from the
-environment / AWS config and are never logged.
+Local paths and ``s3://bucket/prefix`` URIs behave the same. Reads go through fsspec;
+writes are atomic: to a temporary name, then renamed (local), or uploaded with boto3 in one
+checksummed PUT or a multipart upload (S3, where an object is visible only once complete;
+see ``tasks/s3.py``). Credentials come from the environment / AWS config and are never
+logged.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import logging
 import os
 import posixpath
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +21,7 @@ from typing import IO, Any
 
 import fsspec
 
+from tasks import s3
 from tasks.config import StorageConfig
 
 log = logging.getLogger(__name__)
@@ -27,12 +30,23 @@ log = logging.getLogger(__name__)
 class Storage:
     """Read and write objects under one root URI (local folder or ``s3://bucket/prefix``)."""
 
-    def __init__(self, config: StorageConfig) -> None:
+    def __init__(self, config: StorageConfig, upload: s3.UploadPolicy | None = None) -> None:
         self.config = config
+        self.upload = upload or s3.UploadPolicy()
         self.root = config.root.rstrip("/") if config.is_s3 else os.path.abspath(config.root)
+        # Other processes (img2dataset workers, other stages) write here too: a cached listing
+        # would hide their objects, so S3 listings are never cached.
+        extra = {"use_listings_cache": False} if config.is_s3 else {}
         self.fs: fsspec.AbstractFileSystem = fsspec.filesystem(
-            "s3" if config.is_s3 else "file", **self.storage_options()
+            "s3" if config.is_s3 else "file", **self.storage_options(), **extra
         )
+        self._client: Any = None
+
+    def s3_client(self) -> Any:
+        """The boto3 client that S3 writes go through (created on first use)."""
+        if self._client is None:
+            self._client = s3.make_client(self.config)
+        return self._client
 
     def storage_options(self) -> dict[str, Any]:
         """fsspec keyword arguments for this root (also what webdataset / pandas take)."""
@@ -62,17 +76,20 @@ class Storage:
         return [f"s3://{p}" if self.is_s3 and not p.startswith("s3://") else p for p in found]
 
     def open(self, uri: str, mode: str = "rb") -> IO[Any]:
-        return self.fs.open(uri, mode)  # type: ignore[no-any-return]
+        return self.fs.open(uri, mode)
 
     def read_bytes(self, uri: str) -> bytes:
         with self.fs.open(uri, "rb") as f:
-            return f.read()  # type: ignore[no-any-return]
+            return f.read()
 
     def read_json(self, uri: str) -> Any:
         return json.loads(self.read_bytes(uri).decode("utf-8"))
 
     def write_bytes(self, uri: str, data: bytes) -> None:
         """Write an object so that readers see either nothing or all of it."""
+        if self.is_s3 and len(data) <= self.upload.chunk_bytes:
+            s3.upload_bytes(self.s3_client(), data, uri, self.upload)
+            return
         with self.atomic_local_path(uri) as (fh, _):
             fh.write(data)
 
@@ -82,7 +99,7 @@ class Storage:
     def write_file(self, local_path: str, uri: str) -> None:
         """Copy a finished local file to ``uri`` atomically."""
         if self.is_s3:
-            self.fs.put_file(local_path, uri)
+            s3.upload_file(self.s3_client(), local_path, uri, self.upload)
         else:
             os.makedirs(os.path.dirname(uri), exist_ok=True)
             tmp = f"{uri}.tmp-{uuid.uuid4().hex}"
@@ -98,12 +115,10 @@ class Storage:
         """Yield a binary file handle (and its local path) whose content lands at ``uri`` on
         success and nowhere on error."""
         if self.is_s3:
-            import tempfile
-
             with tempfile.NamedTemporaryFile(suffix=os.path.basename(uri)) as tmp:
-                yield tmp, tmp.name  # type: ignore[misc]
+                yield tmp, tmp.name
                 tmp.flush()
-                self.fs.put_file(tmp.name, uri)
+                s3.upload_file(self.s3_client(), tmp.name, uri, self.upload)
             return
         os.makedirs(os.path.dirname(uri) or ".", exist_ok=True)
         tmp_path = f"{uri}.tmp-{uuid.uuid4().hex}"

@@ -1,0 +1,475 @@
+"""shard: the curated samples as training WebDataset shards under ``{root}/shards/``.
+
+The kept rows of ``curate/samples.parquet`` are shuffled (seeded) and cut into shards of
+``shard.samples_per_shard``: ``000000.tar, ...``, each sample ``{key}.jpg`` (the image bytes
+exactly as downloaded, with the download's extension), ``{key}.txt`` (caption) and
+``{key}.json`` (key, url, page_url, source, scores). ``sizes.json`` (OpenCLIP's format) and
+``manifest.json`` (count, bytes, sha256 per shard; the curate manifest it came from) are
+written after every shard, so neither ever names a missing shard.
+
+Each shard is written atomically and checked (its sha256, read back locally or confirmed
+by the S3 server's checksum), then a record ``shards/_progress/NNNNNN.json`` marks it done:
+a rerun after a crash keeps every shard whose record matches what it would write now.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import posixpath
+import tarfile
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import IO, Any
+
+import numpy as np
+import pandas as pd
+
+from tasks.config import PipelineConfig, ShardConfig
+from tasks.manifest import StageResult, invalidate, manifest_uri, read_manifest
+from tasks.s3 import UploadPolicy
+from tasks.storage import Storage
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+"""Bumped when the bytes of a shard would change for the same input (resets resume)."""
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+REQUIRED_COLUMNS = ("key", "url", "caption", "page_url", "source", "download_shard", "keep")
+_READ_CHUNK = 1024 * 1024
+
+
+class ShardInputError(ValueError):
+    """The curate output cannot be sharded as it is; the message names the file and sample."""
+
+
+class ShardVerifyError(RuntimeError):
+    """Shards that do not match their manifest; the message names each bad shard."""
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    """One finished shard, as listed in ``manifest.json`` and its progress record."""
+
+    name: str
+    count: int
+    bytes: int
+    sha256: str
+    fingerprint: str
+
+
+def upload_policy(config: ShardConfig) -> UploadPolicy:
+    return UploadPolicy(
+        chunk_bytes=config.multipart_chunk_bytes,
+        concurrency=config.upload_concurrency,
+        retries=config.upload_retries,
+        backoff_seconds=config.upload_backoff_seconds,
+    )
+
+
+def read_kept(storage: Storage, kept_expected: int) -> pd.DataFrame:
+    """The rows of ``curate/samples.parquet`` with ``keep``, sorted by key; checked against
+    the curate manifest's ``kept`` count and for duplicate keys."""
+    uri = storage.uri("curate", "samples.parquet")
+    if not storage.exists(uri):
+        raise ShardInputError(f"{uri}: not found; run the curate stage first")
+    samples = pd.read_parquet(uri, storage_options=storage.storage_options())
+    missing = [c for c in REQUIRED_COLUMNS if c not in samples.columns]
+    if missing:
+        raise ShardInputError(f"{uri}: missing column(s) {missing}")
+    kept = samples[samples["keep"].astype(bool)].sort_values("key", kind="stable")
+    kept = kept.reset_index(drop=True)
+    if len(kept) != kept_expected:
+        raise ShardInputError(
+            f"{uri}: {len(kept)} rows with keep=true, but the curate manifest says kept="
+            f"{kept_expected}; rerun curate"
+        )
+    duplicated = kept["key"][kept["key"].duplicated()].tolist()
+    if duplicated:
+        raise ShardInputError(f"{uri}: kept keys appear more than once: {duplicated[:5]}")
+    null_caption = kept["key"][kept["caption"].isna()].tolist()
+    if null_caption:
+        raise ShardInputError(f"{uri}: kept samples without a caption: {null_caption[:5]}")
+    return kept
+
+
+def plan_shards(n_samples: int, samples_per_shard: int, seed: int) -> list[np.ndarray]:
+    """Row indices of each output shard: a seeded permutation cut into consecutive runs."""
+    order = np.random.default_rng(seed).permutation(n_samples)
+    return [order[i : i + samples_per_shard] for i in range(0, n_samples, samples_per_shard)]
+
+
+def shard_name(index: int) -> str:
+    return f"{index:06d}.tar"
+
+
+def _score_columns(frame: pd.DataFrame) -> list[str]:
+    return [
+        c for c in frame.columns if c.endswith("score") and pd.api.types.is_numeric_dtype(frame[c])
+    ]
+
+
+def sample_metadata(row: pd.Series, score_columns: list[str]) -> dict[str, Any]:
+    """The ``.json`` member of one sample: lineage back to its URL and page, and its scores."""
+    scores = {c: (None if pd.isna(row[c]) else float(row[c])) for c in score_columns}
+    meta: dict[str, Any] = {
+        "key": str(row["key"]),
+        "url": row["url"],
+        "page_url": None if pd.isna(row["page_url"]) else row["page_url"],
+        "source": None if pd.isna(row["source"]) else row["source"],
+        "scores": scores,
+    }
+    if "sha256" in row.index and isinstance(row["sha256"], str):
+        meta["sha256"] = row["sha256"]
+    return meta
+
+
+def _fingerprint(name: str, rows: pd.DataFrame, metas: list[dict[str, Any]]) -> str:
+    """What a shard's bytes depend on: its name, samples in order, captions and inputs."""
+    h = hashlib.sha256(f"v{FORMAT_VERSION}:{name}".encode())
+    for meta, caption, source_tar in zip(
+        metas, rows["caption"], rows["download_shard"], strict=True
+    ):
+        h.update(json.dumps([meta, caption, source_tar], sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def check_member_name(tar_uri: str, member: tarfile.TarInfo) -> None:
+    """Refuse a tar member that is not a regular file with a plain name (``../../x``, ``/etc``,
+    ``a/b``, links): img2dataset writes only flat names, anything else is tampering."""
+    name = member.name
+    if not name or name.startswith("/") or "/" in name or "\\" in name or name in {".", ".."}:
+        raise ShardInputError(f"{tar_uri}: refusing tar member {name!r}: not a plain file name")
+    if not member.isreg():
+        raise ShardInputError(f"{tar_uri}: refusing tar member {name!r}: not a regular file")
+
+
+class InputTars:
+    """Random access to the download tars' samples; S3 tars are fetched once to a temp dir."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self._tmp = tempfile.TemporaryDirectory(prefix="clipflow-shard-")
+        self._tars: dict[str, tuple[tarfile.TarFile, dict[str, dict[str, tarfile.TarInfo]]]] = {}
+
+    def __enter__(self) -> InputTars:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for tar, _ in self._tars.values():
+            tar.close()
+        self._tmp.cleanup()
+
+    def sample(self, download_shard: str, key: str) -> tuple[str, bytes]:
+        """(image extension, image bytes) of one sample, exactly as downloaded."""
+        uri, tar, index = self._open(download_shard)
+        members = index.get(key)
+        ext = next((e for e in IMAGE_EXTENSIONS if members and e in members), None)
+        if members is None or ext is None:
+            raise ShardInputError(f"{uri}: kept sample {key!r} has no image in this tar")
+        handle = tar.extractfile(members[ext])
+        assert handle is not None  # check_member_name admitted regular files only
+        return ext, handle.read()
+
+    def _open(self, download_shard: str) -> tuple[str, tarfile.TarFile, dict[str, Any]]:
+        uri = self.storage.uri("download", download_shard)
+        if download_shard not in self._tars:
+            if posixpath.basename(download_shard) != download_shard or download_shard in {"", ".."}:
+                raise ShardInputError(f"download_shard {download_shard!r}: not a plain file name")
+            if not self.storage.exists(uri):
+                raise ShardInputError(f"{uri}: download tar not found")
+            path = uri
+            if self.storage.is_s3:
+                path = os.path.join(self._tmp.name, download_shard)
+                self.storage.fs.get_file(uri, path)
+            try:
+                # Stays open for random access until __exit__ closes it.
+                tar = tarfile.open(path, "r:")  # noqa: SIM115
+                self._tars[download_shard] = (tar, _index_members(uri, tar))
+            except (tarfile.TarError, EOFError) as error:
+                raise ShardInputError(f"{uri}: unreadable tar: {error}") from error
+        tar, index = self._tars[download_shard]
+        return uri, tar, index
+
+
+def _index_members(uri: str, tar: tarfile.TarFile) -> dict[str, dict[str, tarfile.TarInfo]]:
+    index: dict[str, dict[str, tarfile.TarInfo]] = {}
+    for member in tar.getmembers():
+        check_member_name(uri, member)
+        key, _, ext = member.name.partition(".")
+        index.setdefault(key, {})[ext.lower()] = member
+    return index
+
+
+class _HashingWriter:
+    """A write-only file that hashes and counts what passes through it."""
+
+    def __init__(self, target: IO[bytes]) -> None:
+        self.target, self.sha256, self.bytes = target, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.bytes += len(data)
+        return self.target.write(data)
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    # Fixed metadata, so the same samples always give the same bytes (and sha256).
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_shard_tar(
+    target: IO[bytes], rows: pd.DataFrame, metas: list[dict[str, Any]], inputs: InputTars
+) -> tuple[int, str]:
+    """Write one shard's samples, in row order, as a tar to ``target``; (bytes, sha256)."""
+    hashing = _HashingWriter(target)
+    with tarfile.open(fileobj=hashing, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+        for meta, caption, source_tar in zip(
+            metas, rows["caption"], rows["download_shard"], strict=True
+        ):
+            ext, image = inputs.sample(source_tar, meta["key"])
+            _add_member(tar, f"{meta['key']}.{ext}", image)
+            _add_member(tar, f"{meta['key']}.txt", str(caption).encode("utf-8"))
+            _add_member(tar, f"{meta['key']}.json", json.dumps(meta, sort_keys=True).encode())
+    return hashing.bytes, hashing.sha256.hexdigest()
+
+
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_READ_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _reusable(
+    storage: Storage, uri: str, progress_uri: str, fingerprint: str
+) -> ShardRecord | None:
+    """The record of a shard a previous run finished with the same content, if any."""
+    if not storage.exists(progress_uri):
+        return None
+    try:
+        record = ShardRecord(**storage.read_json(progress_uri))
+    except (ValueError, TypeError):  # a record from an older format: rewrite the shard
+        return None
+    if record.fingerprint != fingerprint or not storage.exists(uri):
+        return None
+    return record if storage.size(uri) == record.bytes else None
+
+
+def write_or_reuse_shard(
+    storage: Storage, index: int, rows: pd.DataFrame, inputs: InputTars
+) -> tuple[ShardRecord, bool]:
+    """Write shard ``index`` (atomically, checked) unless a matching one is done; (record,
+    written)."""
+    name = shard_name(index)
+    uri, progress_uri = (
+        storage.uri("shards", name),
+        storage.uri("shards", "_progress", f"{name}.json"),
+    )
+    scores = _score_columns(rows)
+    metas = [sample_metadata(row, scores) for _, row in rows.iterrows()]
+    fingerprint = _fingerprint(name, rows, metas)
+    done = _reusable(storage, uri, progress_uri, fingerprint)
+    if done is not None:
+        log.debug("shard %s: kept from a previous run", name)
+        return done, False
+    storage.remove(progress_uri)
+    with storage.atomic_local_path(uri) as (fh, local_path):
+        size, sha256 = write_shard_tar(fh, rows, metas, inputs)
+        fh.flush()
+        if _file_sha256(local_path) != sha256:
+            raise OSError(f"{uri}: local copy does not read back as written")
+    # Local: os.replace of the checked file; S3: the server checked every part's SHA-256.
+    record = ShardRecord(name, len(rows), size, sha256, fingerprint)
+    storage.write_json(progress_uri, asdict(record))
+    return record, True
+
+
+def _retract_published(storage: Storage) -> None:
+    """Before any shard changes, unpublish: no manifest may point at a shard being rewritten."""
+    invalidate(storage, "shard")
+    for name in ("manifest.json", "sizes.json"):
+        storage.remove(storage.uri("shards", name))
+
+
+def _remove_stale(storage: Storage, names: set[str]) -> None:
+    """Shards (and records) of an earlier, larger plan that this plan does not have."""
+    for uri in storage.glob("shards/*.tar") + storage.glob("shards/_progress/*.tar.json"):
+        if posixpath.basename(uri).removesuffix(".json") not in names:
+            log.info("removing stale %s", uri)
+            storage.remove(uri)
+
+
+def shard(cfg: PipelineConfig, storage: Storage) -> StageResult:
+    """The shard stage: kept samples in, verified WebDataset shards out, none lost or doubled."""
+    curate = read_manifest(storage, "curate")
+    if curate is None:
+        raise ShardInputError(f"{manifest_uri(storage, 'curate')}: not found; run curate first")
+    out = Storage(cfg.storage, upload=upload_policy(cfg.shard))
+    kept = read_kept(storage, int(curate["counts"]["kept"]))
+    plan = plan_shards(len(kept), cfg.shard.samples_per_shard, cfg.shard.seed)
+    _retract_published(out)
+    records: list[ShardRecord] = []
+    written = 0
+    with InputTars(out) as inputs:
+        for index, rows in enumerate(plan):
+            record, was_written = write_or_reuse_shard(out, index, kept.iloc[rows], inputs)
+            records.append(record)
+            written += was_written
+    _remove_stale(out, {r.name for r in records})
+    manifest = publish(out, records, curate_summary(storage, curate), cfg.shard)
+    report = verify_shards(out)
+    if not report.ok:
+        raise ShardVerifyError("shards failed verification: " + "; ".join(report.problems))
+    log.info(
+        "shard: %d shards (%d written, %d kept from a previous run), %d samples",
+        len(records),
+        written,
+        len(records) - written,
+        manifest["total_samples"],
+    )
+    last = len(records) - 1
+    return StageResult(
+        counts={"kept": len(kept), "samples": manifest["total_samples"], "shards": len(records)},
+        outputs={
+            "folder": out.uri("shards"),
+            "manifest": out.uri("shards", "manifest.json"),
+            "sizes": out.uri("shards", "sizes.json"),
+            "pattern": out.uri("shards", f"{{{shard_name(0)[:-4]}..{shard_name(last)[:-4]}}}.tar"),
+        },
+        extra={
+            "shards_written": written,
+            "shards_reused": len(records) - written,
+            "bytes": manifest["total_bytes"],
+        },
+    )
+
+
+def curate_summary(storage: Storage, curate: dict[str, Any]) -> dict[str, Any]:
+    """What ``manifest.json`` says about its input: the curate manifest's URI and identity."""
+    uri = manifest_uri(storage, "curate")
+    return {
+        "uri": uri,
+        "sha256": hashlib.sha256(storage.read_bytes(uri)).hexdigest(),
+        "finished_at": curate.get("finished_at"),
+        "kept": curate["counts"]["kept"],
+    }
+
+
+def publish(
+    storage: Storage, records: list[ShardRecord], curate: dict[str, Any], config: ShardConfig
+) -> dict[str, Any]:
+    """Write ``sizes.json`` then ``manifest.json`` (last: it is the shards' "done" marker)."""
+    manifest = {
+        "format": "webdataset",
+        "format_version": FORMAT_VERSION,
+        "shards": [
+            {"name": r.name, "count": r.count, "bytes": r.bytes, "sha256": r.sha256}
+            for r in records
+        ],
+        "total_samples": sum(r.count for r in records),
+        "total_bytes": sum(r.bytes for r in records),
+        "samples_per_shard": config.samples_per_shard,
+        "seed": config.seed,
+        "curate_manifest": curate,
+        "created_at": datetime.now(UTC).isoformat(),
+    }
+    storage.write_json(storage.uri("shards", "sizes.json"), {r.name: r.count for r in records})
+    storage.write_json(storage.uri("shards", "manifest.json"), manifest)
+    return manifest
+
+
+@dataclass
+class VerifyReport:
+    """What ``verify_shards`` found: one problem per bad shard, named."""
+
+    shards: int
+    samples: int
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class _HashingReader:
+    """A read-only stream that hashes and counts what is read through it."""
+
+    def __init__(self, source: IO[bytes]) -> None:
+        self.source, self.sha256, self.bytes = source, hashlib.sha256(), 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.source.read(size)
+        self.sha256.update(data)
+        self.bytes += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(_READ_CHUNK):
+            pass
+
+
+def _read_shard(storage: Storage, uri: str) -> tuple[list[str], int, str]:
+    """Stream one shard: (sample keys in order, bytes, sha256); raises on a broken tar."""
+    keys: list[str] = []
+    with storage.open(uri, "rb") as raw:
+        stream = _HashingReader(raw)
+        with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
+            for member in tar:
+                check_member_name(uri, member)
+                key = member.name.partition(".")[0]
+                if not keys or keys[-1] != key:
+                    keys.append(key)
+        stream.drain()
+    return keys, stream.bytes, stream.sha256.hexdigest()
+
+
+def _check_entry(storage: Storage, entry: dict[str, Any], seen: set[str]) -> list[str]:
+    name = entry["name"]
+    uri = storage.uri("shards", name)
+    if not storage.exists(uri):
+        return [f"{name}: missing"]
+    try:
+        keys, size, sha256 = _read_shard(storage, uri)
+    except (tarfile.TarError, EOFError, OSError, ShardInputError) as error:
+        return [f"{name}: corrupt ({error})"]
+    problems = []
+    if sha256 != entry["sha256"] or size != entry["bytes"]:
+        problems.append(f"{name}: corrupt (sha256/bytes differ from manifest.json)")
+    if len(keys) != entry["count"]:
+        problems.append(f"{name}: {len(keys)} samples, manifest.json says {entry['count']}")
+    doubled = [k for k in keys if k in seen]
+    if doubled:
+        problems.append(f"{name}: samples already in another shard: {doubled[:5]}")
+    seen.update(keys)
+    return problems
+
+
+def verify_shards(storage: Storage) -> VerifyReport:
+    """Read every shard back; check counts, bytes and sha256 against ``manifest.json``, and
+    ``sizes.json`` against it; name every missing, corrupt or unlisted shard."""
+    manifest_path = storage.uri("shards", "manifest.json")
+    if not storage.exists(manifest_path):
+        return VerifyReport(0, 0, [f"{manifest_path}: missing"])
+    manifest = storage.read_json(manifest_path)
+    entries = manifest["shards"]
+    problems: list[str] = []
+    seen: set[str] = set()
+    for entry in entries:
+        problems += _check_entry(storage, entry, seen)
+    sizes_path = storage.uri("shards", "sizes.json")
+    expected_sizes = {e["name"]: e["count"] for e in entries}
+    if not storage.exists(sizes_path) or storage.read_json(sizes_path) != expected_sizes:
+        problems.append(f"{sizes_path}: missing or different from manifest.json")
+    listed = set(expected_sizes)
+    for uri in storage.glob("shards/*.tar"):
+        if posixpath.basename(uri) not in listed:
+            problems.append(f"{posixpath.basename(uri)}: not listed in manifest.json")
+    return VerifyReport(len(entries), len(seen), problems)
