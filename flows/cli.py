@@ -40,6 +40,19 @@ def cmd_status(config_path: str) -> int:
     return 0
 
 
+def cmd_verify(config_path: str) -> int:
+    """Read every shard back against shards/manifest.json; non-zero and the bad shards named."""
+    from tasks.shard import verify_shards
+
+    report = verify_shards(Storage(load_config(config_path).storage))
+    for problem in report.problems:
+        print(f"clipflow verify: {problem}", file=sys.stderr)
+    if not report.ok:
+        return 1
+    print(f"clipflow verify: {report.shards} shards, {report.samples} samples: all match")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clipflow", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -50,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", help="rerun this stage and everything downstream of it")
     status = sub.add_parser("status", help="print each stage's manifest")
     status.add_argument("config")
+    verify = sub.add_parser("verify", help="check every shard against shards/manifest.json")
+    verify.add_argument("config")
     for stage in STAGES:
         p = sub.add_parser(stage, help=f"run the {stage} stage's flow alone")
         p.add_argument("config")
@@ -76,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "status":
         return cmd_status(args.config)
+    if args.command == "verify":
+        return cmd_verify(args.config)
     started = datetime.now(UTC)
     if args.command == "run":
         from flows.pipeline import pipeline_flow

@@ -134,8 +134,15 @@ class CurateConfig(_Section):
 class ShardConfig(_Section):
     samples_per_shard: int = Field(1000, gt=0)
     seed: int = 0
+    """Seed of the shuffle that spreads the kept samples over the output shards."""
     multipart_chunk_bytes: int = Field(8 * 1024 * 1024, ge=5 * 1024 * 1024)
+    """S3 part size; a shard up to this size goes in one PUT."""
+    upload_concurrency: int = Field(4, ge=1)
+    """Parts of one shard uploaded in parallel."""
     upload_retries: int = Field(5, ge=0)
+    """Retries of a whole shard upload after botocore's own per-request retries give up."""
+    upload_backoff_seconds: float = Field(0.5, ge=0)
+    """Wait before the first upload retry; doubled at each further retry."""
 
 
 class TrainConfig(_Section):
