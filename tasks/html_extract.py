@@ -1,0 +1,177 @@
+"""Image-text pairs and links from one HTML page.
+
+Every ``<img>`` gives one pair: its URL (the largest ``srcset`` candidate when there is one,
+else ``src``, else ``data-src``) and its caption (the ``alt`` text, or the enclosing
+``<figure>``'s ``<figcaption>`` when the alt is empty). URLs are resolved against the page
+(or its ``<base href>``) and normalised, so the same image written two ways is one URL.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from urllib.parse import quote, urljoin, urlsplit, urlunsplit
+
+import lxml.html
+from lxml import etree
+
+_CHARSET_HEADER = re.compile(r"charset\s*=\s*[\"']?([\w.:-]+)", re.I)
+_CHARSET_META = re.compile(rb"<meta[^>]+charset\s*=\s*[\"']?([\w.:-]+)", re.I)
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+_QUERY_SAFE = _PATH_SAFE + "?"
+
+
+class PageParseError(ValueError):
+    """The page's bytes do not parse as HTML at all (not even leniently)."""
+
+
+@dataclass
+class PageExtract:
+    """What one page yields: (url, caption) pairs in page order, links to follow, and the
+    images that gave no pair, counted by reason."""
+
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+    links: list[str] = field(default_factory=list)
+    skipped_images: Counter[str] = field(default_factory=Counter)
+
+
+def decode_html(body: bytes, content_type: str | None = None) -> tuple[str, bool]:
+    """Decode page bytes by the header charset, else a ``<meta charset>``, else UTF-8.
+
+    Returns the text and whether bytes were invalid in that encoding (replaced by U+FFFD).
+    """
+    match = _CHARSET_HEADER.search(content_type or "")
+    charset = match.group(1) if match else None
+    if charset is None:
+        meta = _CHARSET_META.search(body[:2048])
+        charset = meta.group(1).decode("ascii", "replace") if meta else "utf-8"
+    try:
+        "".encode(charset)
+    except LookupError:
+        charset = "utf-8"
+    try:
+        return body.decode(charset), False
+    except UnicodeDecodeError:
+        return body.decode(charset, errors="replace"), True
+
+
+def clean_text(text: str) -> str:
+    """Collapse whitespace and drop control characters (alt texts come from anywhere)."""
+    kept = "".join(c if unicodedata.category(c) != "Cc" else " " for c in text)
+    return " ".join(kept.split())
+
+
+def normalize_url(url: str, base: str | None = None) -> str | None:
+    """An absolute, normalised http(s) URL, or None for other schemes and unusable URLs.
+
+    Lower-cases scheme and host, drops the default port and the fragment, resolves dot
+    segments and percent-encodes what must be encoded (keeping existing escapes).
+    """
+    try:
+        joined = urljoin(base, url.strip()) if base else url.strip()
+        parts = urlsplit(joined)
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https") or not parts.hostname:
+            return None
+        host = parts.hostname.encode("idna").decode("ascii")
+        port = parts.port
+    except (ValueError, UnicodeError):
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = (
+        host if port is None or port == {"http": 80, "https": 443}[scheme] else f"{host}:{port}"
+    )
+    path = quote(_remove_dot_segments(parts.path or "/"), safe=_PATH_SAFE)
+    query = quote(parts.query, safe=_QUERY_SAFE)
+    return urlunsplit((scheme, netloc, path, query, ""))
+
+
+def _remove_dot_segments(path: str) -> str:
+    out: list[str] = []
+    for segment in path.split("/")[1:] if path.startswith("/") else path.split("/"):
+        if segment == "..":
+            if out:
+                out.pop()
+        elif segment != ".":
+            out.append(segment)
+    trailing = "/" if path.endswith(("/.", "/..")) else ""
+    return "/" + "/".join(out) + trailing
+
+
+def best_srcset_candidate(srcset: str) -> str | None:
+    """The largest candidate of a srcset (by ``w``, else by ``x`` density)."""
+    best: tuple[int, float, str] | None = None
+    for candidate in re.split(r",\s+|,(?=\S+\s)", srcset.strip()):
+        fields = candidate.strip().split()
+        if not fields:
+            continue
+        descriptor = fields[1].lower() if len(fields) > 1 else "1x"
+        try:
+            value = float(descriptor[:-1])
+        except ValueError:
+            continue
+        rank = (1 if descriptor.endswith("w") else 0, value, fields[0])
+        if best is None or rank[:2] > best[:2]:
+            best = rank
+    return best[2] if best else None
+
+
+def _figcaption(img: lxml.html.HtmlElement) -> str:
+    for figure in img.iterancestors("figure"):
+        caption = figure.find(".//figcaption")
+        return clean_text(caption.text_content()) if caption is not None else ""
+    return ""
+
+
+def _image_pair(img: lxml.html.HtmlElement, base: str) -> tuple[str, str] | str:
+    """(url, caption) for one ``<img>``, or the reason it gives none."""
+    raw = best_srcset_candidate(img.get("srcset") or "") or img.get("src") or img.get("data-src")
+    if not raw or not raw.strip():
+        return "no_src"
+    if raw.strip().lower().startswith("data:"):
+        return "data_uri"
+    url = normalize_url(raw, base)
+    if url is None:
+        return "unusable_url"
+    caption = clean_text(img.get("alt") or "")
+    return url, caption or _figcaption(img)
+
+
+def parse_html(text: str) -> lxml.html.HtmlElement:
+    """Parse leniently; PageParseError when nothing parses (an empty or junk document)."""
+    # libxml2 stops at NUL; control bytes never carry meaning in markup.
+    cleaned = text.replace("\x00", "")
+    try:
+        return lxml.html.document_fromstring(cleaned.encode("utf-8"), parser=_PARSER)
+    except (etree.ParserError, ValueError) as e:
+        raise PageParseError(str(e)) from e
+
+
+_PARSER = lxml.html.HTMLParser(encoding="utf-8", remove_comments=True)
+
+
+def extract_page(text: str, page_url: str) -> PageExtract:
+    """Pairs and followable links of one decoded page fetched from ``page_url``."""
+    doc = parse_html(text)
+    base = page_url
+    base_el = doc.find(".//base[@href]")
+    if base_el is not None:
+        base = normalize_url(base_el.get("href", ""), page_url) or page_url
+    out = PageExtract()
+    for img in doc.iter("img"):
+        found = _image_pair(img, base)
+        if isinstance(found, str):
+            out.skipped_images[found] += 1
+        else:
+            out.pairs.append(found)
+    seen: set[str] = set()
+    for anchor in doc.iter("a"):
+        href = anchor.get("href")
+        link = normalize_url(href, base) if href else None
+        if link is not None and link not in seen:
+            seen.add(link)
+            out.links.append(link)
+    return out
