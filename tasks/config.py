@@ -41,9 +41,14 @@ class CrawlConfig(_Section):
     """Hosts (and their subdomains) the site crawler may follow; empty means the seeds' hosts."""
     allow_private_networks: bool = False
     """Let the crawler reach private, loopback and link-local addresses. Demo and tests only."""
+    allow_private_hosts: list[str] = Field(default_factory=list)
+    """"host:port" origins reachable even though private (an internal mirror), while every
+    other private address stays refused; tests use it to check the guard on loopback only."""
     concurrency: int = Field(8, ge=1)
     per_host_delay: float = Field(0.0, ge=0)
     """Seconds between two requests to the same host (robots.txt Crawl-delay wins if larger)."""
+    max_crawl_delay: float = Field(30.0, ge=0)
+    """Upper bound on a robots.txt Crawl-delay, so one site cannot stall the crawl."""
     timeout: float = Field(10.0, gt=0)
     max_page_bytes: int = Field(5_000_000, gt=0)
     max_redirects: int = Field(5, ge=0)
