@@ -27,12 +27,14 @@ import logging
 import re
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
+from itertools import chain
 from pathlib import Path
 
 import ftfy
+import numpy as np
 import regex
 import torch
-from tokenizers import Encoding, Regex, Tokenizer, models, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
 
 from model.config import CONFIG_DIR, get_model_config, list_models
 
@@ -102,30 +104,26 @@ def _vocab_from_merges(merges: list[tuple[str, str]]) -> dict[str, int]:
     return dict(zip(tokens, range(len(tokens)), strict=True))
 
 
-def _build_backend(
-    vocab: dict[str, int], merges: list[tuple[str, str]], pretokenized: bool
-) -> Tokenizer:
-    bpe = models.BPE(vocab=vocab, merges=merges, end_of_word_suffix="</w>", cache_capacity=200_000)
-    tok = Tokenizer(bpe)
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    if pretokenized:
-        tok.pre_tokenizer = byte_level
-        tok.add_special_tokens([SOT, EOT])
-    else:
-        # Keep the regex matches, drop what lies between them (whitespace): re.findall.
-        split = pre_tokenizers.Split(Regex(_WORD_PATTERN), behavior="removed", invert=True)
-        tok.pre_tokenizer = pre_tokenizers.Sequence([split, byte_level])
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{SOT} $A {EOT}", special_tokens=[(SOT, vocab[SOT]), (EOT, vocab[EOT])]
-    )
+def _build_bpe(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Tokenizer:
+    """Byte-level BPE for single pre-split words (each input string is one word)."""
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, end_of_word_suffix="</w>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     return tok
 
 
 class ClipTokenizer:
-    """Callable as ``tok(texts, context_length=None) -> LongTensor (N, context_length)``."""
+    """Callable as ``tok(texts, context_length=None) -> LongTensor (N, context_length)``.
+
+    Words repeat across captions far more than captions do, so BPE runs once per distinct
+    word (in Rust, batched) and its ids are remembered; a batch is then assembled from word
+    ids with numpy gathers rather than per-token Python.
+    """
 
     def __init__(
-        self, vocab_path: str | Path | None = None, context_length: int = DEFAULT_CONTEXT_LENGTH
+        self,
+        vocab_path: str | Path | None = None,
+        context_length: int = DEFAULT_CONTEXT_LENGTH,
+        max_cached_words: int = 1_000_000,
     ) -> None:
         self.vocab_path = Path(vocab_path) if vocab_path is not None else default_vocab_path()
         self.context_length = context_length
@@ -134,9 +132,14 @@ class ClipTokenizer:
         self._id_to_token = {i: t for t, i in vocab.items()}
         self.sot_token_id, self.eot_token_id = vocab[SOT], vocab[EOT]
         self.vocab_size = self.eot_token_id + 1
-        self._plain = _build_backend(vocab, merges, pretokenized=False)
-        self._pretokenized = _build_backend(vocab, merges, pretokenized=True)
+        self._bpe = _build_bpe(vocab, merges)
         self._byte_decoder = {c: b for b, c in _bytes_to_unicode().items()}
+        self._max_cached_words = max_cached_words
+        self._specials: dict[str, tuple[int, ...]] = {
+            SOT: (self.sot_token_id,),
+            EOT: (self.eot_token_id,),
+        }
+        self._word_ids: dict[str, tuple[int, ...]] = dict(self._specials)
 
     def __call__(
         self, texts: str | Sequence[str], context_length: int | None = None
@@ -147,47 +150,69 @@ class ClipTokenizer:
         length = context_length or self.context_length
         if length < 2:
             raise ValueError(f"context_length must be at least 2, got {length}")
-        out = torch.zeros(len(texts), length, dtype=torch.long)
-        plain_rows, plain_texts, other_rows, other_words = [], [], [], []
+        words: list[str] = []
+        counts = np.empty(len(texts), dtype=np.int64)  # words per text
         for row, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"texts[{row}] is a {type(text).__name__}, not a str")
-            lowered = text.lower()
-            if _NEEDS_CLEANING.search(text) or "_of_text>" in lowered:
-                other_rows.append(row)
-                other_words.append(_CLIP_SPLIT.findall(clean_text(text)))
-            else:
-                plain_rows.append(row)
-                plain_texts.append(lowered)
-        if plain_texts:
-            self._fill(out, plain_rows, self._encode(self._plain, plain_texts, length, False))
-        if other_words:
-            self._fill(out, other_rows, self._encode(self._pretokenized, other_words, length, True))
+            row_words = self._split(text, row)
+            counts[row] = len(row_words)
+            words.extend(row_words)
+        return torch.from_numpy(self._assemble(words, counts, length))
+
+    @staticmethod
+    def _split(text: str, row: int) -> list[str]:
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{row}] is a {type(text).__name__}, not a str")
+        # ftfy and HTML unescaping leave plain ASCII unchanged, and they dominate the cost.
+        cleaned = clean_text(text) if _NEEDS_CLEANING.search(text) else text.lower()
+        words: list[str] = _CLIP_SPLIT.findall(cleaned)
+        return words
+
+    def _ids_of_distinct(self, words: list[str]) -> list[tuple[int, ...]]:
+        """BPE ids of each word in ``words`` (distinct), from the cache or a Rust batch."""
+        new = [w for w in words if w not in self._word_ids]
+        if len(self._word_ids) + len(new) > self._max_cached_words:
+            # Start over rather than track recency: cheap, and bounds memory on a stream.
+            self._word_ids = dict(self._specials)
+            new = [w for w in words if w not in self._word_ids]
+        if new:
+            encoded = self._bpe.encode_batch_fast(new, add_special_tokens=False)
+            self._word_ids.update(zip(new, (tuple(e.ids) for e in encoded), strict=True))
+        return [self._word_ids[w] for w in words]
+
+    def _assemble(self, words: list[str], counts: np.ndarray, length: int) -> np.ndarray:
+        """Rows of ``[sot, ids..., eot, 0...]`` from the flat word list and words per row."""
+        distinct = list(dict.fromkeys(words))
+        word_ids = self._ids_of_distinct(distinct)
+        position = {w: i for i, w in enumerate(distinct)}
+        # Flat table of all distinct words' ids; word k spans table[start[k] : start[k] + n[k]].
+        n = np.fromiter(map(len, word_ids), dtype=np.int64, count=len(word_ids))
+        table = np.fromiter(chain.from_iterable(word_ids), dtype=np.int64, count=int(n.sum()))
+        start = np.cumsum(n) - n
+        k = np.fromiter(map(position.__getitem__, words), dtype=np.int64, count=len(words))
+        # Every token of every text, in order: (text row, position in row, token id).
+        token_counts = n[k]
+        first_token = np.cumsum(token_counts) - token_counts
+        offset_in_word = np.arange(int(token_counts.sum())) - np.repeat(first_token, token_counts)
+        ids = table[np.repeat(start[k], token_counts) + offset_in_word]
+        tokens_before = np.concatenate([[0], np.cumsum(token_counts)])  # by word index
+        words_end = np.cumsum(counts)
+        per_row = tokens_before[words_end] - tokens_before[words_end - counts]  # tokens per text
+        rows = np.repeat(np.arange(len(counts)), per_row)
+        col = np.arange(len(ids)) - np.repeat(np.cumsum(per_row) - per_row, per_row) + 1
+        # Truncate to leave room for the end token, which always survives.
+        keep = col < length - 1
+        out = np.zeros((len(counts), length), dtype=np.int64)
+        out[rows[keep], col[keep]] = ids[keep]
+        out[:, 0] = self.sot_token_id
+        out[np.arange(len(counts)), np.minimum(per_row, length - 2) + 1] = self.eot_token_id
         return out
-
-    @staticmethod
-    def _encode(
-        backend: Tokenizer, inputs: list, length: int, pretokenized: bool
-    ) -> list[Encoding]:
-        # Truncation counts the two special tokens, so the end token survives it.
-        backend.enable_truncation(max_length=length)
-        backend.enable_padding(length=length, pad_id=0, pad_token="!")
-        return backend.encode_batch_fast(inputs, is_pretokenized=pretokenized)
-
-    @staticmethod
-    def _fill(out: torch.Tensor, rows: list[int], encodings: list[Encoding]) -> None:
-        ids = torch.tensor([e.ids for e in encodings], dtype=torch.long)
-        if len(rows) == out.shape[0]:
-            out.copy_(ids)
-        else:
-            out[torch.tensor(rows, dtype=torch.long)] = ids
 
     def encode(self, text: str) -> list[int]:
         """BPE ids of one text, without start/end tokens and without truncation."""
-        words = _CLIP_SPLIT.findall(clean_text(text))
-        self._pretokenized.no_truncation()
-        self._pretokenized.no_padding()
-        return self._pretokenized.encode(words, is_pretokenized=True, add_special_tokens=False).ids
+        words = self._split(text, 0)
+        distinct = list(dict.fromkeys(words))
+        ids = dict(zip(distinct, self._ids_of_distinct(distinct), strict=True))
+        return [i for w in words for i in ids[w]]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of BPE ids; start, end and padding positions after the end are dropped."""
