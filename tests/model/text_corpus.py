@@ -13,19 +13,21 @@ from collections.abc import Callable
 
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
 
-_COMMON = (
+_COMMON_TEXT = (
     "a an the of on in with and photo picture image close-up view small large old new red blue "
     "green black white two three dog cat man woman child car tree house street city beach sky "
     "sunset food plate table window logo icon vector illustration stock free download hd 4k"
-).split()
+)
+_COMMON = _COMMON_TEXT.split()
 _WORDS = _COMMON + [w for name in IMAGENET_CLASSNAMES for w in name.split()]
 _PUNCT = list(".,;:!?-_/()[]{}\"'#@%*+=<>|~`^$\\")
 _CONTRACTIONS = ["it's", "don't", "we're", "I've", "I'm", "you'll", "he'd", "IT'S", "Rock'n'Roll"]
-_UNICODE_WORDS = (
+_UNICODE_TEXT = (
     "café naïve façade jalapeño Zürich straße smørrebrød Ærø São Paulo İstanbul ΣΟΦΙΑ σοφός "
     "Москва привет مرحبا שלום नमस्ते สวัสดี 東京 北京烤鸭 こんにちは カタカナ 안녕하세요 "
     "ﬁnance ﬂower “quoted” ‘single’ – — … € £ ¥ © ® ™ ½ ² µ Ⅻ ｆｕｌｌｗｉｄｔｈ ǅ ﬀ Å Ω K"
-).split()
+)
+_UNICODE_WORDS = _UNICODE_TEXT.split()
 _EMOJI = [
     "😀",
     "🐶",
