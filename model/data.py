@@ -1,0 +1,361 @@
+"""WebDataset shards -> training batches: uint8 images (B, S, S, 3) and token ids (B, T).
+
+Each rank runs ``workers`` data-loader processes ("readers"; one in-process reader when
+``workers`` is 0). Reader ``g = rank * W + w`` of ``G = world * W`` reads an endless stream:
+
+- epoch by epoch, the shard list is permuted (seed + epoch) and reader ``g`` takes every
+  G-th shard (``split``), or draws ``ceil(n / G)`` shards with replacement (``resampled``);
+  with fewer shards than readers ``split`` is refused up front, never a silent stall;
+- tar members are grouped into samples by key, shuffled in a per-reader buffer, decoded
+  (JPEG/PNG/WebP), randomly cropped and flipped, and batched; captions are tokenised per
+  batch. A sample that does not decode is skipped and counted, never fatal.
+
+Streams never end, so every rank takes the same number of steps (the number of steps, not
+the data, ends training: no rank waits on a peer that ran out). Randomness comes only from
+(seed, reader, epoch, batch index), so a reader can be fast-forwarded: ``LoaderPosition``
+records, per reader, the raw samples and batches the training loop consumed, and a loader
+built from it continues exactly where the old one stopped.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import posixpath
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import fsspec
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from model.tokenizer import get_tokenizer
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+RawSample = tuple[str, dict[str, bytes]]  # (shard/key, {extension: bytes})
+_ZERO_BLOCK = bytes(512)
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """What the loader needs; sizes in pixels / tokens, ``batch_size`` per rank."""
+
+    shards: list[str]
+    sizes: list[int]
+    batch_size: int
+    image_size: int
+    context_length: int
+    workers: int = 0
+    seed: int = 0
+    sampling: str = "split"
+    shuffle_buffer: int = 2000
+    crop_scale: tuple[float, float] = (0.8, 1.0)
+    hflip: bool = True
+    vocab: str | None = None
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LoaderPosition:
+    """Per-reader progress of one rank: raw samples read (decoded or skipped) and batches
+    taken, in reader order; ``batches`` is the rank's total."""
+
+    world: int
+    workers: int
+    raw: list[int]
+    taken: list[int]
+    batches: int = 0
+    skipped: int = 0
+
+    @classmethod
+    def start(cls, world: int, workers: int) -> LoaderPosition:
+        n = max(workers, 1)
+        return cls(world, workers, [0] * n, [0] * n)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def read_shard_list(folder: str, storage_options: dict[str, Any]) -> tuple[list[str], list[int]]:
+    """Shard URIs and sample counts from ``{folder}/sizes.json`` (OpenCLIP's format)."""
+    uri = posixpath.join(folder, "sizes.json")
+    try:
+        with fsspec.open(uri, "rb", **storage_options) as f:
+            sizes = json.load(f)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{uri} not found: run the shard stage first") from e
+    if not isinstance(sizes, dict) or not sizes:
+        raise ValueError(f"{uri}: expected a non-empty mapping of shard name -> sample count")
+    names = sorted(sizes)
+    return [posixpath.join(folder, n) for n in names], [int(sizes[n]) for n in names]
+
+
+def resolve_sampling(requested: str, n_shards: int, world: int, workers: int) -> str:
+    """``split`` or ``resampled``; raises when ``split`` would leave a reader without shards."""
+    readers = world * max(workers, 1)
+    if requested == "resampled" or (requested == "auto" and n_shards < readers):
+        if requested == "auto":
+            log.warning(
+                "%d shards for %d ranks x %d workers = %d readers: sampling shards with "
+                "replacement (sampling: resampled)",
+                n_shards,
+                world,
+                max(workers, 1),
+                readers,
+            )
+        return "resampled"
+    if n_shards < readers:
+        raise ValueError(
+            f"{n_shards} shards cannot be split over {world} ranks x {max(workers, 1)} "
+            f"workers = {readers} readers (each needs at least one shard): write more, "
+            "smaller shards (shard.samples_per_shard), lower train.workers, or set "
+            "train.sampling to 'resampled' or 'auto'"
+        )
+    return "split"
+
+
+def _tar_members(f: IO[bytes], uri: str) -> Iterator[tuple[str, int, IO[bytes]]]:
+    """(name, size, file) of each regular member of a ustar / pax / GNU tar stream; the
+    caller reads ``size`` bytes or fewer, the rest is skipped. ``tarfile`` spends most of a
+    small-sample loader's time parsing headers; these are the few fields a shard needs."""
+    long_name: str | None = None
+    while True:
+        header = f.read(512)
+        if len(header) < 512 or header == _ZERO_BLOCK:
+            if header and header != _ZERO_BLOCK:
+                raise RuntimeError(f"shard {uri} is truncated (a partial tar header)")
+            return
+        try:
+            size = int(header[124:136].rstrip(b"\0 ") or b"0", 8)
+        except ValueError as e:
+            raise RuntimeError(f"shard {uri} is not a tar (bad header at a member)") from e
+        kind = header[156:157]
+        padded = (size + 511) & ~511
+        if kind in (b"x", b"L"):  # pax extended header / GNU long name: the next name
+            data = f.read(padded)[:size]
+            long_name = _long_name(data, kind)
+            continue
+        name = long_name or _header_name(header)
+        long_name = None
+        start = f.tell()
+        if kind in (b"0", b"\0"):
+            yield name, size, f
+        f.seek(start + padded)
+
+
+def _header_name(header: bytes) -> str:
+    name = header[0:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+    prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "replace")
+    return f"{prefix}/{name}" if prefix else name
+
+
+def _long_name(data: bytes, kind: bytes) -> str | None:
+    if kind == b"L":
+        return data.split(b"\0", 1)[0].decode("utf-8", "replace")
+    for record in data.decode("utf-8", "replace").splitlines():
+        _, _, entry = record.partition(" ")
+        key, _, value = entry.partition("=")
+        if key == "path":
+            return value
+    return None
+
+
+def _tar_samples(uri: str, storage_options: dict[str, Any]) -> Iterator[RawSample]:
+    """Samples of one tar, members grouped by key (the name before the basename's first dot)."""
+    key: str | None = None
+    members: dict[str, bytes] = {}
+    with fsspec.open(uri, "rb", **storage_options) as f:
+        for name, size, handle in _tar_members(f, uri):
+            folder, base = posixpath.split(name)
+            stem, _, ext = base.partition(".")
+            ext = ext.lower()
+            if ext not in IMAGE_EXTENSIONS and ext != "txt":
+                continue
+            sample_key = posixpath.join(folder, stem)
+            if sample_key != key and members:
+                yield f"{uri}/{key}", members
+                members = {}
+            key = sample_key
+            data = handle.read(size)
+            if len(data) < size:
+                raise RuntimeError(f"shard {uri} is truncated inside member {name}")
+            members[ext] = data
+    if members:
+        yield f"{uri}/{key}", members
+
+
+def _crop_box(
+    rng: random.Random, width: int, height: int, scale: tuple[float, float]
+) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop box (aspect 3/4..4/3), from a seeded generator."""
+    area = width * height
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            left = rng.randint(0, width - w)
+            top = rng.randint(0, height - h)
+            return left, top, left + w, top + h
+    side = min(width, height)  # fall back to a centre crop, as torchvision does
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
+class ShardStream(IterableDataset):
+    """The endless batch stream of every reader of one rank (see the module docstring)."""
+
+    def __init__(self, cfg: LoaderConfig, rank: int, world: int, position: LoaderPosition):
+        super().__init__()
+        self.cfg, self.rank, self.world, self.position = cfg, rank, world, position
+        self.readers = max(cfg.workers, 1)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        physical = info.id if info is not None else 0
+        # Batch k of the rank comes from physical worker k % W (DataLoader's round robin);
+        # rotating the roles keeps the old order when a loader restarts mid-way.
+        reader = (physical + self.position.batches) % self.readers
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        return self._batches(reader)
+
+    def _raw_stream(self, reader: int) -> Iterator[RawSample]:
+        """Samples of this reader's shards, epoch after epoch, through the shuffle buffer."""
+        cfg, g = self.cfg, self.rank * self.readers + reader
+        readers, n = self.world * self.readers, len(cfg.shards)
+        shuffle = random.Random(f"{cfg.seed}-{g}")
+        buffer: list[RawSample] = []
+        epoch = 0
+        while True:
+            seen = 0
+            if cfg.sampling == "split":
+                order = np.random.default_rng([cfg.seed, epoch]).permutation(n)[g::readers]
+            else:
+                order = np.random.default_rng([cfg.seed, epoch, g]).integers(
+                    0, n, math.ceil(n / readers)
+                )
+            for index in order:
+                for sample in _tar_samples(cfg.shards[index], cfg.storage_options):
+                    seen += 1
+                    if len(buffer) < cfg.shuffle_buffer:
+                        buffer.append(sample)
+                        continue
+                    if buffer:
+                        slot = shuffle.randrange(len(buffer))
+                        buffer[slot], sample = sample, buffer[slot]
+                    yield sample
+            if not seen:
+                shards = [cfg.shards[i] for i in order]
+                raise RuntimeError(f"reader {g}: its shards hold no samples: {shards}")
+            epoch += 1
+
+    def _decode(self, sample: RawSample, rng: random.Random) -> tuple[np.ndarray, str]:
+        """(S, S, 3) uint8 crop and the caption; raises ValueError on a bad sample."""
+        name, members = sample
+        ext = next((e for e in IMAGE_EXTENSIONS if e in members), None)
+        if ext is None or "txt" not in members:
+            raise ValueError(f"{name}: needs an image and a .txt, has {sorted(members)}")
+        caption = members["txt"].decode("utf-8").strip()
+        size, scale = self.cfg.image_size, self.cfg.crop_scale
+        with Image.open(io.BytesIO(members[ext])) as img:
+            # JPEG can decode at 1/2..1/8 scale; keep enough pixels for the smallest crop.
+            need = math.ceil(size / math.sqrt(scale[0]))
+            img.draft("RGB", (need, need))
+            rgb = img.convert("RGB")
+        box = _crop_box(rng, rgb.width, rgb.height, scale)
+        pixels = np.asarray(rgb.resize((size, size), Image.Resampling.BICUBIC, box=box))
+        if self.cfg.hflip and rng.random() < 0.5:
+            pixels = pixels[:, ::-1]
+        return pixels, caption
+
+    def _batches(self, reader: int) -> Iterator[dict[str, Any]]:
+        cfg, pos = self.cfg, self.position
+        tokenizer = get_tokenizer(cfg.vocab, context_length=cfg.context_length)
+        g = self.rank * self.readers + reader
+        raw, taken = pos.raw[reader], pos.taken[reader]
+        stream = self._raw_stream(reader)
+        for _ in range(raw):  # fast-forward without decoding
+            next(stream)
+        failures_in_a_row = 0
+        while True:
+            rng = random.Random(f"{cfg.seed}-{g}-{taken}")
+            images = np.empty((cfg.batch_size, cfg.image_size, cfg.image_size, 3), np.uint8)
+            captions: list[str] = []
+            skipped = 0
+            for sample in stream:
+                raw += 1
+                try:
+                    images[len(captions)], caption = self._decode(sample, rng)
+                except (ValueError, OSError, Image.DecompressionBombError) as e:
+                    skipped += 1
+                    failures_in_a_row += 1
+                    log.warning("skipped a corrupt sample: %s", e)
+                    # A whole dataset's worth of failures means nothing decodes: stop loudly.
+                    if failures_in_a_row > sum(cfg.sizes):
+                        raise RuntimeError(f"reader {g}: no sample decodes; last: {e}") from e
+                    continue
+                failures_in_a_row = 0
+                captions.append(caption)
+                if len(captions) == cfg.batch_size:
+                    break
+            taken += 1
+            yield {
+                "images": torch.from_numpy(images),
+                "texts": tokenizer(captions),
+                "reader": reader,
+                "raw": raw,
+                "taken": taken,
+                "skipped": skipped,
+            }
+
+
+class TrainLoader:
+    """Iterates (images uint8 (B, S, S, 3), texts (B, T)) and tracks ``position``."""
+
+    def __init__(
+        self, cfg: LoaderConfig, rank: int, world: int, position: LoaderPosition | None = None
+    ) -> None:
+        self.cfg = cfg
+        fresh = LoaderPosition.start(world, cfg.workers)
+        if position is not None and (position.world, position.workers) != (world, cfg.workers):
+            log.warning(
+                "loader position saved for %d ranks x %d workers, now %d x %d: the data "
+                "order restarts (not an exact resume)",
+                position.world,
+                position.workers,
+                world,
+                cfg.workers,
+            )
+            position = None
+        self.position = position if position is not None else fresh
+        dataset = ShardStream(cfg, rank, world, self.position)
+        self._loader = DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=cfg.workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=cfg.workers > 0,
+            prefetch_factor=4 if cfg.workers > 0 else None,
+        )
+        self._iter: Iterator[dict[str, Any]] | None = None
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next batch; its reader's progress is recorded in ``position``."""
+        if self._iter is None:
+            self._iter = iter(self._loader)
+        batch = next(self._iter)
+        pos, reader = self.position, int(batch["reader"])
+        pos.raw[reader], pos.taken[reader] = int(batch["raw"]), int(batch["taken"])
+        pos.batches += 1
+        pos.skipped += int(batch["skipped"])
+        return batch["images"], batch["texts"]
