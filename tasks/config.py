@@ -177,6 +177,22 @@ class TrainConfig(_Section):
     log_every_steps: int = Field(10, gt=0)
     vocab: str | None = None
     """Path to a trained BPE vocabulary; None means CLIP's own 49,152-merge vocabulary."""
+    sampling: Literal["auto", "split", "resampled"] = "auto"
+    """split: each epoch's shards are divided among ranks x workers (fewer shards than readers
+    is an error); resampled: shards drawn with replacement; auto: split, or resampled when
+    there are fewer shards than readers."""
+    shuffle_buffer: int = Field(2000, ge=0)
+    """Samples held per data-loader worker for shuffling (0: shard order only)."""
+    crop_scale_min: float = Field(0.8, gt=0, le=1)
+    """Smallest image area fraction a training random-resized crop keeps."""
+    hflip: bool = True
+    """Random horizontal flips (off for data where left and right differ, e.g. text)."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """step_N.pt files kept (latest.pt aside); older ones are deleted."""
+    rdzv_port: int = Field(29500, gt=0, lt=65536)
+    """Rendezvous port on the first node when nnodes > 1 and rdzv_endpoint is unset."""
+    timeout_minutes: float = Field(30.0, gt=0)
+    """Collective timeout: a rank that waits longer on its peers fails instead of hanging."""
 
 
 class EvalDataset(_Section):
