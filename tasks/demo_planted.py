@@ -21,7 +21,6 @@ from tasks.demo_captions import fashion_caption
 from tasks.demo_server import (
     HOSTILE_IMAGE_ROUTES,
     HOSTILE_PAGE_ROUTES,
-    REDIRECT_IMAGE_TARGET,
     REDIRECT_PAGE_TARGET,
 )
 from tasks.demo_site import Item, Site, png_bytes
@@ -253,7 +252,6 @@ def _hostile_files(site: Site, spare: Spare) -> dict[str, str]:
     image.convert("RGB").resize((256, 256)).save(buf, format="JPEG", quality=90)
     jpeg = buf.getvalue()
     site.write("/hostile/drip.jpg", jpeg)
-    site.write(REDIRECT_IMAGE_TARGET, png_bytes(next(spare)[0]))
     return {
         "not_an_image": site.write(
             "/hostile/not-an-image.jpg", b"<html><body>this is not a JPEG</body></html>\n"

@@ -45,10 +45,14 @@ HOSTILE_PAGE_ROUTES: dict[str, str] = {
 }
 SSRF_ROUTES: dict[str, str] = {
     "redirect_to_localhost": "/ssrf/redirect-localhost.html",
+    "redirect_to_name": "/ssrf/redirect-named.html",
     "links_to_loopback": "/ssrf/links.html",
 }
-REDIRECT_IMAGE_TARGET = "/hostile/redirect-target.png"
-"""Where redirect-to-image.jpg points: a real PNG that no page links to directly."""
+SSRF_TEST_NAME = "intranet.test"
+"""The host name redirect-named.html points at; tests resolve it to 127.0.0.1 themselves."""
+REDIRECT_IMAGE_TARGET = "/hostile/noai.png"
+"""Where redirect-to-image.jpg points: a real PNG, served with its opt-out header (so a
+downloader must check the headers of the final hop, not the first)."""
 REDIRECT_PAGE_TARGET = "/planted/moved-target.html"
 NOAI_SOURCE = "/img/fashion/00000.png"
 
@@ -166,6 +170,9 @@ _ROUTES: dict[str, Any] = {
     "/hostile/huge.html": _Handler.endless_page,
     "/ssrf/redirect-localhost.html": lambda h: h.redirect(
         f"http://localhost:{h.server.server_port}/planted/moved-target.html"
+    ),
+    "/ssrf/redirect-named.html": lambda h: h.redirect(
+        f"http://{SSRF_TEST_NAME}:{h.server.server_port}/planted/moved-target.html"
     ),
     "/ssrf/links.html": _ssrf_links,
 }

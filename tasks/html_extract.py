@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
@@ -101,19 +102,38 @@ def _remove_dot_segments(path: str) -> str:
     return "/" + "/".join(out) + trailing
 
 
+def _srcset_candidates(srcset: str) -> Iterator[tuple[str, str]]:
+    """(url, descriptor) pairs, split as the HTML standard does: a URL is a run of
+    non-space characters (commas inside it are kept), a trailing comma ends a candidate."""
+    pos, end = 0, len(srcset)
+    while pos < end:
+        while pos < end and (srcset[pos].isspace() or srcset[pos] == ","):
+            pos += 1
+        start = pos
+        while pos < end and not srcset[pos].isspace():
+            pos += 1
+        url = srcset[start:pos]
+        if not url:
+            return
+        if url.endswith(","):
+            yield url.rstrip(","), ""
+            continue
+        start = pos
+        while pos < end and srcset[pos] != ",":
+            pos += 1
+        yield url, srcset[start:pos].strip()
+
+
 def best_srcset_candidate(srcset: str) -> str | None:
     """The largest candidate of a srcset (by ``w``, else by ``x`` density)."""
     best: tuple[int, float, str] | None = None
-    for candidate in re.split(r",\s+|,(?=\S+\s)", srcset.strip()):
-        fields = candidate.strip().split()
-        if not fields:
-            continue
-        descriptor = fields[1].lower() if len(fields) > 1 else "1x"
+    for url, descriptor in _srcset_candidates(srcset):
+        descriptor = (descriptor.split() or ["1x"])[0].lower()
         try:
             value = float(descriptor[:-1])
         except ValueError:
             continue
-        rank = (1 if descriptor.endswith("w") else 0, value, fields[0])
+        rank = (1 if descriptor.endswith("w") else 0, value, url)
         if best is None or rank[:2] > best[:2]:
             best = rank
     return best[2] if best else None
