@@ -93,16 +93,30 @@ class CurateConfig(_Section):
     min_image_side: int = Field(16, ge=0)
     max_aspect_ratio: float = Field(3.0, gt=0)
     allowed_languages: list[str] = Field(default_factory=lambda: ["en"])
-    min_language_confidence: float = Field(0.5, ge=0, le=1)
+    min_language_confidence: float = Field(0.9, ge=0, le=1)
     """langid probability below which the language rule abstains."""
-    language_min_chars: int = Field(20, ge=0)
+    language_min_chars: int = Field(25, ge=0)
     """Captions shorter than this are not judged by language (language ID is noise on them)."""
     url_blocklist: list[str] = Field(default_factory=list)
     """Domains (and their subdomains) whose URLs or pages are dropped."""
     boilerplate_captions: list[str] = Field(
         default_factory=lambda: [
-            "image", "img", "photo", "picture", "untitled", "untitled image", "thumbnail",
-            "logo", "icon", "banner", "placeholder", "spacer", "null", "none", "alt", "n/a",
+            "image",
+            "img",
+            "photo",
+            "picture",
+            "untitled",
+            "untitled image",
+            "thumbnail",
+            "logo",
+            "icon",
+            "banner",
+            "placeholder",
+            "spacer",
+            "null",
+            "none",
+            "alt",
+            "n/a",
         ]
     )
     boilerplate_filename_pattern: str = (
@@ -198,20 +212,71 @@ class TrainConfig(_Section):
 class EvalDataset(_Section):
     name: str
     path: str
+    """Folder in CLIP_benchmark's WebDataset layout ({path}/{split}/*.tar), local or s3://."""
     task: Literal["zeroshot_classification", "zeroshot_retrieval", "linear_probe"] = (
         "zeroshot_classification"
     )
     split: str = "test"
+    templates: list[str] | None = None
+    """Prompts ("a photo of a {c}."); None means the dataset folder's
+    zeroshot_classification_templates.txt."""
+    train_split: str = "train"
+    """linear_probe: the split the probe is fitted on."""
+    fewshot_k: int | None = Field(None, gt=0)
+    """linear_probe: fit on k train samples per class; None means all of them."""
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder_name(cls, v: str) -> str:
+        if not v or any(c in v for c in "/\\ ") or v.startswith("."):
+            raise ValueError("must be non-empty, without slashes or spaces (it names a folder)")
+        return v
+
+    @field_validator("templates")
+    @classmethod
+    def _templates_name_the_class(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (not v or any("{c}" not in t for t in v)):
+            raise ValueError("must be a non-empty list of prompts that each contain '{c}'")
+        return v
 
 
 class EvaluateConfig(_Section):
     model: str | None = None
-    """Architecture; None means the train stage's."""
+    """Architecture name or OpenCLIP-format config JSON; None means the checkpoint's own
+    model_config, else train.model."""
     checkpoint: str | None = None
     """None means the train stage's latest checkpoint."""
+    vocab: str | None = None
+    """BPE vocabulary; None means train.vocab for the train stage's checkpoint, CLIP's own
+    vocabulary for any other checkpoint."""
     batch_size: int = Field(256, gt=0)
     workers: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: CUDA when available."""
+    recall_k: list[int] = Field(default_factory=lambda: [1, 5, 10], min_length=1)
+    """Retrieval: the k of each recall@k."""
+    linear_probe_c: float = Field(1.0, gt=0)
+    """Linear probe: inverse L2 regularisation strength of the logistic regression."""
+    linear_probe_max_iter: int = Field(1000, gt=0)
+    seed: int = 0
+    """Linear probe: few-shot sampling and solver seed."""
     datasets: list[EvalDataset] = Field(default_factory=list)
+
+    @field_validator("datasets")
+    @classmethod
+    def _unique_names(cls, v: list[EvalDataset]) -> list[EvalDataset]:
+        names = [d.name for d in v]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"dataset names must be unique (they name folders): {duplicates}")
+        return v
+
+    @field_validator("recall_k")
+    @classmethod
+    def _positive_k(cls, v: list[int]) -> list[int]:
+        if any(k < 1 for k in v):
+            raise ValueError("every k must be at least 1")
+        return v
 
 
 class PipelineConfig(_Section):

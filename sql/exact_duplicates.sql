@@ -1,0 +1,29 @@
+-- One exact-duplicate rule ($rule: 'sha256' | 'url' | 'caption_image') over the live
+-- candidates: each group keeps its preferred row; every other member names that row's key.
+WITH grouped AS (
+    SELECT
+        rid,
+        key,
+        quality_ok,
+        pixels,
+        CASE $rule
+            WHEN 'sha256' THEN sha256
+            WHEN 'url' THEN url
+            WHEN 'caption_image' THEN
+                CASE WHEN caption_norm <> '' THEN caption_norm || chr(0) || CAST(phash AS VARCHAR) END
+        END AS group_key
+    FROM dedup_candidates
+),
+ranked AS (
+    SELECT
+        rid,
+        first_value(rid) OVER w AS survivor_rid,
+        first_value(key) OVER w AS survivor_key
+    FROM grouped
+    WHERE group_key IS NOT NULL
+    WINDOW w AS (PARTITION BY group_key ORDER BY quality_ok DESC, pixels DESC, key, rid)
+)
+SELECT rid, survivor_key AS duplicate_of
+FROM ranked
+WHERE rid <> survivor_rid
+ORDER BY rid
