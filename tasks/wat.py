@@ -58,22 +58,25 @@ def _warc_date(value: str | None) -> datetime:
     return datetime.now(UTC)
 
 
-def wat_pairs(payload: dict[str, Any]) -> tuple[str | None, list[tuple[str, str]]]:
-    """The page URL and its (image url, alt) pairs from one parsed WAT JSON record."""
+def wat_pairs(payload: dict[str, Any]) -> tuple[str | None, list[tuple[str, str]], int]:
+    """The page URL, its (image url, alt) pairs, and how many image links had no usable
+    http(s) URL (``data:`` URIs, junk), from one parsed WAT JSON record."""
     envelope = payload.get("Envelope") or {}
     page_url = (envelope.get("WARC-Header-Metadata") or {}).get("WARC-Target-URI")
     html_meta = ((envelope.get("Payload-Metadata") or {}).get("HTTP-Response-Metadata") or {}).get(
         "HTML-Metadata"
     ) or {}
     base = (html_meta.get("Head") or {}).get("Base") or page_url
-    pairs = []
+    pairs, unusable = [], 0
     for link in html_meta.get("Links") or ():
-        if link.get("path") != _IMG_PATH or not link.get("url"):
+        if link.get("path") != _IMG_PATH:
             continue
-        url = normalize_url(link["url"], base)
-        if url is not None:
+        url = normalize_url(link.get("url") or "", base)
+        if url is None:
+            unusable += 1
+        else:
             pairs.append((url, clean_text(link.get("alt") or "")))
-    return page_url, pairs
+    return page_url, pairs, unusable
 
 
 def _open(uri: str, storage_options: dict[str, Any]) -> IO[bytes]:
@@ -104,9 +107,11 @@ def read_archive(
 
 
 def _records(stream: IO[bytes], uri: str) -> Iterator[Any]:
-    iterator = ArchiveIterator(stream, arc2warc=True)
     first = True
-    for record in iterator:
+    for record in ArchiveIterator(stream):
+        # warcio reads any line of text as an old-style ARC header; Common Crawl is WARC.
+        if record.format != "warc":
+            raise ArchiveInputError(f"crawl.wat_files: {uri} is not a WARC/WAT archive")
         first = False
         yield record
     if first:
@@ -121,12 +126,13 @@ def _read_record(record: Any, name: str, max_page_bytes: int, result: ArchiveRes
     if record.rec_type == "metadata" and ctype.startswith("application/json"):
         counts["wat_records"] += 1
         try:
-            page_url, pairs = wat_pairs(json.loads(record.content_stream().read()))
+            page_url, pairs, unusable = wat_pairs(json.loads(record.content_stream().read()))
         except (ValueError, AttributeError) as e:
             counts["wat_records_bad_json"] += 1
             target = headers.get_header("WARC-Target-URI") or ""
             result.errors.append({"url": target, "reason": "bad_wat_json", "detail": str(e)})
             return
+        counts["wat_images_unusable_url"] += unusable
         source = f"wat:{name}"
     elif record.rec_type == "response" and record.http_headers is not None:
         counts["warc_responses"] += 1

@@ -1,0 +1,168 @@
+"""Common Crawl input: WAT and WARC files written here with warcio, read by the crawl stage."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from warcio.statusandheaders import StatusAndHeaders
+from warcio.warcwriter import WARCWriter
+
+from tasks.config import PipelineConfig
+from tasks.crawl import crawl
+from tasks.storage import Storage
+from tasks.wat import ArchiveInputError, read_archive
+
+DATE = "2024-03-01T12:30:00Z"
+
+
+def wat_json(page: str, links: list[dict[str, str]], base: str | None = None) -> bytes:
+    head = {"Title": "a page", **({"Base": base} if base else {})}
+    payload = {
+        "Envelope": {
+            "Format": "WARC",
+            "WARC-Header-Metadata": {"WARC-Type": "response", "WARC-Target-URI": page},
+            "Payload-Metadata": {
+                "Actual-Content-Type": "application/http; msgtype=response",
+                "HTTP-Response-Metadata": {
+                    "Response-Message": {"Status": "200"},
+                    "HTML-Metadata": {"Head": head, "Links": links},
+                },
+            },
+        }
+    }
+    return json.dumps(payload).encode()
+
+
+def write_wat(path: Path) -> None:
+    with open(path, "wb") as fh:
+        writer = WARCWriter(fh, gzip=True)
+        writer.write_record(writer.create_warcinfo_record(path.name, {"software": "test"}))
+
+        def metadata(uri: str, body: bytes, ctype: str = "application/json") -> None:
+            record = writer.create_warc_record(
+                uri, "metadata", payload=io.BytesIO(body), warc_content_type=ctype,
+                warc_headers_dict={"WARC-Date": DATE},
+            )  # fmt: skip
+            writer.write_record(record)
+
+        links = [
+            {"path": "A@/href", "url": "/elsewhere.html", "text": "a link, not an image"},
+            {"path": "IMG@/src", "url": "img/1.png", "alt": "  a red\n dress "},
+            {"path": "IMG@/src", "url": "https://CDN.example/2.jpg#x"},
+            {"path": "IMG@/src", "url": "data:image/png;base64,AAAA", "alt": "inline"},
+        ]
+        metadata(
+            "http://shop.example/a/index.html", wat_json("http://shop.example/a/index.html", links)
+        )
+        based = [{"path": "IMG@/src", "url": "x.png", "alt": "coat on sale"}]
+        metadata(
+            "http://shop.example/b.html",
+            wat_json("http://shop.example/b.html", based, "http://shop.example/media/"),
+        )
+        metadata("http://shop.example/broken.html", b"{not json")
+        metadata("http://shop.example/fields", b"a: b\r\n", "application/warc-fields")
+
+
+def write_warc(path: Path) -> None:
+    with open(path, "wb") as fh:
+        writer = WARCWriter(fh, gzip=False)
+
+        def response(uri: str, ctype: str, body: bytes) -> None:
+            headers = StatusAndHeaders("200 OK", [("Content-Type", ctype)], protocol="HTTP/1.1")
+            record = writer.create_warc_record(
+                uri, "response", payload=io.BytesIO(body), http_headers=headers,
+                warc_headers_dict={"WARC-Date": DATE},
+            )  # fmt: skip
+            writer.write_record(record)
+
+        html = (
+            '<html><body><img src="/a/img/1.png" alt="a red dress">'
+            '<img src="s.png" srcset="s.png 1x, l.png 2x" alt="two sneakers">'
+            '<figure><img src="f.png"><figcaption>ankle boots</figcaption></figure></body></html>'
+        )
+        response("http://shop.example/a/index.html", "text/html; charset=utf-8", html.encode())
+        response("http://shop.example/pic.jpg", "image/jpeg", b"\xff\xd8\xff")
+        request = writer.create_warc_record(
+            "http://shop.example/", "request", payload=io.BytesIO(b"GET / HTTP/1.1\r\n\r\n"),
+            http_headers=StatusAndHeaders("GET / HTTP/1.1", [], is_http_request=True),
+        )  # fmt: skip
+        writer.write_record(request)
+
+
+@pytest.fixture
+def archives(tmp_path: Path) -> tuple[Path, Path]:
+    wat, warc = tmp_path / "CC-test.warc.wat.gz", tmp_path / "CC-test.warc"
+    write_wat(wat)
+    write_warc(warc)
+    return wat, warc
+
+
+def test_wat_record_pairs(archives) -> None:
+    wat, _ = archives
+    result = read_archive(str(wat))
+    when = datetime(2024, 3, 1, 12, 30, tzinfo=UTC)
+    source = "wat:CC-test.warc.wat.gz"
+    page_a, page_b = "http://shop.example/a/index.html", "http://shop.example/b.html"
+    assert result.pairs == [
+        ("http://shop.example/a/img/1.png", "a red dress", page_a, when, source),
+        ("https://cdn.example/2.jpg", "", page_a, when, source),
+        ("http://shop.example/media/x.png", "coat on sale", page_b, when, source),
+    ]
+    c = result.counts
+    assert (c["records"], c["wat_records"], c["records_other"]) == (5, 3, 2)
+    assert c["wat_records_bad_json"] == 1 and c["wat_images_unusable_url"] == 1
+    assert [e["reason"] for e in result.errors] == ["bad_wat_json"]
+
+
+def test_warc_response_pairs(archives) -> None:
+    _, warc = archives
+    result = read_archive(str(warc))
+    assert [(u, cap) for u, cap, *_ in result.pairs] == [
+        ("http://shop.example/a/img/1.png", "a red dress"),
+        ("http://shop.example/a/l.png", "two sneakers"),
+        ("http://shop.example/a/f.png", "ankle boots"),
+    ]
+    assert {p[4] for p in result.pairs} == {"warc:CC-test.warc"}
+    c = result.counts
+    assert (c["warc_responses"], c["warc_responses_not_html"], c["records_other"]) == (2, 1, 1)
+
+
+def test_crawl_stage_on_archives(archives, tmp_root: Path) -> None:
+    wat, warc = archives
+    cfg = PipelineConfig.model_validate(
+        {"storage": {"root": str(tmp_root)}, "crawl": {"wat_files": [str(wat), str(warc)]}}
+    )
+    result = crawl(cfg, Storage(cfg.storage))
+    frame = pd.read_parquet(tmp_root / "crawl" / "candidates-00000.parquet")
+    assert list(frame.columns) == ["url", "caption", "page_url", "source", "crawl_time"]
+    assert str(frame["crawl_time"].dtype) == "datetime64[us, UTC]"
+    assert (frame["crawl_time"] == pd.Timestamp(DATE)).all()
+    # "a red dress" on /a/img/1.png is in both files: the WARC copy is the dropped duplicate.
+    assert len(frame) == 5 and result.counts["duplicates_dropped"] == 1
+    assert result.counts["pairs_found"] == 6 == len(frame) + result.counts["duplicates_dropped"]
+    assert set(frame["source"]) == {"wat:CC-test.warc.wat.gz", "warc:CC-test.warc"}
+    errors = pd.read_parquet(tmp_root / "crawl" / "errors.parquet")
+    assert list(errors["reason"]) == ["bad_wat_json"] and errors["source"][0] == str(wat)
+
+
+def test_bad_archive_inputs_named(tmp_path: Path, tmp_root: Path) -> None:
+    missing = tmp_path / "nope.wat.gz"
+    cfg = PipelineConfig.model_validate(
+        {"storage": {"root": str(tmp_root)}, "crawl": {"wat_files": [str(missing)]}}
+    )
+    with pytest.raises(ArchiveInputError, match="nope.wat.gz does not exist"):
+        crawl(cfg, Storage(cfg.storage))
+    assert not (tmp_root / "crawl").exists()  # failed before any output
+    junk = tmp_path / "junk.warc.gz"
+    junk.write_bytes(b"\x1f\x8b\x08\x00 this is not gzip nor WARC" * 10)
+    with pytest.raises(ArchiveInputError, match="junk.warc.gz"):
+        read_archive(str(junk))
+    empty = tmp_path / "empty.warc"
+    empty.write_bytes(b"")
+    with pytest.raises(ArchiveInputError, match="empty.warc holds no WARC records"):
+        read_archive(str(empty))
