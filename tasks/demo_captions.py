@@ -2,7 +2,7 @@
 
 Fashion-MNIST captions always contain the class name (singular or plural: "sneakers" contains
 "sneaker"), sometimes next to a synonym, and never take the shape of a CLIP prompt template
-("a photo of a {c}."), so zero-shot evaluation prompts stay unseen text.
+("a photo of a {c}.", or the bare "{c}"), so zero-shot evaluation prompts stay unseen text.
 """
 
 from __future__ import annotations
@@ -67,7 +67,6 @@ _EMOJI = (
     "the {name} icon on my phone",
     "sticker: {name}",
     "cute {name} sticker",
-    "{name}",
     "emoji showing {art} {name}",
     "{name} (emoji)",
 )  # fmt: skip
