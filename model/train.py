@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import posixpath
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -353,12 +354,28 @@ def finish(
     return summary
 
 
+def die_with_launcher() -> None:
+    """Ask Linux to SIGKILL this rank when its parent (torchrun's agent) dies: torchrun puts
+    each rank in a session of its own, so killing the launcher would otherwise leave the
+    ranks training on as orphans."""
+    if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    import ctypes
+
+    parent = os.getppid()
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the launcher died before the request took effect
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m model.train`` (one process per rank under torchrun)."""
     parser = argparse.ArgumentParser(prog="model.train", description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="train config YAML (path or URI)")
     parser.add_argument("--resume", help="'latest', a checkpoint path/URI, or 'none'")
     args = parser.parse_args(argv)
+    die_with_launcher()
     rank = os.environ.get("RANK", "0")
     logging.basicConfig(
         level=logging.INFO if rank == "0" else logging.WARNING,

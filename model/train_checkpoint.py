@@ -61,6 +61,18 @@ def write_atomic(data: bytes, uri: str, storage_options: dict[str, Any]) -> None
             os.remove(tmp)
 
 
+def copy_atomic(source: str, target: str, storage_options: dict[str, Any]) -> None:
+    """Make ``target`` a copy of ``source`` (a hard link locally, a server-side copy on S3)."""
+    fs, source_path = filesystem(source, storage_options)
+    target_path = filesystem(target, storage_options)[1]
+    if not is_local(fs):
+        fs.copy(source_path, target_path)
+        return
+    tmp = f"{target_path}.tmp-{uuid.uuid4().hex}"
+    os.link(source_path, tmp)
+    os.replace(tmp, target_path)
+
+
 def rng_state() -> dict[str, Any]:
     """This process's random generators (Python, NumPy, torch CPU and CUDA)."""
     name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
@@ -95,7 +107,7 @@ def save_checkpoint(
     data = buffer.getvalue()
     step_uri = posixpath.join(folder, f"step_{checkpoint['step']}.pt")
     write_atomic(data, step_uri, storage_options)
-    write_atomic(data, posixpath.join(folder, LATEST), storage_options)
+    copy_atomic(step_uri, posixpath.join(folder, LATEST), storage_options)
     _prune(folder, storage_options, keep)
     log.info("checkpoint step %d -> %s (%.1f MB)", checkpoint["step"], step_uri, len(data) / 1e6)
     return step_uri
