@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import gzip
 import html
-import importlib.resources
+import importlib.util
 import json
 import logging
 import re
@@ -52,7 +52,11 @@ _NEEDS_CLEANING = re.compile(r"[^\t\n\r\x20-\x25\x27-\x7e]")
 
 def default_vocab_path() -> Path:
     """CLIP's 49,152-merge vocabulary as shipped inside the ``open_clip_torch`` wheel."""
-    return Path(str(importlib.resources.files("open_clip") / "bpe_simple_vocab_16e6.txt.gz"))
+    # find_spec locates the package without importing it (importing open_clip is slow).
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("CLIP's vocabulary ships in open_clip_torch, which is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "bpe_simple_vocab_16e6.txt.gz"
 
 
 def clean_text(text: str) -> str:

@@ -1,0 +1,54 @@
+"""The per-rank body of the 2-process gloo loss test, in a module that imports little: each
+spawned process re-imports it, and importing open_clip there would cost more than the test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from model.loss import ClipLoss, SigLipLoss
+
+WORLD = 2
+LOCAL_BATCH = 5
+DIM = 16
+
+
+def features(seed: int, n: int = WORLD * LOCAL_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
+    """A global batch of unit image and text features, the same in every process."""
+    g = torch.Generator().manual_seed(seed)
+    return (
+        F.normalize(torch.randn(n, DIM, generator=g), dim=-1),
+        F.normalize(torch.randn(n, DIM, generator=g), dim=-1),
+    )
+
+
+def loss_of(kind: str, img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The loss under test: "local" / "global" CLIP loss or "siglip"."""
+    if kind == "siglip":
+        return SigLipLoss()(img, txt, scale, torch.tensor(-5.0))
+    return ClipLoss(local_loss=kind == "local")(img, txt, scale)
+
+
+def rank_main(rank: int, init_file: str, out_dir: str, kinds: list[str]) -> None:
+    """Compute each loss on this rank's rows and save loss and gradients to ``out_dir``."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
+        results = {}
+        for seed, kind in enumerate(kinds):
+            img, txt = (t[rows].clone().requires_grad_() for t in features(seed))
+            scale = torch.tensor(12.0, requires_grad=True)
+            loss = loss_of(kind, img, txt, scale)
+            loss.backward()
+            results[kind] = {
+                "loss": loss.detach(),
+                "img": img.grad,
+                "txt": txt.grad,
+                "scale": scale.grad,
+            }
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
