@@ -12,23 +12,27 @@ Every candidate ends up counted: ``successes + sum(failed_<reason>) == candidate
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import img2dataset
-import img2dataset.main as i2d_main
-import pandas as pd
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset's import would phone home
 
-from tasks.config import PipelineConfig
+import img2dataset  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from tasks.config import PipelineConfig  # noqa: E402
 from tasks.fetch import FetchPolicy, GuardedDownloader
 from tasks.manifest import StageResult
 from tasks.safe_http import check_url
 from tasks.storage import Storage
 
 log = logging.getLogger(__name__)
+# The package's `main` attribute is the function of that name, not the module.
+i2d_main = importlib.import_module("img2dataset.main")
 
 CANDIDATE_COLUMNS = ["url", "caption", "page_url", "source"]
 

@@ -62,7 +62,14 @@ def _read_with_deadline(response: Any, policy: FetchPolicy, deadline: float) -> 
         sock = getattr(getattr(getattr(response, "fp", None), "raw", None), "_sock", None)
         if sock is not None:
             sock.settimeout(max(0.05, min(remaining, policy.deadline_s)))
-        chunk = response.read1(_CHUNK) if hasattr(response, "read1") else response.read(_CHUNK)
+        try:
+            chunk = response.read1(_CHUNK) if hasattr(response, "read1") else response.read(_CHUNK)
+        except TimeoutError:
+            if time.monotonic() >= deadline - 0.1:
+                raise FetchRefused(
+                    f"deadline_exceeded: no complete image after {policy.deadline_s}s"
+                ) from None
+            raise
         if not chunk:
             return buf.getvalue()
         buf.write(chunk)

@@ -73,7 +73,11 @@ def test_every_hostile_image_gets_its_named_reason(demo_web, tmp_root):
     urls = [f"{demo_web.url}{path}" for path in hostile.values()] + good
     write_candidates(storage, urls)
 
+    started = time.monotonic()
     result = download(cfg, storage)
+    # The slow-drip image would take most of an hour and the stalling one two minutes: the
+    # per-image deadline (3 s) is what ends them.
+    assert time.monotonic() - started < 110
 
     rows = shard_results(storage).set_index("url")
     for kind, path in hostile.items():
@@ -83,17 +87,6 @@ def test_every_hostile_image_gets_its_named_reason(demo_web, tmp_root):
     failures = sum(v for k, v in counts.items() if k.startswith("failed_"))
     assert counts["successes"] + failures == counts["candidates"] == len(urls)
     assert counts["successes"] == len(good)
-
-
-def test_slow_drip_is_cut_at_the_deadline(demo_web, tmp_root):
-    cfg = make_config(tmp_root, timeout=2)
-    storage = Storage(cfg.storage)
-    write_candidates(storage, [demo_web.url + demo_web.planted["hostile"]["images"]["slow_drip"]])
-    started = time.monotonic()
-    download(cfg, storage)
-    # img2dataset's own start-up is a few seconds; the drip would take minutes.
-    assert time.monotonic() - started < 30
-    assert shard_results(storage)["reason"].tolist() == ["deadline_exceeded"]
 
 
 def test_ssrf_guard_refuses_loopback_before_any_request(demo_web, tmp_root):

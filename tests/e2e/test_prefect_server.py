@@ -1,0 +1,108 @@
+"""Against a real `prefect server start` on 127.0.0.1: every deployment in prefect.yaml
+deploys, a process worker picks up a pipeline run and completes it, and headless Chromium
+finds the data-quality artifact on the curate flow run's page in the UI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SCREENSHOTS = REPO / "test-artifacts"
+
+
+def _api(server, method: str, path: str, body: dict | None = None):
+    response = httpx.request(method, f"{server.api_url}{path}", json=body, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def _flow_runs(server, flow_name: str) -> list[dict]:
+    return _api(server, "POST", "/flow_runs/filter", {"flows": {"name": {"any_": [flow_name]}}})
+
+
+@pytest.fixture(scope="module")
+def deployed(prefect_server):
+    created = prefect_server.cli("work-pool", "create", "clipflow-process", "--type", "process")
+    assert created.returncode == 0, created.stdout + created.stderr
+    deploy = prefect_server.cli("--no-prompt", "deploy", "--all", timeout=600)
+    assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+    return prefect_server
+
+
+def test_every_prefect_yaml_deployment_is_registered(deployed):
+    names = {d["name"] for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]}
+    registered = {d["name"] for d in _api(deployed, "POST", "/deployments/filter", {})}
+    assert names <= registered
+    nightly = next(
+        d
+        for d in _api(deployed, "POST", "/deployments/filter", {})
+        if d["name"] == "nightly-ingest"
+    )
+    assert nightly["schedules"] and nightly["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
+
+
+def test_worker_runs_a_deployment_and_the_ui_shows_the_quality_report(deployed, demo_web, tmp_path):
+    config = {
+        "storage": {"root": str(tmp_path / "root")},
+        "crawl": {"seeds": [demo_web.url + "/"], "allow_private_networks": True, "max_pages": 200},
+        "download": {"processes_count": 1, "thread_count": 16, "timeout": 3, "image_size": 28},
+        "curate": {"decontaminate": False, "gate": "warn"},
+    }
+    params = json.dumps({"config": config, "stages": ["crawl", "download", "curate"]})
+    worker_log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
+    worker = subprocess.Popen(
+        [str(Path(sys.executable).with_name("prefect")), "worker", "start",
+         "--pool", "clipflow-process", "--limit", "1"],
+        cwd=REPO, env=deployed.env, stdout=worker_log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        run = deployed.cli(
+            "deployment", "run", "clipflow-pipeline/pipeline", "--params", params, "--watch",
+            "--watch-timeout", "600", timeout=700,
+        )  # fmt: skip
+        log_tail = (tmp_path / "worker.log").read_text(errors="replace")[-4000:]
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:] + log_tail
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=30)
+        worker_log.close()
+
+    (pipeline_run,) = _flow_runs(deployed, "clipflow-pipeline")
+    assert pipeline_run["state"]["type"] == "COMPLETED"
+    (curate_run,) = _flow_runs(deployed, "curate")
+    artifacts = _api(
+        deployed, "POST", "/artifacts/filter",
+        {"artifacts": {"flow_run_id": {"any_": [curate_run["id"]]}}},
+    )  # fmt: skip
+    keys = {a["key"] for a in artifacts}
+    assert {"curate-summary", "curate-data-docs"} <= keys, keys
+    _screenshot_artifact_in_ui(deployed.url, curate_run["id"])
+
+
+def _screenshot_artifact_in_ui(ui_url: str, flow_run_id: str) -> None:
+    from playwright.sync_api import sync_playwright
+
+    SCREENSHOTS.mkdir(exist_ok=True)
+    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=args)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{ui_url}/runs/flow-run/{flow_run_id}", wait_until="networkidle")
+        page.get_by_role("tab", name="Artifacts").click()
+        started = time.monotonic()
+        page.get_by_text("curate-summary").first.wait_for(timeout=60_000)
+        page.screenshot(path=str(SCREENSHOTS / "prefect-ui-curate-artifacts.png"), full_page=True)
+        assert time.monotonic() - started < 60
+        browser.close()
