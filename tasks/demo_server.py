@@ -183,6 +183,9 @@ class DemoHTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False
+    # socketserver's default backlog of 5 drops connection bursts from a crawler or
+    # img2dataset's thread pool; a dropped SYN costs a 1 s retransmit and looks like a timeout.
+    request_queue_size = 256
 
     def __init__(self, site_dir: Path, host: str, port: int) -> None:
         self.site_dir = site_dir

@@ -8,8 +8,8 @@ else ``src``, else ``data-src``) and its caption (the ``alt`` text, or the enclo
 
 from __future__ import annotations
 
+import functools
 import re
-import unicodedata
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +22,20 @@ _CHARSET_HEADER = re.compile(r"charset\s*=\s*[\"']?([\w.:-]+)", re.I)
 _CHARSET_META = re.compile(rb"<meta[^>]+charset\s*=\s*[\"']?([\w.:-]+)", re.I)
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 _QUERY_SAFE = _PATH_SAFE + "?"
+# Exactly what normalize_url leaves unchanged: lower-case host, no default port, no fragment,
+# only characters that need no escaping, and no ";" in the path (urljoin drops an empty one).
+_PATH_CHARS = r"[\w\-.~/%:@!$&'()*+,=]"
+_QUERY = r"(?:\?[\w\-.~/%:@!$&'()*+,;=?]+)?\Z"
+_NORMAL_ABSOLUTE = re.compile(
+    r"(?P<origin>(?P<scheme>https?)://[a-z0-9-]{1,63}(?:\.[a-z0-9-]{1,63})*"
+    r"(?::(?P<port>[1-9]\d{0,4}))?)"
+    rf"(?P<path>/{_PATH_CHARS}*){_QUERY}",
+    re.ASCII,
+)
+_PLAIN_RELATIVE = re.compile(rf"{_PATH_CHARS}+{_QUERY}", re.ASCII)
+_DEFAULT_PORT = {"http": "80", "https": "443"}
+_DOT_SEGMENT = re.compile(r"(?:^|/)\.{1,2}(?:/|\?|$)")
+_CONTROLS_TO_SPACE = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0)], " ")
 
 
 class PageParseError(ValueError):
@@ -60,8 +74,10 @@ def decode_html(body: bytes, content_type: str | None = None) -> tuple[str, bool
 
 def clean_text(text: str) -> str:
     """Collapse whitespace and drop control characters (alt texts come from anywhere)."""
-    kept = "".join(c if unicodedata.category(c) != "Cc" else " " for c in text)
-    return " ".join(kept.split())
+    # Printable text has no control characters and no whitespace other than " ".
+    if text.isprintable() and "  " not in text and text[:1] != " " and text[-1:] != " ":
+        return text
+    return " ".join(text.translate(_CONTROLS_TO_SPACE).split())
 
 
 def normalize_url(url: str, base: str | None = None) -> str | None:
@@ -70,8 +86,15 @@ def normalize_url(url: str, base: str | None = None) -> str | None:
     Lower-cases scheme and host, drops the default port and the fragment, resolves dot
     segments and percent-encodes what must be encoded (keeping existing escapes).
     """
+    url = url.strip()
+    return _fast_normalize(url, base) or general_normalize_url(url, base)
+
+
+def general_normalize_url(url: str, base: str | None = None) -> str | None:
+    """normalize_url by full parsing, for every URL (normalize_url skips it for URLs that
+    are already normal)."""
     try:
-        joined = urljoin(base, url.strip()) if base else url.strip()
+        joined = urljoin(base, url) if base else url
         parts = urlsplit(joined)
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https") or not parts.hostname:
@@ -88,6 +111,43 @@ def normalize_url(url: str, base: str | None = None) -> str | None:
     path = quote(_remove_dot_segments(parts.path or "/"), safe=_PATH_SAFE)
     query = quote(parts.query, safe=_QUERY_SAFE)
     return urlunsplit((scheme, netloc, path, query, ""))
+
+
+def _normal_absolute(url: str) -> re.Match[str] | None:
+    """A match when ``url`` is already exactly what normalize_url would return."""
+    match = _NORMAL_ABSOLUTE.match(url)
+    if match is None or _DOT_SEGMENT.search(match["path"]):
+        return None
+    port = match["port"]
+    if port is not None and (int(port) > 65535 or port == _DEFAULT_PORT[match["scheme"]]):
+        return None
+    return match
+
+
+def _fast_normalize(url: str, base: str | None) -> str | None:
+    """The common case without parsing: an already-normal absolute URL, or a plain relative
+    path against an already-normal base. None means "take the general path"."""
+    if _normal_absolute(url) is not None:
+        return url
+    if base is None or ":" in url or not _PLAIN_RELATIVE.match(url) or _DOT_SEGMENT.search(url):
+        return None
+    if "//" in url:  # urljoin collapses empty segments of relative paths; leave it that
+        return None
+    prefixes = _base_prefixes(base)
+    if prefixes is None:
+        return None
+    return prefixes[0] + url if url.startswith("/") else prefixes[1] + url
+
+
+@functools.lru_cache(maxsize=256)
+def _base_prefixes(base: str) -> tuple[str, str] | None:
+    """(origin, directory URL) of a normal base URL without empty path segments, or None.
+    Cached: every link on a page or WAT record shares one base."""
+    match = _normal_absolute(base)
+    if match is None or "//" in match["path"]:
+        return None
+    path = match["path"]
+    return match["origin"], match["origin"] + path[: path.rfind("/") + 1]
 
 
 def _remove_dot_segments(path: str) -> str:

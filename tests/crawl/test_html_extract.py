@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from tasks.html_extract import (
@@ -9,6 +11,7 @@ from tasks.html_extract import (
     best_srcset_candidate,
     decode_html,
     extract_page,
+    general_normalize_url,
     normalize_url,
 )
 
@@ -114,3 +117,25 @@ def test_control_characters_and_very_long_alt() -> None:
     ((url, caption),) = pairs
     # NUL is dropped before parsing (libxml2 would stop there); other controls become spaces.
     assert caption.startswith("coatwith bells x") and len(caption) == 6015
+
+
+def test_fast_path_agrees_with_full_parsing() -> None:
+    """normalize_url skips parsing for URLs that look normal; on a random mix of normal,
+    nearly-normal and odd URLs it must return what full parsing returns."""
+    rng = random.Random(0)
+    hosts = ["example.com", "Example.com", "a-b.example", "127.0.0.1", "x_y.example", "a..b", ""]
+    ports = ["", ":80", ":443", ":8080", ":0", ":99999", ":"]
+    pieces = ["a", "B", "/", "./", "../", ".", "..", "%20", "%zz", " ", "é", "?", "#", "=", ":",
+              "@", "&", ";", "~", "//", "-", "_", "|", "\\", "'", "(", "*", "q=1"]  # fmt: skip
+
+    def path() -> str:
+        return "".join(rng.choice(pieces) for _ in range(rng.randrange(0, 6)))
+
+    def absolute() -> str:
+        scheme = rng.choice(["http", "https", "HTTP", "ftp"])
+        return f"{scheme}://{rng.choice(hosts)}{rng.choice(ports)}{rng.choice(['', '/'])}{path()}"
+
+    for _ in range(20_000):
+        base = absolute() if rng.random() < 0.7 else "http://shop.example/a/b.html?p=1"
+        url = absolute() if rng.random() < 0.4 else rng.choice(["", "/", "//h.example/"]) + path()
+        assert normalize_url(url, base) == general_normalize_url(url.strip(), base), (url, base)
