@@ -166,3 +166,20 @@ def test_bad_archive_inputs_named(tmp_path: Path, tmp_root: Path) -> None:
     empty.write_bytes(b"")
     with pytest.raises(ArchiveInputError, match="empty.warc holds no WARC records"):
         read_archive(str(empty))
+
+
+def test_crawl_stage_reads_and_writes_s3(archives, s3_server, s3_bucket) -> None:
+    wat, _ = archives
+    root = f"s3://{s3_bucket}/run"
+    storage_cfg = {"root": root, "s3_endpoint_url": s3_server.endpoint_url}
+    cfg = PipelineConfig.model_validate(
+        {"storage": storage_cfg, "crawl": {"wat_files": [f"s3://{s3_bucket}/in/{wat.name}"]}}
+    )
+    storage = Storage(cfg.storage)
+    storage.write_bytes(f"s3://{s3_bucket}/in/{wat.name}", wat.read_bytes())
+    result = crawl(cfg, storage)
+    assert result.outputs["candidates"] == [f"{root}/crawl/candidates-00000.parquet"]
+    with storage.open(result.outputs["candidates"][0]) as fh:
+        frame = pd.read_parquet(fh)
+    assert len(frame) == result.counts["pairs_after_dedup"] == 3
+    assert storage.exists(f"{root}/crawl/errors.parquet")
