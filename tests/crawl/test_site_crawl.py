@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tasks.config import CrawlConfig
+from tasks.demo_server import serve
 from tasks.html_extract import normalize_url
 from tasks.site_crawler import CrawlResult, crawl_sites
 
@@ -140,3 +141,19 @@ def test_bad_seed_reported(demo_web) -> None:
         demo_web.abs("/hostile/missing.html"): "http_404",
     }
     assert_accounted(result)
+
+
+def test_robots_crawl_delay_honoured_and_capped(tmp_path) -> None:
+    (tmp_path / "robots.txt").write_text("User-agent: *\nCrawl-delay: 1\n")
+    (tmp_path / "index.html").write_text('<a href="a.html">a</a><a href="b.html">b</a>')
+    for name in ("a.html", "b.html"):
+        (tmp_path / name).write_text(f'<img src="/{name}.png" alt="{name}">')
+    with serve(tmp_path) as server:
+        started = time.monotonic()
+        result = run_crawl([server.url + "/"])
+        assert time.monotonic() - started >= 2.0  # robots.txt, then 3 pages 1 s apart
+        assert result.counts["pages_fetched"] == 3
+        started = time.monotonic()
+        result = run_crawl([server.url + "/"], max_crawl_delay=0.0)
+        assert time.monotonic() - started < 2.0
+        assert result.counts["pages_fetched"] == 3
