@@ -56,6 +56,10 @@ def load_checkpoint(
     raw = read_checkpoint(checkpoint) if isinstance(checkpoint, str | Path) else checkpoint
     state = extract_state_dict(raw)
     expected = model.state_dict()
+    for key in ("logit_scale", "logit_bias"):
+        # Some checkpoints store the temperature as shape (1,) rather than a scalar.
+        if key in state and key in expected and state[key].numel() == expected[key].numel() == 1:
+            state[key] = state[key].reshape(expected[key].shape)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = [
