@@ -385,6 +385,11 @@ def main(argv: list[str] | None = None) -> int:
     env = setup_distributed(cfg.timeout_minutes)
     try:
         summary = train(cfg, env)
+    except Exception as e:
+        # One line the launcher can pick out of torchrun's much longer failure report.
+        log.error("training failed: %s: %s", type(e).__name__, e)
+        raise
+    else:
         log.info("done: %s", json.dumps({k: summary[k] for k in ("step", "samples_seen")}))
     finally:
         if dist.is_initialized():

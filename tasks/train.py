@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,10 @@ RESUMABLE_CHANGES = frozenset(
      "log_every_steps", "keep_checkpoints", "timeout_minutes", *LAUNCH_KEYS}
 )  # fmt: skip
 TAIL_LINES = 40
+MAX_ERROR_LINES = 10
 _LINE_BREAK = re.compile(rb"[\r\n]")
+# model.train's own log lines at ERROR level ("... [rank 1] ERROR model.train: ...").
+_ERROR_LINE = re.compile(r"\[rank \d+\] ERROR ")
 _REPO = Path(__file__).resolve().parent.parent
 
 
@@ -97,12 +101,29 @@ def torchrun_command(train: TrainConfig, config_path: str, run_id: str) -> list[
     return [*launch, "-m", "model.train", "--config", config_path]
 
 
+@dataclass
+class ProcessOutput:
+    """How a launched process ended: exit code, its last lines, and the ranks' error lines
+    (which torchrun's own failure report would otherwise push out of the tail)."""
+
+    code: int
+    tail: list[str]
+    errors: list[str]
+
+    def failure_message(self) -> str:
+        errors = "\n".join(self.errors) or "(no error line from the ranks)"
+        return f"torchrun exited with code {self.code}:\n{errors}\nlast lines:\n" + "\n".join(
+            self.tail
+        )
+
+
 def stream_process(
     command: list[str], on_line: Callable[[str], None], env: dict[str, str] | None = None
-) -> tuple[int, list[str]]:
+) -> ProcessOutput:
     """Run ``command``, passing each output line (``\\r`` progress updates too) to
-    ``on_line``; returns (exit code, the last lines). The process group dies with us."""
+    ``on_line``. The process group dies with us."""
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    errors: list[str] = []
     proc = subprocess.Popen(
         command,
         cwd=_REPO,
@@ -121,10 +142,12 @@ def stream_process(
                 if line := raw.decode("utf-8", "replace").rstrip():
                     tail.append(line)
                     on_line(line)
+                    if _ERROR_LINE.search(line) and len(errors) < MAX_ERROR_LINES:
+                        errors.append(line)
         if pending.strip():
             tail.append(pending.decode("utf-8", "replace"))
             on_line(tail[-1])
-        return proc.wait(), list(tail)
+        return ProcessOutput(proc.wait(), list(tail), errors)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -160,9 +183,9 @@ def train(
         Path(config_path).write_text(yaml.safe_dump(current, sort_keys=True))
         command = torchrun_command(cfg.train, config_path, run_id=cfg.name)
         log.info("train: %s", " ".join(command))
-        code, tail = stream_process(command, on_line)
-    if code != 0:
-        raise TrainingFailed(f"torchrun exited with code {code}; last lines:\n" + "\n".join(tail))
+        result = stream_process(command, on_line)
+    if result.code != 0:
+        raise TrainingFailed(result.failure_message())
     summary = storage.read_json(storage.uri("train", "summary.json"))
     return StageResult(
         counts={
