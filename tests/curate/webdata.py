@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import io
 import itertools
+import sys
 import threading
 from dataclasses import dataclass, field
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -186,6 +188,24 @@ def download(rows: list[dict[str, Any]], out_dir: Path, work_dir: Path, per_shar
     work_dir.mkdir(parents=True, exist_ok=True)
     url_list = work_dir / "candidates.parquet"
     pd.DataFrame(rows).to_parquet(url_list)
+    # img2dataset's own Downloader, run shard by shard in this process: its spawn pool
+    # would start a fresh interpreter that re-imports img2dataset's heavy dependencies
+    # (tens of seconds on a loaded 2-core machine) for a few dozen images. The module is
+    # taken from sys.modules because the attribute `img2dataset.main` is the CLI function.
+    i2d_main = sys.modules["img2dataset.main"]
+    with mock.patch.object(i2d_main, "multiprocessing_distributor", _in_process_distributor):
+        _run_img2dataset(img2dataset, url_list, out_dir, per_shard)
+
+
+def _in_process_distributor(
+    processes_count: int, downloader: Any, reader: Any, _: Any, max_shard_retry: int
+) -> None:
+    failed = [row for status, row in map(downloader, reader) if status is False]
+    if failed:
+        raise RuntimeError(f"img2dataset failed on shards {failed}")
+
+
+def _run_img2dataset(img2dataset: Any, url_list: Path, out_dir: Path, per_shard: int) -> None:
     img2dataset.download(
         url_list=str(url_list),
         input_format="parquet",
