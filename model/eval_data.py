@@ -240,6 +240,7 @@ class WdsEvalDataset(IterableDataset):
         classnames_path = _join(self.info.root, "classnames.txt")
         num_classes = len(self.info.classnames or [])
         for url in urls:
+            before = self.samples_read
             for sample in _tar_samples(url, self.storage_options):
                 where = f"{url}:{sample['__key__'].decode()}"
                 image = self.transform(_image_of(sample, where))
@@ -250,6 +251,8 @@ class WdsEvalDataset(IterableDataset):
                 )
                 self.samples_read += 1
                 yield image, target
+            if self.samples_read == before:
+                raise EvalDataError(f"{url}: empty shard (no samples in the tar)")
 
 
 def collate_with_captions(

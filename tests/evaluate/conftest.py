@@ -106,7 +106,9 @@ def _train_tiny(model, steps: int, seed: int = 0) -> None:
     model.train()
     for _ in range(steps):
         idx = generator.choice(len(images), 64, replace=False)
-        pixels = torch.from_numpy(images[idx].copy()).float().div(255).unsqueeze(1).repeat(1, 3, 1, 1)
+        pixels = (
+            torch.from_numpy(images[idx].copy()).float().div(255).unsqueeze(1).repeat(1, 3, 1, 1)
+        )
         names = [offline_data.FASHION_MNIST_CLASSES[i] for i in labels[idx]]
         tokens = tokenizer([fashion_caption(n, rng) for n in names])
         out = model((pixels - mean) / std, tokens)

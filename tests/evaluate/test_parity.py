@@ -25,7 +25,9 @@ def _accuracy_item(output, target, topk=(1,)):
     pred = output.topk(max(topk), 1, True, True)[1].t()
     correct = pred.eq(target.view(1, -1).expand_as(pred))
     n = len(target)
-    return [correct[:k].reshape(-1).float().sum(0, keepdim=True).cpu().numpy().item() / n for k in topk]
+    return [
+        correct[:k].reshape(-1).float().sum(0, keepdim=True).cpu().numpy().item() / n for k in topk
+    ]
 
 
 @pytest.fixture
@@ -97,15 +99,21 @@ def test_dataset_text_files_read_as_clip_benchmark_reads_them(tmp_path, fashion_
     assert ours.templates == ref.templates == ["a photo of a {c}.", "{c}, blurry."]
 
 
-def test_random_openclip_model_matches_clip_benchmark(clip_benchmark, fashion_small, random_checkpoint):
+def test_random_openclip_model_matches_clip_benchmark(
+    clip_benchmark, fashion_small, random_checkpoint
+):
     model, preprocess, tokenizer = openclip_model(TINY, random_checkpoint)
-    reference = reference_classification(clip_benchmark, model, preprocess, tokenizer, fashion_small)
+    reference = reference_classification(
+        clip_benchmark, model, preprocess, tokenizer, fashion_small
+    )
     info = read_dataset_info(str(fashion_small), needs_templates=True)
     loader = make_loader(WdsEvalDataset(info, "test", preprocess), batch_size=37)
     weights = zeroshot_classifier(model, tokenizer, info.classnames, info.templates)
     logits, targets = classify(model, loader, weights)
     assert len(targets) == 240
-    assert_close(classification_report(logits, targets, info.classnames).metrics, reference, CLS_KEYS)
+    assert_close(
+        classification_report(logits, targets, info.classnames).metrics, reference, CLS_KEYS
+    )
 
 
 def test_stage_on_trained_checkpoint_matches_clip_benchmark(
