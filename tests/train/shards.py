@@ -26,9 +26,11 @@ def write_fashion_shards(
     per_shard: int,
     corrupt: Collection[int] = (),
     offset: int = 0,
+    size: int = 28,
 ) -> dict[str, int]:
-    """Write ``samples`` Fashion-MNIST training images as JPEG shards; samples whose index is
-    in ``corrupt`` get bytes that no image decoder accepts. Returns sizes.json's content."""
+    """Write ``samples`` Fashion-MNIST training images as JPEG shards (resized to ``size``
+    pixels); samples whose index is in ``corrupt`` get bytes that no image decoder accepts.
+    Returns sizes.json's content."""
     images, labels = fashion_mnist("train")
     folder.mkdir(parents=True, exist_ok=True)
     sizes: dict[str, int] = {}
@@ -38,7 +40,10 @@ def write_fashion_shards(
         with wds.TarWriter(str(folder / name)) as sink:
             for i in range(start, start + count):
                 buf = io.BytesIO()
-                Image.fromarray(images[offset + i]).save(buf, format="JPEG", quality=95)
+                image = Image.fromarray(images[offset + i])
+                if size != image.width:
+                    image = image.resize((size, size), Image.Resampling.BICUBIC)
+                image.save(buf, format="JPEG", quality=95)
                 data = b"\xff\xd8 not really a jpeg" if i in corrupt else buf.getvalue()
                 label = int(labels[offset + i])
                 sink.write(
