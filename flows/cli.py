@@ -42,7 +42,7 @@ def cmd_status(config_path: str) -> int:
 
 def cmd_verify(config_path: str) -> int:
     """Read every shard back against shards/manifest.json; non-zero and the bad shards named."""
-    from tasks.shard import verify_shards
+    from tasks.shard_verify import verify_shards
 
     report = verify_shards(Storage(load_config(config_path).storage))
     for problem in report.problems:

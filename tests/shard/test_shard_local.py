@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main as clipflow
-from tasks.shard import ShardInputError, shard, verify_shards
+from tasks.shard import ShardInputError, shard
+from tasks.shard_verify import UnsafeTarMember, verify_shards
 from tasks.storage import Storage
 from tests.shard.conftest import image_bytes_of, load_kept, local_config, png_bytes
 
@@ -148,7 +149,7 @@ def _append_member(tar_path: Path, name: str, data: bytes) -> None:
 
 def test_path_traversal_member_is_refused(local_root: Path) -> None:
     _append_member(local_root / "download" / "00001.tar", "../../x", b"owned")
-    with pytest.raises(ShardInputError, match=r"00001\.tar: refusing tar member '\.\./\.\./x'"):
+    with pytest.raises(UnsafeTarMember, match=r"00001\.tar: refusing tar member '\.\./\.\./x'"):
         run(local_root)
     assert not (local_root.parent / "x").exists() and not (local_root / "x").exists()
     assert not (local_root / "shards" / "manifest.json").exists()

@@ -13,7 +13,8 @@ import pytest
 
 from tasks.config import PipelineConfig
 from tasks.s3 import S3UploadError, make_client
-from tasks.shard import shard, verify_shards
+from tasks.shard import shard
+from tasks.shard_verify import verify_shards
 from tasks.storage import Storage
 from tests.fixtures_s3 import MotoServer, free_port
 from tests.shard.conftest import load_kept, upload_tree
