@@ -18,6 +18,8 @@ import io
 import json
 import logging
 import random
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,11 +37,11 @@ from warcio.warcwriter import WARCWriter
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tasks.config import CrawlConfig  # noqa: E402
-from tasks.demo_server import serve  # noqa: E402
 from tasks.demo_web import build_demo_web  # noqa: E402
 from tasks.site_crawler import crawl_sites  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "crawl.json"
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results" / "crawl.json"
 TIMEOUT = 1.0
 
 
@@ -71,30 +73,50 @@ def plain_crawl(seed: str, max_pages: int) -> tuple[int, int]:
     return pages, pairs
 
 
+def serve_in_subprocess(site_dir: str) -> tuple[subprocess.Popen[bytes], str]:
+    """The demo server in its own process, so its threads do not share the crawlers' GIL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "tasks.demo_web", "serve", site_dir, "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc, f"http://127.0.0.1:{port}/"
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("demo server did not start")
+
+
 def bench_site(size: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         summary = build_demo_web(tmp, size)
         # Both crawlers skip the hostile pages (ours by robots.txt, the peer by rule): they
         # measure timeouts, not crawling.
-        (Path(tmp) / "robots.txt").write_text(
-            "User-agent: *\nDisallow: /private/\nDisallow: /hostile/\n"
-        )
-        with serve(tmp) as server:
-            seed = server.url + "/"
+        robots = "User-agent: *\nDisallow: /private/\nDisallow: /hostile/\n"
+        (Path(tmp) / "robots.txt").write_text(robots)
+        proc, seed = serve_in_subprocess(tmp)
+        try:
             cfg = CrawlConfig(
-                seeds=[seed], allow_private_networks=True, timeout=TIMEOUT,
-                max_pages=10_000, concurrency=16, max_page_bytes=1_000_000,
-            )  # fmt: skip
+                seeds=[seed], allow_private_networks=True, timeout=TIMEOUT, max_pages=10_000
+            )
             started = time.perf_counter()
             result = asyncio.run(crawl_sites(cfg))
             ours_s = time.perf_counter() - started
             started = time.perf_counter()
             plain_pages, plain_pairs = plain_crawl(seed, 10_000)
             plain_s = time.perf_counter() - started
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
     ours_pages = result.counts["pages_fetched"]
     ours_pairs = len(result.pairs)
     return {
         "site_pages": summary["pages"],
+        "concurrency": cfg.concurrency,
         "ours": {"pages": ours_pages, "pairs": ours_pairs, "seconds": ours_s},
         "plain": {"pages": plain_pages, "pairs": plain_pairs, "seconds": plain_s},
         "ours_pages_per_s": ours_pages / ours_s,

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
-import lxml.html
 from lxml import etree
 
 _CHARSET_HEADER = re.compile(r"charset\s*=\s*[\"']?([\w.:-]+)", re.I)
@@ -129,14 +128,26 @@ def _fast_normalize(url: str, base: str | None) -> str | None:
     path against an already-normal base. None means "take the general path"."""
     if _normal_absolute(url) is not None:
         return url
-    if base is None or ":" in url or not _PLAIN_RELATIVE.match(url) or _DOT_SEGMENT.search(url):
-        return None
-    if "//" in url:  # urljoin collapses empty segments of relative paths; leave it that
-        return None
+    if base is None or ":" in url or "//" in url or not _PLAIN_RELATIVE.match(url):
+        return None  # (urljoin collapses empty segments of relative paths: leave those to it)
     prefixes = _base_prefixes(base)
     if prefixes is None:
         return None
-    return prefixes[0] + url if url.startswith("/") else prefixes[1] + url
+    if url.startswith("/"):
+        return None if _DOT_SEGMENT.search(url) else prefixes[0] + url
+    # Leading "./" and "../" (pages linking "../img/x.png") step up from the base directory.
+    up = 0
+    while url.startswith(("./", "../")):
+        up += url.startswith("../")
+        url = url[3:] if url.startswith("../") else url[2:]
+    if _DOT_SEGMENT.search(url) or not url:
+        return None
+    directory = prefixes[1]
+    for _ in range(up):
+        if len(directory) <= len(prefixes[0]) + 1:
+            return None  # above the root: leave it to the general path
+        directory = directory[: directory.rstrip("/").rfind("/") + 1]
+    return directory + url
 
 
 @functools.lru_cache(maxsize=256)
@@ -199,16 +210,19 @@ def best_srcset_candidate(srcset: str) -> str | None:
     return best[2] if best else None
 
 
-def _figcaption(img: lxml.html.HtmlElement) -> str:
+def _figcaption(img: etree._Element) -> str:
     for figure in img.iterancestors("figure"):
         caption = figure.find(".//figcaption")
-        return clean_text(caption.text_content()) if caption is not None else ""
+        return clean_text("".join(caption.itertext())) if caption is not None else ""
     return ""
 
 
-def _image_pair(img: lxml.html.HtmlElement, base: str) -> tuple[str, str] | str:
+def _image_pair(img: etree._Element, base: str) -> tuple[str, str] | str:
     """(url, caption) for one ``<img>``, or the reason it gives none."""
-    raw = best_srcset_candidate(img.get("srcset") or "") or img.get("src") or img.get("data-src")
+    srcset = img.get("srcset")
+    raw = (
+        (best_srcset_candidate(srcset) if srcset else None) or img.get("src") or img.get("data-src")
+    )
     if not raw or not raw.strip():
         return "no_src"
     if raw.strip().lower().startswith("data:"):
@@ -220,17 +234,21 @@ def _image_pair(img: lxml.html.HtmlElement, base: str) -> tuple[str, str] | str:
     return url, caption or _figcaption(img)
 
 
-def parse_html(text: str) -> lxml.html.HtmlElement:
-    """Parse leniently; PageParseError when nothing parses (an empty or junk document)."""
+def parse_html(text: str) -> etree._Element:
+    """Parse leniently; PageParseError when nothing parses (an empty document)."""
     # libxml2 stops at NUL; control bytes never carry meaning in markup.
     cleaned = text.replace("\x00", "")
     try:
-        return lxml.html.document_fromstring(cleaned.encode("utf-8"), parser=_PARSER)
-    except (etree.ParserError, ValueError) as e:
-        raise PageParseError(str(e)) from e
+        root = etree.fromstring(cleaned.encode("utf-8"), _PARSER)
+    except (etree.XMLSyntaxError, ValueError) as e:
+        raise PageParseError(str(e) or "empty document") from e
+    if root is None:
+        raise PageParseError("empty document")
+    return root
 
 
-_PARSER = lxml.html.HTMLParser(encoding="utf-8", remove_comments=True)
+# Plain etree elements: lxml.html's element classes cost a lookup per element.
+_PARSER = etree.HTMLParser(encoding="utf-8", remove_comments=True)
 
 
 def extract_page(text: str, page_url: str) -> PageExtract:

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from urllib.robotparser import RobotFileParser
 
 import aiohttp
+import yarl
 
 from tasks.config import CrawlConfig
 from tasks.html_extract import PageParseError, decode_html, extract_page, normalize_url
@@ -43,7 +44,7 @@ class Failure:
 @dataclass
 class Fetched:
     url: str
-    """The final URL, after redirects."""
+    """The URL that answered (the last hop of any redirects)."""
     body: bytes
     content_type: str
 
@@ -215,7 +216,9 @@ class SiteCrawler:
         await self._wait_for_host(url)
         try:
             async with asyncio.timeout(self.cfg.timeout):
-                async with self._session.get(url, allow_redirects=False) as resp:
+                # The URL is already normalised and escaped: send it exactly as it is.
+                target = yarl.URL(url, encoded=True)
+                async with self._session.get(target, allow_redirects=False) as resp:
                     if resp.status in _REDIRECTS and resp.headers.get("Location"):
                         return resp.headers["Location"]
                     failure = _status_failure(resp.status, url)
@@ -227,7 +230,7 @@ class SiteCrawler:
                     body = await self._read_capped(resp)
                     if body is None:
                         return Failure("too_large", f"over {self.cfg.max_page_bytes} bytes")
-                    return Fetched(str(resp.url), body, ctype)
+                    return Fetched(url, body, ctype)
         except TimeoutError:
             return Failure("timeout", f"no complete response within {self.cfg.timeout}s")
         except aiohttp.ClientConnectorDNSError as e:
