@@ -8,6 +8,7 @@ WAT ``metadata`` records carry JSON whose ``HTML-Metadata.Links`` list holds one
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import posixpath
@@ -50,12 +51,18 @@ class ArchiveResult:
 
 
 def _warc_date(value: str | None) -> datetime:
-    if value:
-        try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
-        except ValueError:
-            pass
-    return datetime.now(UTC)
+    """A record's WARC-Date as a UTC datetime (now, when missing or unreadable)."""
+    parsed = _parse_warc_date(value) if value else None
+    return parsed if parsed is not None else datetime.now(UTC)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_warc_date(value: str) -> datetime | None:
+    # Cached: records written in the same second share one date.
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+    except ValueError:
+        return None
 
 
 def wat_pairs(payload: dict[str, Any]) -> tuple[str | None, list[tuple[str, str]], int]:
