@@ -231,14 +231,8 @@ class SiteCrawler:
                     if body is None:
                         return Failure("too_large", f"over {self.cfg.max_page_bytes} bytes")
                     return Fetched(url, body, ctype)
-        except TimeoutError:
-            return Failure("timeout", f"no complete response within {self.cfg.timeout}s")
-        except aiohttp.ClientConnectorDNSError as e:
-            if isinstance(e.os_error, AddressRefused):
-                return Failure(SSRF_REFUSED, str(e.os_error))
-            return Failure("dns_error", str(e))
-        except aiohttp.ClientError as e:
-            return Failure("connection_error", f"{type(e).__name__}: {e}")
+        except (TimeoutError, aiohttp.ClientError) as e:
+            return _client_failure(e, url, self.cfg.timeout)
 
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes | None:
         limit = self.cfg.max_page_bytes
@@ -279,30 +273,59 @@ class SiteCrawler:
         return self._robots[origin]
 
     async def _fetch_robots(self, origin: str) -> RobotFileParser | Failure:
+        """GET robots.txt, following up to five redirects, each hop checked by the guard."""
+        url = f"{origin}/robots.txt"
+        for _ in range(5):
+            refusal = static_refusal(
+                url, self.cfg.allow_private_networks, self.cfg.allow_private_hosts
+            )
+            if refusal is not None:
+                return Failure(refusal.reason, f"robots.txt: {refusal.detail}")
+            reply = await self._robots_request(url)
+            if not isinstance(reply, str):
+                return reply
+            target = normalize_url(reply, url)
+            if target is None:
+                return Failure("robots_unavailable", f"{url}: bad redirect {reply!r}")
+            url = target
+        return Failure("robots_unavailable", f"{origin}/robots.txt: too many redirects")
+
+    async def _robots_request(self, url: str) -> RobotFileParser | Failure | str:
+        """One GET of a robots.txt: the parsed rules, a failure, or a redirect's Location."""
         assert self._session is not None
-        parser = RobotFileParser(f"{origin}/robots.txt")
-        await self._wait_for_host(origin)
+        await self._wait_for_host(url)
         try:
             async with asyncio.timeout(self.cfg.timeout):
-                async with self._session.get(f"{origin}/robots.txt") as resp:
+                async with self._session.get(url, allow_redirects=False) as resp:
+                    if resp.status in _REDIRECTS and resp.headers.get("Location"):
+                        return resp.headers["Location"]
                     if 400 <= resp.status < 500:
-                        parser.parse([])
-                        return parser
+                        return _robots_parser(url, b"")
                     if resp.status != 200:
-                        return Failure("robots_unavailable", f"robots.txt: HTTP {resp.status}")
+                        return Failure("robots_unavailable", f"{url}: HTTP {resp.status}")
                     body = await self._read_capped(resp)
-        except TimeoutError:
-            return Failure("timeout", f"{origin}/robots.txt: no response in {self.cfg.timeout}s")
-        except aiohttp.ClientConnectorDNSError as e:
-            if isinstance(e.os_error, AddressRefused):
-                return Failure(SSRF_REFUSED, str(e.os_error))
-            return Failure("dns_error", str(e))
-        except aiohttp.ClientError as e:
-            return Failure("connection_error", f"{origin}/robots.txt: {e}")
+        except (TimeoutError, aiohttp.ClientError) as e:
+            return _client_failure(e, url, self.cfg.timeout)
         if body is None:
-            return Failure("robots_unavailable", "robots.txt larger than max_page_bytes")
-        parser.parse(body.decode("utf-8", errors="replace").splitlines())
-        return parser
+            return Failure("robots_unavailable", f"{url}: larger than max_page_bytes")
+        return _robots_parser(url, body)
+
+
+def _robots_parser(url: str, body: bytes) -> RobotFileParser:
+    parser = RobotFileParser(url)
+    parser.parse(body.decode("utf-8", errors="replace").splitlines())
+    return parser
+
+
+def _client_failure(error: Exception, url: str, timeout: float) -> Failure:
+    """The named reason for an exception from one request."""
+    if isinstance(error, TimeoutError):
+        return Failure("timeout", f"{url}: no complete response within {timeout}s")
+    if isinstance(error, aiohttp.ClientConnectorDNSError):
+        if isinstance(error.os_error, AddressRefused):
+            return Failure(SSRF_REFUSED, str(error.os_error))
+        return Failure("dns_error", str(error))
+    return Failure("connection_error", f"{url}: {type(error).__name__}: {error}")
 
 
 def _origin(url: str) -> str:

@@ -8,6 +8,8 @@ To get past the first page, the tests exempt exactly the demo server's ``host:po
 
 from __future__ import annotations
 
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 from tasks.demo_server import SSRF_TEST_NAME
@@ -84,3 +86,38 @@ def test_redirects_to_loopback_refused(demo_web) -> None:
         f"http://{SSRF_TEST_NAME}:{port}/planted/moved-target.html",
     }
     assert followed.counts["pages_failed"] == 0
+
+
+class _RobotsRedirect(BaseHTTPRequestHandler):
+    """A robots.txt that redirects to another loopback address."""
+
+    def do_GET(self) -> None:  # noqa: N802 (stdlib name)
+        port = self.server.server_address[1]
+        routes = {
+            "/robots.txt": (302, f"http://127.0.0.2:{port}/robots.txt", b""),
+        }
+        status, location, body = routes.get(self.path, (200, "", b"User-agent: *\nDisallow: /\n"))
+        self.send_response(status)
+        if location:
+            self.send_header("Location", location)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_robots_redirects_checked_per_hop() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _RobotsRedirect)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        seed = f"http://127.0.0.1:{port}/page.html"
+        result = run_crawl([seed], **guarded(allow_private_hosts=[f"127.0.0.1:{port}"]))
+        assert failures(result) == {seed: "ssrf_refused"}
+        assert "127.0.0.2" in result.errors[0]["detail"]
+    finally:
+        server.shutdown()
+        server.server_close()
