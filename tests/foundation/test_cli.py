@@ -1,0 +1,48 @@
+"""The `clipflow` command: status, config errors, and its wiring to every stage's flow."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from flows.cli import build_parser, main
+from tasks.config import STAGES, load_config
+from tasks.manifest import StageResult, run_stage
+
+
+def write_config(tmp_path, data) -> str:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_status_reports_each_stage(tmp_path, capsys):
+    path = write_config(tmp_path, {"storage": {"root": "root"}})
+    run_stage("crawl", load_config(path), lambda storage: StageResult(counts={"pairs": 7}))
+    assert main(["status", path]) == 0
+    out = capsys.readouterr().out
+    assert "crawl     done" in out and '"pairs": 7' in out
+    for stage in STAGES[1:]:
+        assert f"{stage:<9} not run" in out
+
+
+def test_bad_config_exits_2_naming_the_field(tmp_path, capsys):
+    path = write_config(tmp_path, {"download": {"thread_count": 0}})
+    assert main(["download", path]) == 2
+    assert "download.thread_count" in capsys.readouterr().err
+
+
+def test_every_stage_has_a_subcommand_and_a_flow():
+    from flows.common import load_flow
+
+    parser = build_parser()
+    for stage in STAGES:
+        args = parser.parse_args([stage, "c.yaml", "--force"])
+        assert args.command == stage and args.force
+        assert load_flow(stage).name == stage
+
+
+def test_run_rejects_unknown_stages(tmp_path):
+    path = write_config(tmp_path, {"storage": {"root": "root"}})
+    with pytest.raises(SystemExit, match="unknown stage"):
+        main(["run", path, "--stages", "crawl,dowload"])

@@ -1,0 +1,32 @@
+"""Every prefect.yaml deployment: its entrypoint imports and its parameters validate."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOYMENTS = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=[d["name"] for d in DEPLOYMENTS])
+def test_entrypoint_imports_and_parameters_validate(deployment):
+    path, name = deployment["entrypoint"].split(":")
+    spec = importlib.util.spec_from_file_location(Path(path).stem, REPO / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    flow = getattr(module, name)
+    validated = flow.validate_parameters(deployment.get("parameters", {}))
+    assert "config" in validated
+    from tasks.config import load_config
+
+    load_config(REPO / validated["config"])
+
+
+def test_every_stage_and_the_pipeline_are_deployed():
+    names = {d["name"] for d in DEPLOYMENTS}
+    assert {"pipeline", "crawl", "download", "curate", "shard", "train", "evaluate"} <= names
+    assert any(s.get("cron") for d in DEPLOYMENTS for s in d.get("schedules", []))
