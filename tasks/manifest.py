@@ -22,15 +22,23 @@ from tasks.storage import Storage
 log = logging.getLogger(__name__)
 
 _REPO = Path(__file__).resolve().parent.parent
-# The code a stage's output depends on, beyond its own module: a change here invalidates it.
+# The code a stage's output depends on: a change in any of these files or folders reruns it.
+_MODEL_CORE = (
+    "model/__init__.py", "model/clip.py", "model/config.py", "model/configs",
+    "model/transformer.py", "model/tokenizer.py", "model/transforms.py", "model/checkpoint.py",
+)  # fmt: skip
 _STAGE_CODE: dict[str, tuple[str, ...]] = {
-    "crawl": ("tasks/crawl.py", "tasks/html_extract.py", "tasks/wat.py", "tasks/safe_http.py"),
-    "download": ("tasks/download.py", "tasks/safe_http.py"),
-    "curate": ("tasks/filters.py", "tasks/dedup.py", "tasks/quality.py", "tasks/curate.py", "sql"),
-    "shard": ("tasks/shard.py",),
-    "train": ("model",),
-    "evaluate": ("model", "tasks/evaluate.py"),
-}
+    "crawl": ("tasks/crawl.py", "tasks/site_crawler.py", "tasks/html_extract.py", "tasks/wat.py",
+              "tasks/safe_http.py"),
+    "download": ("tasks/download.py", "tasks/fetch.py", "tasks/safe_http.py"),
+    "curate": ("tasks/curate.py", "tasks/curate_shard.py", "tasks/filters.py", "tasks/dedup.py",
+               "tasks/phash.py", "tasks/langid_filter.py", "tasks/quality.py", "sql"),
+    "shard": ("tasks/shard.py", "tasks/shard_verify.py"),
+    "train": (*_MODEL_CORE, "model/loss.py", "model/data.py", "model/train.py",
+              "model/train_config.py", "model/train_checkpoint.py", "tasks/train.py"),
+    "evaluate": (*_MODEL_CORE, "model/zeroshot.py", "model/retrieval.py",
+                 "model/linear_probe.py", "model/eval_data.py", "tasks/evaluate.py"),
+}  # fmt: skip
 
 
 def code_version(stage: str) -> str:

@@ -63,3 +63,10 @@ def test_failed_stage_writes_no_manifest(tmp_root):
     with pytest.raises(ValueError, match="x.parquet"):
         run_stage("crawl", cfg, boom)
     assert read_manifest(Storage(cfg.storage), "crawl") is None
+
+
+def test_every_code_path_a_stage_depends_on_exists():
+    from tasks.manifest import _REPO, _STAGE_CODE
+
+    missing = [p for paths in _STAGE_CODE.values() for p in paths if not (_REPO / p).exists()]
+    assert missing == [], "renamed or removed files would silently leave the code version"
