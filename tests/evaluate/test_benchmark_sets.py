@@ -1,0 +1,108 @@
+"""The built-in benchmark sets: CLIP_benchmark's layout, deterministic, and evaluation prompts
+that the demo web never uses as a caption."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import re
+import string
+
+import torch
+
+from model.eval_data import read_dataset_info
+from tasks import benchmark_sets, demo_captions
+from tasks.benchmark_sets import FASHION_MNIST_CLASSNAMES, FASHION_MNIST_TEMPLATES
+from tests.evaluate.conftest import small_fashion_set
+
+
+def _normalise(text: str) -> str:
+    """Equality up to case, spacing and end punctuation: stricter than exact equality."""
+    return re.sub(r"\s+", " ", text.casefold()).strip(" .!?")
+
+
+def all_fashion_captions() -> set[str]:
+    """Every caption tasks.demo_captions.fashion_caption can produce, enumerated (each
+    template over only the fields it uses)."""
+    dc = demo_captions
+    out: set[str] = set()
+    for singular, plural, synonyms in dc.FASHION_FORMS.values():
+        choices = {"art": (dc._ART,), "n": (singular,), "p": (plural,), "syn": synonyms,
+                   "adj": dc._ADJECTIVES, "when": dc._WHEN, "occ": dc._OCCASION}  # fmt: skip
+        for template in dc._SINGULAR + dc._PLURAL:
+            used = sorted({f for _, f, _, _ in string.Formatter().parse(template) if f})
+            for values in itertools.product(*(choices[f] for f in used)):
+                caption = dc._with_articles(template.format(**dict(zip(used, values, strict=True))))
+                out.update({caption, caption[0].upper() + caption[1:]})
+    return out
+
+
+def test_enumeration_covers_what_the_generator_produces():
+    captions = all_fashion_captions()
+    rng = random.Random(7)
+    for name in FASHION_MNIST_CLASSNAMES_TRAIN:
+        for _ in range(300):
+            assert demo_captions.fashion_caption(name, rng) in captions
+
+
+FASHION_MNIST_CLASSNAMES_TRAIN = tuple(demo_captions.FASHION_FORMS)
+
+
+def test_no_fashion_prompt_is_a_demo_caption():
+    captions = {_normalise(c) for c in all_fashion_captions()}
+    prompts = [
+        _normalise(t.format(c=c)) for c in FASHION_MNIST_CLASSNAMES for t in FASHION_MNIST_TEMPLATES
+    ]
+    assert len(prompts) == 120 and len(captions) > 5_000
+    assert not captions.intersection(prompts)
+
+
+def test_fashion_class_names_are_the_demo_captions_nouns():
+    """Each evaluation class name is the singular form the demo captions name it by, so a
+    model trained on the demo web has seen the words its prompts use."""
+    singular = [forms[0] for forms in demo_captions.FASHION_FORMS.values()]
+    assert list(FASHION_MNIST_CLASSNAMES) == singular
+
+
+def _files(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_conversion_is_deterministic_and_clip_benchmark_reads_it(tmp_path):
+    from clip_benchmark.datasets.builder import build_wds_dataset
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    benchmark_sets.write_set(first, small_fashion_set(60, 30), samples_per_shard=25)
+    benchmark_sets.write_set(second, small_fashion_set(60, 30), samples_per_shard=25)
+    assert _files(first) == _files(second)
+    assert (first / "test" / "nshards.txt").read_text() == "3\n"
+    ds = build_wds_dataset("x", transform=None, split="test", data_dir=str(first))
+    samples = list(ds)
+    assert len(samples) == 60 and ds.classes == list(FASHION_MNIST_CLASSNAMES)
+    assert ds.templates == list(FASHION_MNIST_TEMPLATES)
+    assert samples[0][0].size == (28, 28) and all(0 <= y < 10 for _, y in samples)
+
+
+def test_emoji_subcategory_set_built_by_the_cli(tmp_path):
+    assert benchmark_sets.main(["build", str(tmp_path), "--sets", "emoji_subcategory"]) == 0
+    root = tmp_path / "emoji_subcategory"
+    info = read_dataset_info(str(root), needs_templates=True)
+    assert info.classnames is not None and len(info.classnames) > 50
+    assert "letters and numbers" in info.classnames and "animal mammal" in info.classnames
+    built = benchmark_sets.build_set("emoji_subcategory", root)  # up to date: not rebuilt
+    assert built["samples"]["test"] > 1800 and built["classes"] == len(info.classnames)
+    from model import image_transform
+    from model.eval_data import WdsEvalDataset, make_loader
+
+    dataset = WdsEvalDataset(info, "test", image_transform(28, is_train=False))
+    labels = torch.cat([y for _, y in make_loader(dataset, batch_size=512)])
+    assert len(labels) == built["samples"]["test"]
+    assert torch.bincount(labels).min() >= 3  # every subcategory kept has 3+ emoji
+
+
+def test_emoji_retrieval_captions(emoji_retrieval_small):
+    info = read_dataset_info(str(emoji_retrieval_small))
+    assert info.dataset_type == "retrieval"
+    emoji = benchmark_sets._base_emoji()[0]
+    captions = benchmark_sets.emoji_captions(emoji)
+    assert len(captions) == 2 and len(set(captions)) == 2 and all(emoji.name in c for c in captions)
