@@ -33,12 +33,26 @@ from model.config import CONFIG_DIR, get_model_config  # noqa: E402
 from tests.train.shards import write_fashion_shards  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "train.json"
+# OpenCLIP's arguments travel in a JSON file: torchrun's own parser would claim some
+# (``--logs`` is an ambiguous prefix of its ``--logs-specs``). OpenCLIP's trainer passes
+# device_ids=[cpu] to DDP, which DDP refuses; the shim drops them on CPU, nothing else.
 OPEN_CLIP_LAUNCHER = """
+import json
 import sys
+import torch
 import open_clip
-open_clip.add_model_config(sys.argv.pop(1))
+
+class CpuDDP(torch.nn.parallel.DistributedDataParallel):
+    def __init__(self, module, device_ids=None, **kwargs):
+        if device_ids and all(torch.device(d).type == "cpu" for d in device_ids):
+            device_ids = None
+        super().__init__(module, device_ids=device_ids, **kwargs)
+
+torch.nn.parallel.DistributedDataParallel = CpuDDP
+model_json, argv = json.load(open(sys.argv[1]))
+open_clip.add_model_config(model_json)
 from open_clip_train.main import main
-main(sys.argv[1:])
+main(argv)
 """
 _BATCH_TIME = re.compile(r"Batch \(t\): ([0-9.]+)")
 H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s of an H100 SXM
@@ -81,8 +95,7 @@ def open_clip(run: dict[str, Any], tmp: Path) -> float:
     )  # fmt: skip
     shards = sorted((tmp / "shards").glob("*.tar"))
     precision = {"amp_bf16": "amp_bf16", "fp32": "fp32", "amp_fp16": "amp"}[run["precision"]]
-    out = torchrun(
-        run["nproc"], str(launcher), str(model_json),
+    argv = [
         "--train-data", "::".join(str(s) for s in shards), "--dataset-type", "webdataset",
         "--train-num-samples", str(run["samples"]), "--epochs", "1",
         "--batch-size", str(run["batch"]), "--workers", str(run["workers"]),
@@ -90,8 +103,12 @@ def open_clip(run: dict[str, Any], tmp: Path) -> float:
         "--local-loss", "--gather-with-grad", "--log-every-n-steps", str(run["log_every"]),
         "--logs", str(tmp / "open_clip_logs"), "--name", "bench", "--save-frequency", "0",
         "--report-to", "", "--zeroshot-frequency", "0", "--val-frequency", "0",
-        "--device", run["device"], threads=run["threads"],
-    )  # fmt: skip
+        "--device", run["device"],
+    ]  # fmt: skip
+    (tmp / "open_clip_args.json").write_text(json.dumps([str(model_json), argv]))
+    out = torchrun(
+        run["nproc"], str(launcher), str(tmp / "open_clip_args.json"), threads=run["threads"]
+    )
     windows = [float(t) for t in _BATCH_TIME.findall(out)][1:]
     if not windows:
         raise RuntimeError(f"no throughput in OpenCLIP's log:\n{out[-3000:]}")
