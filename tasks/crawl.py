@@ -17,6 +17,7 @@ from collections.abc import Coroutine
 from datetime import datetime
 from typing import Any, TypeVar
 
+import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -69,11 +70,18 @@ def _check_wat_inputs(cfg: PipelineConfig, storage: Storage) -> None:
             raise ArchiveInputError(f"crawl.wat_files: {uri} does not exist")
 
 
-def _exists(uri: str, storage: Storage) -> bool:
-    import fsspec
+def _archive_options(uri: str, storage: Storage) -> dict[str, Any]:
+    """fsspec options for one archive URI. Over http(s), redirects are not followed: the
+    SSRF guard checked the URI itself and cannot check where a redirect would lead."""
+    if uri.startswith("s3://"):
+        return storage.storage_options()
+    if uri.startswith(("http://", "https://")):
+        return {"allow_redirects": False}
+    return {}
 
-    options = storage.storage_options() if uri.startswith("s3://") else {}
-    fs, path = fsspec.core.url_to_fs(uri, **options)
+
+def _exists(uri: str, storage: Storage) -> bool:
+    fs, path = fsspec.core.url_to_fs(uri, **_archive_options(uri, storage))
     return bool(fs.exists(path))
 
 
@@ -141,9 +149,7 @@ def crawl(cfg: PipelineConfig, storage: Storage) -> StageResult:
         rows += [(u, cap, page, "site", when) for u, cap, page, when in site.pairs]
         errors += [{**e, "source": "site"} for e in site.errors]
     for uri in c.wat_files:
-        archive = read_archive(
-            uri, storage.storage_options() if uri.startswith("s3://") else {}, c.max_page_bytes
-        )
+        archive = read_archive(uri, _archive_options(uri, storage), c.max_page_bytes)
         counts.update({f"archive_{k}": v for k, v in archive.counts.items() if v})
         rows += [(u, cap, page, source, when) for u, cap, page, when, source in archive.pairs]
         errors += [{**e, "referrer": "", "source": uri} for e in archive.errors]

@@ -14,6 +14,7 @@ from warcio.warcwriter import WARCWriter
 
 from tasks.config import PipelineConfig
 from tasks.crawl import crawl
+from tasks.demo_server import REDIRECT_PAGE_TARGET, serve
 from tasks.storage import Storage
 from tasks.wat import ArchiveInputError, read_archive
 
@@ -183,3 +184,35 @@ def test_crawl_stage_reads_and_writes_s3(archives, s3_server, s3_bucket) -> None
         frame = pd.read_parquet(fh)
     assert len(frame) == result.counts["pairs_after_dedup"] == 3
     assert storage.exists(f"{root}/crawl/errors.parquet")
+
+
+def test_archive_over_http_guarded(archives, tmp_path: Path, tmp_root: Path) -> None:
+    wat, _ = archives
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / wat.name).write_bytes(wat.read_bytes())
+    with serve(site) as server:
+        uri = f"{server.url}/{wat.name}"
+
+        def config(**crawl_options: object) -> PipelineConfig:
+            crawl_options = {"wat_files": [uri], **crawl_options}
+            return PipelineConfig.model_validate(
+                {"storage": {"root": str(tmp_root)}, "crawl": crawl_options}
+            )
+
+        with pytest.raises(ArchiveInputError, match="refused \\(ssrf_refused\\)"):
+            crawl(config(), Storage(config().storage))
+        result = crawl(config(allow_private_networks=True), Storage(config().storage))
+        assert result.counts["pairs_after_dedup"] == 3
+        # A redirect is not followed, though its target is a readable WAT file here: the
+        # guard could not check where a redirect leads.
+        (site / "planted").mkdir()
+        (site / "planted" / "moved-target.html").write_bytes(wat.read_bytes())
+        moved = f"{server.url}/hostile/moved.html"
+        cfg = config(allow_private_networks=True, wat_files=[moved])
+        with pytest.raises(ArchiveInputError, match="hostile/moved.html"):
+            crawl(cfg, Storage(cfg.storage))
+        direct = config(
+            allow_private_networks=True, wat_files=[f"{server.url}{REDIRECT_PAGE_TARGET}"]
+        )
+        assert crawl(direct, Storage(direct.storage)).counts["pairs_after_dedup"] == 3
