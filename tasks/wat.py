@@ -12,6 +12,8 @@ import functools
 import json
 import logging
 import posixpath
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -86,20 +88,38 @@ def wat_pairs(payload: dict[str, Any]) -> tuple[str | None, list[tuple[str, str]
     return page_url, pairs, unusable
 
 
-def _open(uri: str, storage_options: dict[str, Any]) -> IO[bytes]:
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # urllib then raises HTTPError for the 3xx
+
+
+def _open(uri: str, storage_options: dict[str, Any], timeout: float) -> IO[bytes]:
+    """A byte stream of one archive. Over http(s) redirects are not followed: the SSRF guard
+    checked the URI itself and cannot check where a redirect would lead."""
     try:
+        if uri.startswith(("http://", "https://")):
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects)
+            return opener.open(uri, timeout=timeout)
         return fsspec.open(uri, "rb", **storage_options).open()
-    except (FileNotFoundError, OSError) as e:
+    except urllib.error.HTTPError as e:
+        raise ArchiveInputError(
+            f"crawl.wat_files: {uri}: HTTP {e.code} (redirects are not followed)"
+        ) from e
+    except OSError as e:
         raise ArchiveInputError(f"crawl.wat_files: cannot open {uri}: {e}") from e
 
 
 def read_archive(
-    uri: str, storage_options: dict[str, Any] | None = None, max_page_bytes: int = 5_000_000
+    uri: str,
+    storage_options: dict[str, Any] | None = None,
+    max_page_bytes: int = 5_000_000,
+    timeout: float = 60.0,
 ) -> ArchiveResult:
-    """All image-text pairs in one WAT or WARC file (gzip or plain, any fsspec URI)."""
+    """All image-text pairs in one WAT or WARC file (gzip or plain; a local path, any fsspec
+    URI, or http(s)). ``timeout`` bounds each network read, in seconds."""
     result = ArchiveResult()
     name = posixpath.basename(uri.rstrip("/"))
-    with _open(uri, storage_options or {}) as stream:
+    with _open(uri, storage_options or {}, timeout) as stream:
         try:
             for record in _records(stream, uri):
                 _read_record(record, name, max_page_bytes, result)

@@ -210,7 +210,7 @@ def test_archive_over_http_guarded(archives, tmp_path: Path, tmp_root: Path) -> 
         (site / "planted" / "moved-target.html").write_bytes(wat.read_bytes())
         moved = f"{server.url}/hostile/moved.html"
         cfg = config(allow_private_networks=True, wat_files=[moved])
-        with pytest.raises(ArchiveInputError, match="hostile/moved.html"):
+        with pytest.raises(ArchiveInputError, match="hostile/moved.html: HTTP 301"):
             crawl(cfg, Storage(cfg.storage))
         direct = config(
             allow_private_networks=True, wat_files=[f"{server.url}{REDIRECT_PAGE_TARGET}"]
