@@ -23,7 +23,7 @@ R = TypeVar("R")
 
 def map_as_tasks(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
     """Run ``fn`` over ``items`` as mapped Prefect tasks and wait for every result."""
-    shard_task = task(fn, name=f"curate-{fn.__name__}", cache_policy=NO_CACHE, retries=1)
+    shard_task = task(name=f"curate-{fn.__name__}", cache_policy=NO_CACHE, retries=1)(fn)
     return [future.result() for future in shard_task.map(list(items))]
 
 

@@ -164,7 +164,7 @@ def read_shard_rows(storage: Storage, parquet_uri: str) -> pa.Table:
 def _column(table: pa.Table, name: str, kind: pa.DataType) -> list[Any]:
     if name not in table.column_names:
         return [None] * table.num_rows
-    return table.column(name).cast(kind).to_pylist()  # type: ignore[no-any-return]
+    return table.column(name).cast(kind).to_pylist()
 
 
 def shard_features(storage: Storage, parquet_uri: str) -> pa.Table:

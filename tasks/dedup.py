@@ -60,6 +60,7 @@ def choose_binary_index(cfg: CurateConfig, n: int, radius: int) -> BinaryIndexSp
 
 def build_binary_index(codes: np.ndarray, radius: int, spec: BinaryIndexSpec) -> faiss.IndexBinary:
     """A FAISS binary index over (n, 8) uint8 codes, ready for range search at ``radius``."""
+    index: faiss.IndexBinary
     if spec.kind == "flat":
         index = faiss.IndexBinaryFlat(BITS)
     elif spec.kind == "multihash":
@@ -68,9 +69,10 @@ def build_binary_index(codes: np.ndarray, radius: int, spec: BinaryIndexSpec) ->
         index = faiss.IndexBinaryMultiHash(BITS, nhash, BITS // nhash)
     elif spec.kind == "ivf":
         nlist = max(1, min(int(np.sqrt(len(codes))), len(codes) // 39 or 1))
-        index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(BITS), BITS, nlist)
-        index.train(codes)
-        index.nprobe = min(spec.ivf_nprobe, nlist)
+        ivf = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(BITS), BITS, nlist)
+        ivf.train(codes)
+        ivf.nprobe = min(spec.ivf_nprobe, nlist)
+        index = ivf
     else:
         raise ValueError(f"curate.phash_index: unknown index kind {spec.kind!r}")
     index.add(codes)
@@ -110,7 +112,7 @@ def embedding_pairs(
                           gpu=faiss.get_num_gpus() > 0)  # fmt: skip
     kmeans.train(x)
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, k, faiss.METRIC_INNER_PRODUCT)
-    index.quantizer.add(kmeans.centroids)
+    index.quantizer.add(np.asarray(kmeans.centroids, dtype=np.float32))
     index.is_trained = True
     index.add(x)
     index.nprobe = min(nprobe, k)

@@ -29,10 +29,6 @@ SUITE_NAME = "clipflow-curate"
 _DOCS_SUBDIR = os.path.join("gx", "uncommitted", "data_docs", "local_site")
 
 
-class QualityGateFailed(RuntimeError):
-    """The curated table failed its great-expectations suite; the message lists why."""
-
-
 @dataclass
 class Report:
     """The written report: its summary (as in summary.json) and the URIs of its files."""
@@ -52,8 +48,17 @@ class Report:
         )
         message = f"curate quality gate failed ({self.uris.get('data_docs', '')}): {failed}"
         if gate == "fail":
-            raise QualityGateFailed(message)
+            raise QualityGateFailed(message, self)
         log.warning("%s (curate.gate=warn: continuing)", message)
+
+
+class QualityGateFailed(RuntimeError):
+    """The curated table failed its great-expectations suite; the message lists why and
+    ``report`` holds the written report."""
+
+    def __init__(self, message: str, report: Report) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 def expectations(cfg: CurateConfig) -> list[Any]:
@@ -110,13 +115,14 @@ def run_gate(frame: pd.DataFrame, cfg: CurateConfig, workdir: str) -> tuple[dict
     result = checkpoint.run(batch_parameters={"dataframe": frame})
     outcomes = [
         {
-            "expectation": r.expectation_config.type,
-            "column": r.expectation_config.kwargs.get("column"),
+            "expectation": config.type,
+            "column": config.kwargs.get("column"),
             "success": bool(r.success),
             "observed": _observed(r.result),
         }
         for run in result.run_results.values()
         for r in run.results
+        if (config := r.expectation_config) is not None
     ]
     return {"success": bool(result.success), "expectations": outcomes}, os.path.join(
         workdir, _DOCS_SUBDIR
@@ -153,7 +159,7 @@ def build_summary(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     }
     summary["duplicate_rate"] = stats["duplicates"] / stats["input"] if stats["input"] else 0.0
     if remaining != stats["kept"]:
-        raise AssertionError(
+        raise RuntimeError(
             f"curate accounting broken: funnel ends at {remaining}, kept {stats['kept']}"
         )
     return summary

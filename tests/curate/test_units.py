@@ -1,0 +1,134 @@
+"""Plain functions of the curate stage on tiny inputs: pHash, FAISS pair search against brute
+force, grouping, SemDeDup, caption handling, the SQL loader and the rule order."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tasks.config import CurateConfig
+from tasks.curate_shard import decode_caption, inspect_image, normalise_caption
+from tasks.dedup import (
+    BinaryIndexSpec,
+    choose_binary_index,
+    decontamination_matches,
+    embedding_pairs,
+    hamming_pairs,
+    survivors_of,
+)
+from tasks.filters import RULES
+from tasks.offline_data import fashion_mnist
+from tasks.phash import hamming, hashes_to_bytes, phash64
+from tasks.sql import SQL_DIR, bind, load_sql
+
+
+def _planted_hashes(n: int, pairs: int, radius: int, seed: int = 0) -> tuple[np.ndarray, set]:
+    """n random 64-bit hashes; the last `pairs` are copies of earlier ones with <= radius bits
+    flipped. Returns the hashes and the brute-force set of pairs within radius."""
+    rng = np.random.default_rng(seed)
+    hashes = rng.integers(-(2**63), 2**63 - 1, size=n, dtype=np.int64)
+    for k in range(pairs):
+        flips = rng.choice(64, size=rng.integers(0, radius + 1), replace=False)
+        mask = sum(1 << int(b) for b in flips)
+        value = (int(hashes[k]) & 0xFFFFFFFFFFFFFFFF) ^ mask
+        hashes[n - pairs + k] = value - (1 << 64) if value >= 1 << 63 else value
+    codes = hashes_to_bytes(hashes)
+    distance = np.unpackbits(codes[:, None, :] ^ codes[None, :, :], axis=2).sum(axis=2)
+    i, j = np.nonzero(np.triu(distance <= radius, k=1))
+    return hashes, set(zip(i.tolist(), j.tolist(), strict=True))
+
+
+@pytest.mark.parametrize("kind", ["flat", "multihash", "ivf"])
+def test_hamming_pairs_match_brute_force(kind):
+    hashes, truth = _planted_hashes(600, 40, radius=4)
+    rows, cols = hamming_pairs(hashes_to_bytes(hashes), 4, BinaryIndexSpec(kind, ivf_nprobe=64))
+    found = set(zip(rows.tolist(), cols.tolist(), strict=True))
+    assert found <= truth  # every reported pair is really within the radius
+    if kind != "ivf":  # flat and multi-index hashing are exact
+        assert found == truth
+    else:
+        assert len(found) >= 0.9 * len(truth)
+
+
+def test_choose_binary_index_by_size_and_radius():
+    cfg = CurateConfig(phash_flat_max_rows=100)
+    assert choose_binary_index(cfg, 100, 4).kind == "flat"
+    assert choose_binary_index(cfg, 101, 4).kind == "multihash"
+    assert choose_binary_index(cfg, 101, 10).kind == "ivf"  # 11 substrings of 5 bits: too short
+    assert choose_binary_index(CurateConfig(phash_index="ivf"), 5, 4).kind == "ivf"
+
+
+def test_survivors_follow_groups_and_prefer_lowest_index():
+    survivor = survivors_of(6, np.array([1, 3, 4]), np.array([3, 4, 5]))
+    assert survivor.tolist() == [0, 1, 2, 1, 1, 1]
+
+
+def test_semdedup_finds_planted_near_identical_embeddings():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((400, 32)).astype(np.float32)
+    x[390:] = x[:10] + 0.01 * rng.standard_normal((10, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    rows, cols = embedding_pairs(x, eps=0.01, clusters=8, nprobe=8)
+    assert set(zip(rows.tolist(), cols.tolist(), strict=True)) == {(k, 390 + k) for k in range(10)}
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_phash_is_stable_under_resizing_and_recompression_and_separates_images():
+    images, _ = fashion_mnist("test")
+    a, b = Image.fromarray(images[0]), Image.fromarray(images[1])
+    big = a.resize((112, 112), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    big.save(buf, format="JPEG", quality=60)
+    jpeg = Image.open(io.BytesIO(buf.getvalue()))
+    assert hamming(phash64(a), phash64(big)) <= 4
+    assert hamming(phash64(a), phash64(jpeg)) <= 4
+    assert hamming(phash64(a), phash64(b)) > 8
+    hashes = np.array([phash64(Image.fromarray(images[k])) for k in range(3)], dtype=np.int64)
+    assert hashes_to_bytes(hashes).shape == (3, 8)
+
+
+def test_decontamination_matches_name_the_eval_image():
+    eval_hashes = np.array([0, 0x0F0F], dtype=np.int64)
+    train = np.array([0b111, 0x7FFF_FFFF_FFFF_FFFF, 0x0F0F ^ 1], dtype=np.int64)
+    assert decontamination_matches(train, eval_hashes, ["e/a", "e/b"], radius=3) == {
+        0: "e/a",
+        2: "e/b",
+    }
+
+
+def test_inspect_image_states():
+    good = inspect_image(_png(Image.new("RGB", (20, 10), "red")))
+    assert (good.state, good.width, good.height) == ("ok", 20, 10)
+    assert inspect_image(b"").state == "empty"
+    assert inspect_image(b"\x89PNG\r\n\x1a\n truncated").state == "undecodable"
+
+
+def test_caption_decoding_and_normalisation():
+    assert decode_caption("café".encode()) == ("café", False)
+    text, bad = decode_caption(b"caf\xe9")
+    assert bad and "\ufffd" in text
+    assert decode_caption(None) == (None, False)
+    assert normalise_caption("  A   Red\tApple!! ") == "a red apple"
+    assert normalise_caption("ＩＭＧ_0001.JPG") == "img_0001.jpg"  # NFKC folds full width
+
+
+def test_combine_sql_lists_rules_in_rules_order():
+    reasons = re.findall(r"THEN '([a-z0-9_]+)' END", load_sql("combine"))
+    assert tuple(reasons) == RULES
+
+
+def test_sql_loader_errors_name_the_query():
+    with pytest.raises(FileNotFoundError, match="no_such_query"):
+        load_sql("no_such_query")
+    with pytest.raises(KeyError, match="min_image_side"):
+        bind("rules", {})
+    assert all(p.suffix == ".sql" for p in SQL_DIR.iterdir())
