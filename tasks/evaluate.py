@@ -248,23 +248,33 @@ def confusion_csv(confusion: np.ndarray, classnames: list[str]) -> str:
     return out.getvalue()
 
 
+_MAX_BARS = 60  # beyond this a per-class bar chart is unreadable: show the extremes
+
+
 def plot_per_class(
     report: ClassificationReport, classnames: list[str], title: str, path: str
 ) -> None:
-    """Horizontal bars of each class's recall (its accuracy on its own images)."""
+    """Horizontal bars of each class's recall (its accuracy on its own images); with many
+    classes (ImageNet), the 30 worst and 30 best."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    recalls = [0.0 if r["recall"] is None else 100 * r["recall"] for r in report.per_class]
-    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.22 * len(classnames) + 1)))
-    ax.barh(range(len(classnames)), recalls, color="#4c72b0")
-    ax.set_yticks(range(len(classnames)), classnames, fontsize=7 if len(classnames) > 30 else 9)
+    bars = [(name, row["recall"]) for name, row in zip(classnames, report.per_class, strict=True)]
+    bars = [(name, 100 * r) for name, r in bars if r is not None]
+    subtitle = ""
+    if len(bars) > _MAX_BARS:
+        ranked = sorted(bars, key=lambda bar: bar[1])
+        bars = ranked[: _MAX_BARS // 2] + ranked[-_MAX_BARS // 2 :]
+        subtitle = f" ({_MAX_BARS // 2} worst and best classes)"
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.22 * len(bars) + 1)))
+    ax.barh(range(len(bars)), [r for _, r in bars], color="#4c72b0")
+    ax.set_yticks(range(len(bars)), [n for n, _ in bars], fontsize=7 if len(bars) > 30 else 9)
     ax.invert_yaxis()
     ax.set_xlim(0, 100)
     ax.set_xlabel("per-class accuracy (recall, %)")
-    ax.set_title(f"{title}: acc1 {_percent(report.metrics['acc1'])}%")
+    ax.set_title(f"{title}: acc1 {_percent(report.metrics['acc1'])}%{subtitle}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -281,16 +291,17 @@ def plot_confusion(
 
     confusion = report.confusion.astype(np.float64)
     rows = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
-    size = min(16.0, max(4.0, 0.3 * len(classnames) + 2))
+    size = min(16.0, max(5.5, 0.3 * len(classnames) + 2))
     fig, ax = plt.subplots(figsize=(size, size))
     image = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
-    ticks = range(len(classnames))
-    fontsize = 6 if len(classnames) > 30 else 8
-    ax.set_xticks(ticks, classnames, rotation=90, fontsize=fontsize)
-    ax.set_yticks(ticks, classnames, fontsize=fontsize)
+    if len(classnames) <= 2 * _MAX_BARS:  # more names than that would only overprint
+        ticks = range(len(classnames))
+        fontsize = 6 if len(classnames) > 30 else 8
+        ax.set_xticks(ticks, classnames, rotation=90, fontsize=fontsize)
+        ax.set_yticks(ticks, classnames, fontsize=fontsize)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"{title}: confusion (row-normalised)")
+    ax.set_title(f"{title}\nconfusion matrix, rows normalised", fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

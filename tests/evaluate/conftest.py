@@ -6,6 +6,7 @@ checkpoints are OpenCLIP models (random, or trained for a few steps here) saved 
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from pathlib import Path
@@ -31,9 +32,16 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@functools.cache
+def fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST, read once per test process."""
+    return offline_data.fashion_mnist(split)
+
+
 def small_fashion_set(n_test: int = 240, n_train: int = 300) -> benchmark_sets.BenchmarkSet:
-    test_x, test_y = offline_data.fashion_mnist("test")
-    train_x, train_y = offline_data.fashion_mnist("train")
+    """The first n_test test and n_train train images, as the built-in set writes them."""
+    test_x, test_y = fashion_mnist("test")
+    train_x, train_y = fashion_mnist("train")
     return benchmark_sets.BenchmarkSet(
         "classification",
         [
@@ -96,7 +104,7 @@ def _train_tiny(model, steps: int, seed: int = 0) -> None:
     import open_clip
 
     rng = random.Random(seed)
-    images, labels = offline_data.fashion_mnist("train")
+    images, labels = fashion_mnist("train")
     tokenizer = open_clip.get_tokenizer(TINY)
     mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
