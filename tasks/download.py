@@ -21,6 +21,7 @@ from contextlib import contextmanager
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset's import would phone home
 
+import fsspec.config  # noqa: E402
 import img2dataset  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -102,15 +103,22 @@ def input_fingerprint(candidates: pd.DataFrame, cfg: PipelineConfig) -> str:
 def _guarded_img2dataset(policy: FetchPolicy, s3_endpoint: str | None) -> Iterator[None]:
     """Make img2dataset fetch through ``GuardedDownloader`` and reach our S3 endpoint."""
     saved_downloader, saved_env = i2d_main.Downloader, os.environ.get("FSSPEC_S3_ENDPOINT_URL")
+    saved_conf = fsspec.config.conf.get("s3")
     GuardedDownloader.policy = policy
     i2d_main.Downloader = GuardedDownloader
     if s3_endpoint:
         os.environ["FSSPEC_S3_ENDPOINT_URL"] = s3_endpoint  # fsspec config, inherited by workers
+        # fsspec read the environment when it was imported: this process needs it set here.
+        fsspec.config.conf["s3"] = {**(saved_conf or {}), "endpoint_url": s3_endpoint}
     try:
         yield
     finally:
         i2d_main.Downloader = saved_downloader
         GuardedDownloader.policy = None
+        if saved_conf is None:
+            fsspec.config.conf.pop("s3", None)
+        else:
+            fsspec.config.conf["s3"] = saved_conf
         if s3_endpoint:
             if saved_env is None:
                 os.environ.pop("FSSPEC_S3_ENDPOINT_URL", None)
