@@ -84,6 +84,8 @@ def read_kept(storage: Storage, kept_expected: int) -> pd.DataFrame:
         raise ShardInputError(f"{uri}: missing column(s) {missing}")
     kept = samples[samples["keep"].astype(bool)].sort_values("key", kind="stable")
     kept = kept.reset_index(drop=True)
+    if kept.empty:
+        raise ShardInputError(f"{uri}: no rows with keep=true; nothing to train on")
     if len(kept) != kept_expected:
         raise ShardInputError(
             f"{uri}: {len(kept)} rows with keep=true, but the curate manifest says kept="

@@ -115,6 +115,9 @@ def verify_shards(storage: Storage) -> VerifyReport:
     expected_sizes = {e["name"]: e["count"] for e in entries}
     if not storage.exists(sizes_path) or storage.read_json(sizes_path) != expected_sizes:
         problems.append(f"{sizes_path}: missing or different from manifest.json")
+    kept = manifest.get("curate_manifest", {}).get("kept")
+    if not problems and kept is not None and len(seen) != kept:  # else a bad shard explains it
+        problems.append(f"{len(seen)} distinct samples in the shards, but curate kept {kept}")
     listed = set(expected_sizes)
     for uri in storage.glob("shards/*.tar"):
         if posixpath.basename(uri) not in listed:

@@ -193,3 +193,27 @@ def test_bad_inputs_are_named(local_root: Path) -> None:
                 tar.addfile(member, io.BytesIO(data))
     with pytest.raises(ShardInputError, match=f"kept sample '{key}' has no image"):
         run(local_root)
+
+
+def test_verify_checks_the_total_against_curate(local_root: Path) -> None:
+    run(local_root)
+    path = local_root / "shards" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["curate_manifest"]["kept"] += 1
+    path.write_text(json.dumps(manifest))
+    report = verify_shards(Storage(local_config(local_root).storage))
+    kept = len(load_kept(local_root))
+    assert report.problems == [f"{kept} distinct samples in the shards, but curate kept {kept + 1}"]
+
+
+def test_nothing_kept_is_an_error(local_root: Path) -> None:
+    import pandas as pd
+
+    samples_path = local_root / "curate" / "samples.parquet"
+    pd.read_parquet(samples_path).assign(keep=False).to_parquet(samples_path)
+    manifest_path = local_root / "_manifests" / "curate.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["counts"]["kept"] = 0
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ShardInputError, match="no rows with keep=true"):
+        run(local_root)
