@@ -10,6 +10,7 @@ import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -56,6 +57,24 @@ class CrawlConfig(_Section):
     user_agent: str = "clipflow-crawler/0.1 (+https://github.com/clipflow/clipflow)"
     respect_robots: bool = True
     rows_per_file: int = Field(100_000, gt=0)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_are_http_urls(cls, v: list[str]) -> list[str]:
+        for seed in v:
+            parts = urlsplit(seed)  # raises ValueError on a malformed URL
+            if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{seed!r} is not an http(s) URL with a host")
+        return v
+
+    @field_validator("allow_private_hosts")
+    @classmethod
+    def _hosts_have_ports(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            host, _, port = entry.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"{entry!r} is not host:port")
+        return [entry.lower() for entry in v]
 
 
 class DownloadConfig(_Section):

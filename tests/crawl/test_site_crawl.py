@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from tasks.config import CrawlConfig
+from tasks.config import ConfigError, CrawlConfig, load_config
 from tasks.demo_server import serve
 from tasks.html_extract import normalize_url
-from tasks.site_crawler import CrawlResult, crawl_sites
+from tasks.site_crawler import CrawlResult, SiteCrawler, crawl_sites
 
 
 def run_crawl(seeds: list[str], resolve: Any = None, **options: Any) -> CrawlResult:
@@ -134,12 +134,16 @@ def test_robots_can_be_switched_off(demo_web) -> None:
     assert result.counts["pages_fetched"] == 1 and len(result.pairs) == 2
 
 
-def test_bad_seed_reported(demo_web) -> None:
-    result = run_crawl(["ftp://127.0.0.1/x", demo_web.abs("/hostile/missing.html")])
-    assert failures(result) == {
-        "ftp://127.0.0.1/x": "invalid_url",
-        demo_web.abs("/hostile/missing.html"): "http_404",
-    }
+def test_bad_seeds_refused_up_front_or_reported(demo_web) -> None:
+    with pytest.raises(ConfigError, match="crawl.seeds: .*'ftp://127.0.0.1/x' is not an http"):
+        load_config({"crawl": {"seeds": ["ftp://127.0.0.1/x"]}})
+    with pytest.raises(ConfigError, match="crawl.allow_private_hosts: .*not host:port"):
+        load_config({"crawl": {"allow_private_hosts": ["127.0.0.1"]}})
+    # Seeds handed to the crawler directly (not through a config) are reported, not raised.
+    missing = demo_web.abs("/hostile/missing.html")
+    cfg = CrawlConfig(allow_private_networks=True)
+    result = asyncio.run(SiteCrawler(cfg).crawl(["ftp://127.0.0.1/x", missing]))
+    assert failures(result) == {"ftp://127.0.0.1/x": "invalid_url", missing: "http_404"}
     assert_accounted(result)
 
 
