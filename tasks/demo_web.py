@@ -3,7 +3,7 @@ hostile endpoints, which ``make demo`` and the tests crawl.
 
 ``build_demo_web(out_dir, "test")`` writes the site and ``planted.json`` (ground truth: every
 expected (url, caption, page) pair and every planted case, as paths on the server's origin);
-``tasks.demo_server.serve(out_dir)`` serves it on 127.0.0.1.
+``serve(out_dir)`` (from tasks.demo_server, re-exported here) serves it on 127.0.0.1.
 
     python -m tasks.demo_web build OUT [--size demo]
     python -m tasks.demo_web serve OUT [--port N]
@@ -28,9 +28,12 @@ from PIL import Image
 from tasks import demo_planted, offline_data
 from tasks.demo_captions import clipart_caption, emoji_caption, fashion_caption
 from tasks.demo_planted import Spare
+from tasks.demo_server import DemoWebServer, serve
 from tasks.demo_site import ORIGIN, Item, Site, png_bytes
 
 log = logging.getLogger(__name__)
+
+__all__ = ["PRESETS", "DemoSizes", "DemoWebServer", "build_demo_web", "main", "serve"]
 
 
 @dataclass(frozen=True)
@@ -177,8 +180,6 @@ def build_demo_web(out_dir: str | Path, sizes: str | DemoSizes = "test") -> dict
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m tasks.demo_web build OUT [--size demo]`` / ``serve OUT [--port N]``."""
-    from tasks.demo_server import serve
-
     parser = argparse.ArgumentParser(prog="python -m tasks.demo_web", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="write the demo site into OUT")

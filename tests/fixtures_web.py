@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from tasks.demo_server import serve
-from tasks.demo_web import build_demo_web
+from tasks.demo_web import build_demo_web, serve
 
 
 @dataclass(frozen=True)
