@@ -92,6 +92,7 @@ def serve_in_subprocess(site_dir: str) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def bench_site(size: str) -> dict[str, Any]:
+    """Both crawlers on the same served demo web (preset ``size``): pages/s and pairs/s."""
     with tempfile.TemporaryDirectory() as tmp:
         summary = build_demo_web(tmp, size)
         # Both crawlers skip the hostile pages (ours by robots.txt, the peer by rule): they
@@ -190,6 +191,7 @@ def plain_wat(path: Path) -> tuple[int, int]:
 
 
 def bench_wat(records: int) -> dict[str, Any]:
+    """Both WAT readers on one generated file of ``records`` records: records/s."""
     from tasks.wat import read_archive
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -216,6 +218,7 @@ def bench_wat(records: int) -> dict[str, Any]:
 
 
 def main() -> int:
+    """Run both benchmarks, print the table, write bench/results/crawl.json."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="test-size web, 2,000 WAT records")
     args = parser.parse_args()

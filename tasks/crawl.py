@@ -124,6 +124,8 @@ def write_candidates(storage: Storage, rows: list[Row], rows_per_file: int) -> l
 
 
 def write_errors(storage: Storage, errors: list[dict[str, str]]) -> str:
+    """Write errors.parquet (url, reason, detail, referrer, source): one row per page or
+    record that gave nothing, so failures are reported rather than silently dropped."""
     uri = storage.uri("crawl", "errors.parquet")
     columns = {f.name: [str(e.get(f.name, "")) for e in errors] for f in ERROR_SCHEMA}
     _write_table(storage, uri, pa.table(columns, schema=ERROR_SCHEMA))

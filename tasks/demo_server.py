@@ -96,6 +96,7 @@ class _Handler(SimpleHTTPRequestHandler):
         self.wfile.write(body)
 
     def redirect(self, location: str, status: int = 302) -> None:
+        """Answer with a redirect to ``location`` (relative or absolute)."""
         self.send_response(status)
         self.send_header("Location", location)
         self.send_header("Content-Length", "0")
@@ -131,6 +132,7 @@ class _Handler(SimpleHTTPRequestHandler):
         self.close_connection = True
 
     def static_bytes(self, path: str) -> bytes:
+        """The bytes of a file of the served site, by its URL path."""
         return Path(self.translate_path(path)).read_bytes()
 
 
@@ -223,6 +225,7 @@ class DemoWebServer:
         self._thread.join()
 
     def close(self) -> None:
+        """Stop serving; stalling and dripping handlers end at once."""
         self._httpd.closing.set()
         self._httpd.shutdown()
         self._httpd.server_close()

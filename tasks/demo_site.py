@@ -27,6 +27,7 @@ class Item:
 
 
 def png_bytes(image: Image.Image) -> bytes:
+    """``image`` encoded as PNG."""
     buf = io.BytesIO()
     image.save(buf, format="PNG", optimize=False)
     return buf.getvalue()
@@ -42,12 +43,14 @@ class Site:
         self.pages: list[str] = []
 
     def write(self, path: str, data: bytes) -> str:
+        """Write a file at its URL path under the site folder; return the path."""
         target = self.out_dir / path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
         return path
 
     def expect(self, url: str, caption: str, page: str) -> None:
+        """Record a pair a correct crawler must find on ``page``."""
         self.pairs.append({"url": url, "caption": caption, "page": page})
 
     def img_html(self, item: Item, page: str) -> str:

@@ -212,6 +212,7 @@ class GuardedResolver(AbstractResolver):
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
+        """The host's addresses, or AddressRefused when any of them is not public."""
         results = await self._lookup(host, port, family)
         if self.allow_private or f"{host.lower()}:{port}" in self.exempt:
             return results
@@ -229,6 +230,7 @@ class GuardedResolver(AbstractResolver):
         return [_result(host, address, port) for address in self._resolve(host)]
 
     async def close(self) -> None:
+        """Release the wrapped resolver."""
         await self._threaded.close()
 
 

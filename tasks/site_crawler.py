@@ -43,6 +43,8 @@ class Failure:
 
 @dataclass
 class Fetched:
+    """A page that answered 200 with HTML within the caps."""
+
     url: str
     """The URL that answered (the last hop of any redirects)."""
     body: bytes
