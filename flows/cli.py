@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 
@@ -75,10 +76,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="serve the demo web and run the whole pipeline on it")
     demo.add_argument("config")
     demo.add_argument("--with-moto", action="store_true", help="start a local S3 API server")
+    sub.add_parser(
+        "demo-web", help="build or serve the demo web: demo-web build|serve DIR", add_help=False
+    )
     return parser
 
 
+def _prefect_defaults() -> None:
+    """Without a server (PREFECT_API_URL unset) Prefect starts a temporary one, which takes
+    more than its default 20 s on a busy 2-core machine; and our stdlib loggers should reach
+    the flow-run logs in the UI."""
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks,model")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["demo-web"]:
+        from tasks.demo_web import main as demo_web_main
+
+        return demo_web_main(argv[1:])
+    _prefect_defaults()
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
