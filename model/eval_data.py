@@ -253,6 +253,7 @@ class WdsEvalDataset(IterableDataset):
                 yield image, target
             if self.samples_read == before:
                 raise EvalDataError(f"{url}: empty shard (no samples in the tar)")
+            log.debug("%s: %d samples", url, self.samples_read - before)
 
 
 def collate_with_captions(

@@ -52,6 +52,7 @@ def embed_pairs(
         texts.append(F.normalize(model.encode_text(tokenizer(flat).to(device)).float(), dim=-1))
     if not images:
         raise ValueError("embed_pairs: the loader yielded no images")
+    log.info("retrieval: %d images, %d captions", seen, len(owners))
     return PairEmbeddings(
         torch.cat(images).cpu(), torch.cat(texts).cpu(), torch.tensor(owners, dtype=torch.long)
     )

@@ -46,6 +46,7 @@ def zeroshot_classifier(
         chunks.append(F.normalize(model.encode_text(tokens).float(), dim=-1))
     embeddings = torch.cat(chunks).view(len(classnames), len(templates), -1)  # (C, T, D)
     weights = F.normalize(embeddings.mean(dim=1), dim=-1)  # (C, D)
+    log.info("zero-shot classifier: %d classes x %d prompts", len(classnames), len(templates))
     return weights.t().contiguous()  # (D, C)
 
 
