@@ -1,24 +1,22 @@
 -- Per-row quality rules over the per-shard feature table `features`.
 -- One boolean column per rule, TRUE when the rule drops the row; never NULL.
 -- Thresholds are named parameters bound from CurateConfig.
-WITH hosts AS (
+-- `features` carries rid, the row's position in the input (0..n-1, shard by shard), and
+-- the features parsed per shard: url_host, page_host, caption_norm, caption_words.
+WITH key_owners AS (
+    -- The first row (by rid) owns a key; later rows with the same key are bad input.
+    SELECT key, min(rid) AS owner_rid FROM features GROUP BY key
+),
+hosts AS (
     SELECT
-        row_number() OVER (ORDER BY download_shard, row_in_shard) - 1 AS rid,
         *,
-        regexp_extract(lower(coalesce(url, '')), '^[a-z][a-z0-9+.-]*://(?:[^@/]*@)?([^/:?#]+)', 1)
-            AS url_host,
-        regexp_extract(lower(coalesce(page_url, '')), '^[a-z][a-z0-9+.-]*://(?:[^@/]*@)?([^/:?#]+)', 1)
-            AS page_host,
-        length(caption) AS caption_chars,
-        CASE WHEN caption IS NULL OR trim(caption) = '' THEN 0
-             ELSE len(string_split_regex(trim(caption), '\s+')) END AS caption_words
+        length(caption) AS caption_chars
     FROM features
+    LEFT JOIN key_owners USING (key)
 )
 SELECT
-    *,
-    -- The first row (by shard, then position) owns a key; later copies are bad input.
-    row_number() OVER (PARTITION BY key ORDER BY download_shard, row_in_shard) > 1
-        AS drop_duplicate_key,
+    * EXCLUDE (owner_rid),
+    coalesce(rid <> owner_rid, FALSE) AS drop_duplicate_key,
     status IS DISTINCT FROM 'success' AS drop_download_failed,
     image_state = 'missing' AS drop_image_missing,
     image_state = 'shard_truncated' AS drop_shard_truncated,
@@ -30,8 +28,10 @@ SELECT
         AND (caption_chars < $min_caption_chars OR caption_words < $min_caption_words), FALSE)
         AS drop_caption_too_short,
     coalesce(caption_chars > $max_caption_chars, FALSE) AS drop_caption_too_long,
+    -- The regex runs only on captions short enough to be a file name (it is the costly part).
     coalesce(list_contains($boilerplate_captions, caption_norm)
-        OR regexp_full_match(caption_norm, $boilerplate_filename_pattern), FALSE)
+        OR (caption_words <= $boilerplate_filename_max_words
+            AND regexp_full_match(caption_norm, $boilerplate_filename_pattern)), FALSE)
         AS drop_caption_boilerplate,
     coalesce(least(original_width, original_height) < $min_image_side, FALSE)
         AS drop_image_too_small,

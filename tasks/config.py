@@ -143,6 +143,8 @@ class CurateConfig(_Section):
         r"|(img|dsc|dscn|dcim|pxl|photo|image|screenshot)[\s_\-]*\d+"
     )
     """Regex over the whole normalised caption: camera and file names are not captions."""
+    boilerplate_filename_max_words: int = Field(3, ge=0)
+    """Captions of more words are never taken for a file name (the regex is skipped)."""
     phash_hamming_radius: int = Field(4, ge=0, le=63)
     phash_index: Literal["auto", "flat", "multihash", "ivf"] = "auto"
     """FAISS binary index for near-dup search; auto: flat up to phash_flat_max_rows."""

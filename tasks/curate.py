@@ -23,6 +23,7 @@ import duckdb
 import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
 from tasks.config import PipelineConfig
@@ -98,12 +99,17 @@ def curate(
 def _load_features(
     con: duckdb.DuckDBPyConnection, storage: Storage, parts: list[str], tmp: str
 ) -> None:
-    """Copy the parts next to DuckDB (object stores need no DuckDB extension this way)."""
+    """Copy the parts next to DuckDB (object stores need no DuckDB extension this way),
+    numbering rows 0..n-1 in shard order (``rid``: unique even where keys repeat)."""
     local = []
+    offset = 0
     for i, uri in enumerate(parts):
+        with storage.open(uri, "rb") as fh:
+            table = pq.read_table(fh)
+        rids = pa.array(np.arange(offset, offset + table.num_rows, dtype=np.int64))
+        offset += table.num_rows
         path = os.path.join(tmp, f"part-{i:06d}.parquet")
-        with open(path, "wb") as fh:
-            fh.write(storage.read_bytes(uri))
+        pq.write_table(table.add_column(0, "rid", rids), path)
         local.append(path)
     run_sql(con, "load_features", {"files": local})
 

@@ -17,6 +17,7 @@ import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -50,6 +51,9 @@ FEATURE_SCHEMA = pa.schema(
         pa.field("caption", pa.string()),
         pa.field("caption_invalid_utf8", pa.bool_()),
         pa.field("caption_norm", pa.string()),
+        pa.field("caption_words", pa.int64()),
+        pa.field("url_host", pa.string()),
+        pa.field("page_host", pa.string()),
         pa.field("language", pa.string()),
         pa.field("language_confidence", pa.float64()),
         pa.field("download_shard", pa.string()),
@@ -91,6 +95,16 @@ def normalise_caption(caption: str | None) -> str | None:
         return None
     text = _SPACES.sub(" ", unicodedata.normalize("NFKC", caption).lower()).strip()
     return _EDGE_PUNCTUATION.sub("", text)
+
+
+def url_host(url: str | None) -> str | None:
+    """The lower-case host of a URL (no user info, no port), None when it has none."""
+    if not url:
+        return None
+    try:
+        return urlsplit(url).hostname
+    except ValueError:  # e.g. an invalid IPv6 literal: no host the blocklist could match
+        return None
 
 
 def decode_caption(raw: bytes | None) -> tuple[str | None, bool]:
@@ -181,6 +195,9 @@ def shard_features(storage: Storage, parquet_uri: str) -> pa.Table:
     columns["caption"] = [text for text, _ in decoded]
     columns["caption_invalid_utf8"] = [bad for _, bad in decoded]
     columns["caption_norm"] = [normalise_caption(text) for text, _ in decoded]
+    columns["caption_words"] = [len(n.split()) if n else 0 for n in columns["caption_norm"]]
+    columns["url_host"] = [url_host(u) for u in columns["url"]]
+    columns["page_host"] = [url_host(u) for u in columns["page_url"]]
     languages = [identify_language(text) for text in columns["caption"]]
     columns["language"] = [lang for lang, _ in languages]
     columns["language_confidence"] = [conf for _, conf in languages]

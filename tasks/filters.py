@@ -50,6 +50,7 @@ def rule_parameters(cfg: CurateConfig) -> dict[str, Any]:
         "max_caption_chars": cfg.max_caption_chars,
         "boilerplate_captions": [c.lower() for c in cfg.boilerplate_captions],
         "boilerplate_filename_pattern": cfg.boilerplate_filename_pattern,
+        "boilerplate_filename_max_words": cfg.boilerplate_filename_max_words,
         "min_image_side": cfg.min_image_side,
         "max_aspect_ratio": cfg.max_aspect_ratio,
         "allowed_languages": list(cfg.allowed_languages),

@@ -1,0 +1,181 @@
+"""Benchmark: the curate quality rules as DuckDB SQL (sql/rules.sql, what the stage runs) vs
+an equivalent pandas implementation, on synthetic per-sample metadata.
+
+    .venv/bin/python bench/bench_filters.py            # 5M rows
+    .venv/bin/python bench/bench_filters.py --quick    # 200k rows
+
+Both produce the same drop_<rule> columns; the benchmark checks that every rule flags the
+same rows, then prints times and the ratio and writes bench/results/filters.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from tasks.config import CurateConfig
+from tasks.filters import apply_rules, rule_parameters
+from tasks.sql import bind
+
+RESULTS = Path(__file__).resolve().parent / "results" / "filters.json"
+RULE_COLUMNS = (
+    "drop_duplicate_key", "drop_download_failed", "drop_caption_missing", "drop_caption_too_short",
+    "drop_caption_too_long", "drop_caption_boilerplate", "drop_image_too_small",
+    "drop_aspect_ratio", "drop_language", "drop_url_blocked",
+)  # fmt: skip
+
+
+def synthetic_features(n: int, seed: int = 0) -> pa.Table:
+    """n rows shaped like the per-shard feature table, with every rule firing sometimes."""
+    rng = np.random.default_rng(seed)
+    vocab = np.array([f"word{i}" for i in range(2000)] + ["photo", "of", "a", "the", "red"])
+    lengths = rng.integers(0, 16, size=n)
+    words = rng.choice(vocab, size=(n, 16))
+    captions = np.array([" ".join(row[:k]) for row, k in zip(words, lengths, strict=True)], object)
+    special = rng.random(n)
+    captions[special < 0.02] = "Untitled"
+    captions[(special >= 0.02) & (special < 0.03)] = "IMG_1234.jpg"
+    captions[(special >= 0.03) & (special < 0.035)] = "x" * 1200
+    captions[(special >= 0.035) & (special < 0.04)] = None
+    hosts = np.array([f"cdn{i}.site{i % 97}.com" for i in range(500)] + ["ads.spam.example"])
+    host = rng.choice(hosts, size=n)
+    url = np.char.add(np.char.add("https://", host.astype(str)), "/img.jpg")
+    width = rng.integers(4, 2000, size=n)
+    height = rng.integers(4, 2000, size=n)
+    status = np.where(rng.random(n) < 0.9, "success", "failed_to_download")
+    language = rng.choice(np.array(["en", "en", "en", "de", "fr"]), size=n)
+    norm = pd.Series(captions, dtype=object).str.lower().str.strip()
+    caption_words = norm.str.split().str.len().fillna(0).astype(np.int64)
+    return pa.table(
+        {
+            "rid": pa.array(np.arange(n, dtype=np.int64)),
+            "key": pa.array(np.char.zfill((np.arange(n) - (np.arange(n) % 1000 == 999)).astype(str), 9)),
+            "url": pa.array(url),
+            "page_url": pa.array(url),
+            "url_host": pa.array(host),
+            "page_host": pa.array(host),
+            "status": pa.array(status),
+            "caption": pa.array(captions, pa.string()),
+            "caption_norm": pa.array(norm, pa.string()),
+            "caption_words": pa.array(caption_words),
+            "caption_invalid_utf8": pa.array(np.zeros(n, bool)),
+            "original_width": pa.array(width),
+            "original_height": pa.array(height),
+            "language": pa.array(language),
+            "language_confidence": pa.array(rng.random(n)),
+            "image_state": pa.array(np.where(status == "success", "ok", "not_downloaded")),
+            "download_shard": pa.array(np.char.add(np.char.zfill((np.arange(n) // 10000).astype(str), 5), ".tar")),
+            "row_in_shard": pa.array(np.arange(n) % 10000),
+            "clip_score": pa.nulls(n, pa.float64()),
+        }
+    )  # fmt: skip
+
+
+def rules_duckdb(features: pa.Table, cfg: CurateConfig) -> tuple[float, float, dict[str, int]]:
+    """(seconds for the rule flags alone, seconds for the stage's full `rules` table, counts).
+    The flags alone are what the pandas peer computes; the stage also carries every input
+    column along into its table."""
+    con = duckdb.connect()
+    con.register("features_arrow", features)
+    con.execute("CREATE TABLE features AS SELECT * FROM features_arrow")
+    text, params = bind("rules", rule_parameters(cfg))
+    start = time.perf_counter()
+    con.execute(
+        f"CREATE TABLE flags AS SELECT rid, {', '.join(RULE_COLUMNS)} FROM ({text})", params
+    )
+    flags_s = time.perf_counter() - start
+    start = time.perf_counter()
+    apply_rules(con, cfg)
+    table_s = time.perf_counter() - start
+    sums = ", ".join(f"sum({c}::INT)" for c in RULE_COLUMNS)
+    counts = con.execute(f"SELECT {sums} FROM flags").fetchone() or ()
+    return flags_s, table_s, dict(zip(RULE_COLUMNS, map(int, counts), strict=True))
+
+
+def rules_pandas(frame: pd.DataFrame, cfg: CurateConfig) -> tuple[float, dict[str, int]]:
+    """The same rules written the idiomatic pandas way (vectorised string methods)."""
+    p = rule_parameters(cfg)
+    start = time.perf_counter()
+    out = pd.DataFrame(index=frame.index)
+    caption = frame["caption"]
+    stripped = caption.str.strip()
+    chars = caption.str.len()
+    words = frame["caption_words"]
+    present = caption.notna() & (stripped != "")
+    out["drop_duplicate_key"] = frame["key"].duplicated(keep="first")  # frame is in rid order
+    out["drop_download_failed"] = frame["status"] != "success"
+    out["drop_caption_missing"] = ~present
+    out["drop_caption_too_short"] = present & (
+        (chars < p["min_caption_chars"]) | (words < p["min_caption_words"])
+    )
+    out["drop_caption_too_long"] = (chars > p["max_caption_chars"]).fillna(False)
+    pattern = re.compile(f"(?:{p['boilerplate_filename_pattern']})")
+    norm = frame["caption_norm"]
+    short = words <= p["boilerplate_filename_max_words"]
+    filename = pd.Series(False, index=frame.index)
+    filename[short] = norm[short].str.fullmatch(pattern).astype("boolean").fillna(False)
+    out["drop_caption_boilerplate"] = norm.isin(p["boilerplate_captions"]) | filename
+    side = frame[["original_width", "original_height"]]
+    out["drop_image_too_small"] = side.min(axis=1) < p["min_image_side"]
+    out["drop_aspect_ratio"] = side.max(axis=1) > p["max_aspect_ratio"] * side.min(axis=1)
+    out["drop_language"] = (
+        (len(p["allowed_languages"]) > 0)
+        & ~frame["language"].isin(p["allowed_languages"])
+        & (frame["language_confidence"] >= p["min_language_confidence"])
+        & (chars >= p["language_min_chars"]).fillna(False)
+    )
+    blocked = pd.Series(False, index=frame.index)
+    for domain in p["url_blocklist"]:
+        for host in (frame["url_host"], frame["page_host"]):
+            blocked |= (host == domain) | host.str.endswith("." + domain).fillna(False)
+    out["drop_url_blocked"] = blocked
+    elapsed = time.perf_counter() - start
+    return elapsed, {c: int(out[c].sum()) for c in RULE_COLUMNS}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="200k rows instead of 5M")
+    parser.add_argument("--rows", type=int, default=None)
+    args = parser.parse_args()
+    n = args.rows or (200_000 if args.quick else 5_000_000)
+    cfg = CurateConfig(url_blocklist=["spam.example"], language_min_chars=0)
+    features = synthetic_features(n)
+    frame = features.to_pandas()
+    duck_s, table_s, duck_counts = rules_duckdb(features, cfg)
+    del features  # the pandas peer gets the memory
+    pandas_s, pandas_counts = rules_pandas(frame, cfg)
+    if duck_counts != pandas_counts:
+        raise SystemExit(f"implementations disagree:\nduckdb {duck_counts}\npandas {pandas_counts}")
+    ratio = pandas_s / duck_s
+    print(f"quality rules on {n:,} rows (identical flags: {sum(duck_counts.values()):,} in all)")
+    print(f"{'implementation':<34}{'seconds':>10}{'rows/s':>14}{'vs pandas':>11}")
+    for name, secs in (
+        ("duckdb sql: rule flags", duck_s),
+        ("duckdb sql: stage `rules` table", table_s),
+        ("pandas: rule flags", pandas_s),
+    ):
+        print(f"{name:<34}{secs:>10.2f}{n / secs:>14,.0f}{pandas_s / secs:>10.1f}x")
+    print(f"ratio pandas/duckdb (flags): {ratio:.1f}x (target >= 10x)")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({
+        "rows": n, "duckdb_seconds": duck_s, "duckdb_full_table_seconds": table_s,
+        "pandas_seconds": pandas_s, "ratio": ratio,
+        "rule_counts": duck_counts, "cpus": os.cpu_count(), "machine": platform.machine(),
+        "duckdb": duckdb.__version__, "pandas": pd.__version__,
+    }, indent=2))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
