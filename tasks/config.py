@@ -13,7 +13,14 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 STAGES: tuple[str, ...] = ("crawl", "download", "curate", "shard", "train", "evaluate")
 
@@ -84,7 +91,8 @@ class DownloadConfig(_Section):
     )
     resize_only_if_bigger: bool = False
     encode_format: Literal["jpg", "png", "webp"] = "jpg"
-    encode_quality: int = Field(95, ge=1, le=100)
+    encode_quality: int | None = Field(None, ge=0, le=100)
+    """JPEG/WebP quality (1-100, default 95) or PNG compression level (0-9, default 1)."""
     min_image_size: int = Field(0, ge=0)
     max_aspect_ratio: float = Field(float("inf"), gt=0)
     max_image_bytes: int = Field(50_000_000, gt=0)
@@ -102,6 +110,21 @@ class DownloadConfig(_Section):
     )
     user_agent_token: str | None = "clipflow"
     compute_hash: Literal["sha256", "md5", "sha512"] | None = "sha256"
+
+    @model_validator(mode="after")
+    def _quality_fits_format(self) -> DownloadConfig:
+        if self.encode_format == "png" and self.encode_quality is not None:
+            if self.encode_quality > 9:
+                raise ValueError("encode_quality is a PNG compression level here: 0-9")
+        elif self.encode_quality == 0:
+            raise ValueError(f"encode_quality for {self.encode_format}: 1-100")
+        return self
+
+    @property
+    def effective_encode_quality(self) -> int:
+        if self.encode_quality is not None:
+            return self.encode_quality
+        return 1 if self.encode_format == "png" else 95
 
 
 class CurateConfig(_Section):

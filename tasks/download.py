@@ -158,7 +158,7 @@ def run_img2dataset(cfg: PipelineConfig, storage: Storage, url_list: str) -> Non
             resize_mode=d.resize_mode,
             resize_only_if_bigger=d.resize_only_if_bigger,
             encode_format=d.encode_format,
-            encode_quality=d.encode_quality,
+            encode_quality=d.effective_encode_quality,
             min_image_size=d.min_image_size,
             max_aspect_ratio=d.max_aspect_ratio,
             processes_count=d.processes_count,

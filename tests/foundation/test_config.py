@@ -30,6 +30,7 @@ def test_demo_config_validates():
         ({"storage": {"root": "x", "bucket": "y"}}, "storage.bucket"),
         ({"evaluate": {"datasets": [{"name": "a"}]}}, "evaluate.datasets.0.path"),
         ({"stages": {}}, "stages"),
+        ({"download": {"encode_format": "png", "encode_quality": 95}}, "download"),
     ],
 )
 def test_bad_config_names_the_field(tmp_path, data, field):
