@@ -15,7 +15,6 @@ a rerun after a crash keeps every shard whose record matches what it would write
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -116,17 +115,21 @@ def _score_columns(frame: pd.DataFrame) -> list[str]:
     ]
 
 
-def sample_metadata(row: pd.Series, score_columns: list[str]) -> dict[str, Any]:
+def _present(value: Any) -> Any:
+    return None if value is None or (isinstance(value, float) and np.isnan(value)) else value
+
+
+def sample_metadata(row: dict[str, Any], score_columns: list[str]) -> dict[str, Any]:
     """The ``.json`` member of one sample: lineage back to its URL and page, and its scores."""
-    scores = {c: (None if pd.isna(row[c]) else float(row[c])) for c in score_columns}
+    scores = {c: _present(None if row[c] is None else float(row[c])) for c in score_columns}
     meta: dict[str, Any] = {
         "key": str(row["key"]),
         "url": row["url"],
-        "page_url": None if pd.isna(row["page_url"]) else row["page_url"],
-        "source": None if pd.isna(row["source"]) else row["source"],
+        "page_url": _present(row["page_url"]),
+        "source": _present(row["source"]),
         "scores": scores,
     }
-    if "sha256" in row.index and isinstance(row["sha256"], str):
+    if isinstance(row.get("sha256"), str):
         meta["sha256"] = row["sha256"]
     return meta
 
@@ -142,33 +145,42 @@ def _fingerprint(name: str, rows: pd.DataFrame, metas: list[dict[str, Any]]) -> 
 
 
 class InputTars:
-    """Random access to the download tars' samples; S3 tars are fetched once to a temp dir."""
+    """Random access to the download tars' samples; S3 tars are fetched once to a temp dir.
+
+    Each tar's headers are read once (and every member name checked); images are then read
+    by offset from a plain file handle.
+    """
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
         self._tmp = tempfile.TemporaryDirectory(prefix="clipflow-shard-")
-        self._tars: dict[str, tuple[tarfile.TarFile, dict[str, dict[str, tarfile.TarInfo]]]] = {}
+        self._tars: dict[str, tuple[IO[bytes], dict[str, dict[str, tuple[int, int]]]]] = {}
 
     def __enter__(self) -> InputTars:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for tar, _ in self._tars.values():
-            tar.close()
+        for handle, _ in self._tars.values():
+            handle.close()
         self._tmp.cleanup()
 
     def sample(self, download_shard: str, key: str) -> tuple[str, bytes]:
         """(image extension, image bytes) of one sample, exactly as downloaded."""
-        uri, tar, index = self._open(download_shard)
+        uri, handle, index = self._open(download_shard)
         members = index.get(key)
         ext = next((e for e in IMAGE_EXTENSIONS if members and e in members), None)
         if members is None or ext is None:
             raise ShardInputError(f"{uri}: kept sample {key!r} has no image in this tar")
-        handle = tar.extractfile(members[ext])
-        assert handle is not None  # check_member_name admitted regular files only
-        return ext, handle.read()
+        offset, size = members[ext]
+        handle.seek(offset)
+        data = handle.read(size)
+        if len(data) != size:
+            raise ShardInputError(f"{uri}: truncated at sample {key!r}")
+        return ext, data
 
-    def _open(self, download_shard: str) -> tuple[str, tarfile.TarFile, dict[str, Any]]:
+    def _open(
+        self, download_shard: str
+    ) -> tuple[str, IO[bytes], dict[str, dict[str, tuple[int, int]]]]:
         uri = self.storage.uri("download", download_shard)
         if download_shard not in self._tars:
             if posixpath.basename(download_shard) != download_shard or download_shard in {"", ".."}:
@@ -180,57 +192,67 @@ class InputTars:
                 path = os.path.join(self._tmp.name, download_shard)
                 self.storage.fs.get_file(uri, path)
             try:
-                # Stays open for random access until __exit__ closes it.
-                tar = tarfile.open(path, "r:")  # noqa: SIM115
-                self._tars[download_shard] = (tar, _index_members(uri, tar))
+                with tarfile.open(path, "r:") as tar:
+                    index = _index_members(uri, tar)
             except (tarfile.TarError, EOFError) as error:
                 raise ShardInputError(f"{uri}: unreadable tar: {error}") from error
-        tar, index = self._tars[download_shard]
-        return uri, tar, index
+            # Stays open for reads by offset until __exit__ closes it.
+            self._tars[download_shard] = (open(path, "rb"), index)  # noqa: SIM115
+        handle, index = self._tars[download_shard]
+        return uri, handle, index
 
 
-def _index_members(uri: str, tar: tarfile.TarFile) -> dict[str, dict[str, tarfile.TarInfo]]:
-    index: dict[str, dict[str, tarfile.TarInfo]] = {}
+def _index_members(uri: str, tar: tarfile.TarFile) -> dict[str, dict[str, tuple[int, int]]]:
+    """key -> extension -> (data offset, size) of every member, each name checked."""
+    index: dict[str, dict[str, tuple[int, int]]] = {}
     for member in tar.getmembers():
         check_member_name(uri, member)
         key, _, ext = member.name.partition(".")
-        index.setdefault(key, {})[ext.lower()] = member
+        index.setdefault(key, {})[ext.lower()] = (member.offset_data, member.size)
     return index
 
 
-class _HashingWriter:
-    """A write-only file that hashes and counts what passes through it."""
+class _TarWriter:
+    """A minimal tar writer: GNU headers from ``tarfile``, data written straight through and
+    hashed on the way (``tarfile``'s stream layer costs more than the disk here). Fixed
+    metadata, so the same samples always give the same bytes and sha256."""
 
     def __init__(self, target: IO[bytes]) -> None:
         self.target, self.sha256, self.bytes = target, hashlib.sha256(), 0
 
-    def write(self, data: bytes) -> int:
+    def _write(self, data: bytes) -> None:
         self.sha256.update(data)
         self.bytes += len(data)
-        return self.target.write(data)
+        self.target.write(data)
 
+    def add(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), 0, 0o644
+        self._write(info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape"))
+        self._write(data)
+        if len(data) % tarfile.BLOCKSIZE:
+            self._write(tarfile.NUL * (tarfile.BLOCKSIZE - len(data) % tarfile.BLOCKSIZE))
 
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    # Fixed metadata, so the same samples always give the same bytes (and sha256).
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644
-    tar.addfile(info, io.BytesIO(data))
+    def close(self) -> None:
+        """End-of-archive: two zero blocks, then zeros to a whole record, as ``tarfile``."""
+        end = self.bytes + 2 * tarfile.BLOCKSIZE
+        self._write(tarfile.NUL * (2 * tarfile.BLOCKSIZE + (-end) % tarfile.RECORDSIZE))
 
 
 def write_shard_tar(
     target: IO[bytes], rows: pd.DataFrame, metas: list[dict[str, Any]], inputs: InputTars
 ) -> tuple[int, str]:
     """Write one shard's samples, in row order, as a tar to ``target``; (bytes, sha256)."""
-    hashing = _HashingWriter(target)
-    with tarfile.open(fileobj=hashing, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
-        for meta, caption, source_tar in zip(
-            metas, rows["caption"], rows["download_shard"], strict=True
-        ):
-            ext, image = inputs.sample(source_tar, meta["key"])
-            _add_member(tar, f"{meta['key']}.{ext}", image)
-            _add_member(tar, f"{meta['key']}.txt", str(caption).encode("utf-8"))
-            _add_member(tar, f"{meta['key']}.json", json.dumps(meta, sort_keys=True).encode())
-    return hashing.bytes, hashing.sha256.hexdigest()
+    tar = _TarWriter(target)
+    for meta, caption, source_tar in zip(
+        metas, rows["caption"], rows["download_shard"], strict=True
+    ):
+        ext, image = inputs.sample(source_tar, meta["key"])
+        tar.add(f"{meta['key']}.{ext}", image)
+        tar.add(f"{meta['key']}.txt", str(caption).encode("utf-8"))
+        tar.add(f"{meta['key']}.json", json.dumps(meta, sort_keys=True).encode())
+    tar.close()
+    return tar.bytes, tar.sha256.hexdigest()
 
 
 def _file_sha256(path: str) -> str:
@@ -267,7 +289,7 @@ def write_or_reuse_shard(
         storage.uri("shards", "_progress", f"{name}.json"),
     )
     scores = _score_columns(rows)
-    metas = [sample_metadata(row, scores) for _, row in rows.iterrows()]
+    metas = [sample_metadata(row, scores) for row in rows.to_dict("records")]
     fingerprint = _fingerprint(name, rows, metas)
     done = _reusable(storage, uri, progress_uri, fingerprint)
     if done is not None:

@@ -9,10 +9,12 @@ stage's input reading and this check apply.
 from __future__ import annotations
 
 import hashlib
+import os
 import posixpath
 import tarfile
+import tempfile
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 
 from tasks.storage import Storage
 
@@ -46,36 +48,34 @@ class VerifyReport:
         return not self.problems
 
 
-class _HashingReader:
-    """A read-only stream that hashes and counts what is read through it."""
-
-    def __init__(self, source: IO[bytes]) -> None:
-        self.source, self.sha256, self.bytes = source, hashlib.sha256(), 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.source.read(size)
-        self.sha256.update(data)
-        self.bytes += len(data)
-        return data
-
-    def drain(self) -> None:
-        while self.read(_READ_CHUNK):
-            pass
+def _sha256_and_size(path: str) -> tuple[str, int]:
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_READ_CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
 
 
 def _read_shard(storage: Storage, uri: str) -> tuple[list[str], int, str]:
-    """Stream one shard: (sample keys in order, bytes, sha256); raises on a broken tar."""
-    keys: list[str] = []
-    with storage.open(uri, "rb") as raw:
-        stream = _HashingReader(raw)
-        with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
+    """One shard read back: (sample keys in order, bytes, sha256); raises on a broken tar.
+
+    An S3 shard is fetched to a temporary file first: one GET, then the header walk seeks.
+    """
+    with tempfile.TemporaryDirectory(prefix="clipflow-verify-") as tmp:
+        path = uri
+        if storage.is_s3:
+            path = os.path.join(tmp, posixpath.basename(uri))
+            storage.fs.get_file(uri, path)
+        sha256, size = _sha256_and_size(path)
+        keys: list[str] = []
+        with tarfile.open(path, "r:") as tar:
             for member in tar:
                 check_member_name(uri, member)
                 key = member.name.partition(".")[0]
                 if not keys or keys[-1] != key:
                     keys.append(key)
-        stream.drain()
-    return keys, stream.bytes, stream.sha256.hexdigest()
+    return keys, size, sha256
 
 
 def _check_entry(storage: Storage, entry: dict[str, Any], seen: set[str]) -> list[str]:

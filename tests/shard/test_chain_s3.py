@@ -36,6 +36,7 @@ def test_crawl_to_shards_on_s3(
     stages = ["crawl", "download", "curate", "shard"]
     manifests = pipeline_flow(config=cfg.model_dump(mode="json"), stages=stages)
     assert all(manifests[s]["skipped"] is False for s in stages)
+    assert manifests["download"]["counts"]["successes"] > 40, manifests["download"]["counts"]
     storage = Storage(cfg.storage)
     samples = pd.read_parquet(
         storage.uri("curate", "samples.parquet"), storage_options=storage.storage_options()
