@@ -22,6 +22,9 @@ from model.transformer import Transformer
 log = logging.getLogger(__name__)
 
 MAX_LOGIT_SCALE = math.log(100)
+# Text rows are encoded in this many groups of similar length (see CLIP.encode_text): more
+# groups trim more padding but make smaller matrix products.
+TEXT_LENGTH_GROUPS = 4
 
 
 class VisionTransformer(nn.Module):
@@ -117,13 +120,20 @@ class CLIP(nn.Module):
             raise ValueError(
                 f"text has {text.shape[1]} tokens, more than context_length {self.context_length}"
             )
+        if text.shape[0] == 0:
+            return text.new_zeros((0, self.config.embed_dim), dtype=self.text_projection.dtype)
         # The end-of-text id is the largest in the vocabulary, so argmax finds it.
         eot = text.argmax(dim=-1)  # (B,)
-        # Causal attention: tokens after the last end-of-text cannot change any pooled
-        # feature, so the padded tail is cut off before the transformer runs.
-        T = int(eot.max()) + 1
-        x = self.token_embedding(text[:, :T]) + self.positional_embedding[:T]  # (B, T, W)
-        x = self.transformer.forward_pooled(x, eot, is_causal=True)  # (B, W)
+        # Causal attention: tokens after a row's end-of-text cannot change its pooled feature.
+        # Rows are grouped by length and each group's padded tail is cut off, so the
+        # transformer runs on about the mean caption length instead of the longest.
+        order = eot.argsort()
+        pooled = []
+        for rows in order.chunk(TEXT_LENGTH_GROUPS):
+            T = int(eot[rows].max()) + 1
+            x = self.token_embedding(text[rows, :T]) + self.positional_embedding[:T]  # (b, T, W)
+            pooled.append(self.transformer.forward_pooled(x, eot[rows], is_causal=True))
+        x = torch.cat(pooled)[order.argsort()]  # (B, W), back in input order
         x = self.ln_final(x) @ self.text_projection
         return F.normalize(x, dim=-1) if normalize else x
 

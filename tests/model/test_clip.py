@@ -28,6 +28,12 @@ CAPTIONS = [
     "",
     "a diagram of two dogs playing chess on a very long table " * 6,  # truncated at context
     "Zürich 東京 😀 &amp; it's",
+    "dog",
+    "an oil painting of a lighthouse at dusk",
+    "1 2 3 4 5 6 7 8 9 10 11 12 13 14 15",
+    "a",
+    "the quick brown fox jumps over the lazy dog, twice",
+    "close-up photo of a red apple on a wooden table",
 ]
 
 
