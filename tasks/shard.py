@@ -308,10 +308,14 @@ def write_or_reuse_shard(
 
 
 def _retract_published(storage: Storage) -> None:
-    """Before any shard changes, unpublish: no manifest may point at a shard being rewritten."""
+    """Before any shard changes, unpublish: no manifest may point at a shard being rewritten.
+    Also drop the temporary files of a run that was killed (local roots; on S3 an unfinished
+    multipart upload is never visible, and a bucket lifecycle rule reclaims its parts)."""
     invalidate(storage, "shard")
     for name in ("manifest.json", "sizes.json"):
         storage.remove(storage.uri("shards", name))
+    for leftover in storage.glob("shards/*.tmp-*"):
+        storage.remove(leftover)
 
 
 def _remove_stale(storage: Storage, names: set[str]) -> None:

@@ -94,7 +94,10 @@ def test_rerun_after_a_crash_keeps_the_finished_shards(local_root: Path) -> None
     assert not (local_root / "shards" / "manifest.json").exists()
     assert not list((local_root / "shards").glob("*.tmp-*"))
     blocker.rmdir()
+    killed = local_root / "shards" / "000002.tar.tmp-0123abcd"  # what a SIGKILL leaves
+    killed.write_bytes(b"half a shard")
     result = run(local_root)
+    assert not killed.exists()
     assert result["extra"]["shards_reused"] == 2
     assert result["extra"]["shards_written"] == result["counts"]["shards"] - 2
     for name, before in done.items():
