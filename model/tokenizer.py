@@ -5,12 +5,11 @@ lower-case, CLIP's regex pre-split, byte-level BPE with ``</w>`` word ends, then
 ``<start_of_text> ids <end_of_text>``, truncated to ``context_length`` keeping the end token
 and zero-padded. The BPE runs in the HF ``tokenizers`` library.
 
-Two routes give identical ids; they differ in where the text is cleaned and split:
-- plain ASCII captions (no ``&``, no control characters, no special-token text), which ftfy
-  and HTML unescaping leave unchanged: lower-cased in Python, pre-split and encoded in Rust;
-- everything else: cleaned and pre-split in Python exactly as OpenAI's code does it (ftfy,
-  ``html.unescape``, the ``regex`` module's Unicode classes), then encoded in Rust as
-  pre-tokenized words. ftfy dominates the cost of this route.
+Cleaning and the regex pre-split run in Python exactly as OpenAI's code does them (ftfy,
+``html.unescape``, the ``regex`` module's Unicode classes), except that plain ASCII captions
+(no ``&``, no control characters), which ftfy and HTML unescaping leave unchanged, skip
+those two: ftfy dominates the cost. BPE then runs once per distinct word, batched in Rust,
+and a batch of ids is assembled from the words' ids with numpy.
 
 A vocabulary file is CLIP's merges format (gzipped text: a header line, then one
 ``left right`` merge per line); ``train_tokenizer`` writes the same format from a caption
@@ -34,7 +33,7 @@ import ftfy
 import numpy as np
 import regex
 import torch
-from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from model.config import CONFIG_DIR, get_model_config, list_models
 
@@ -164,6 +163,7 @@ class ClipTokenizer:
 
     @staticmethod
     def _split(text: str, row: int) -> list[str]:
+        """CLIP's words of one text, after cleaning; ``row`` names it in errors."""
         if not isinstance(text, str):
             raise TypeError(f"texts[{row}] is a {type(text).__name__}, not a str")
         # ftfy and HTML unescaping leave plain ASCII unchanged, and they dominate the cost.
@@ -284,13 +284,19 @@ def train_tokenizer(
         end_of_word_suffix="</w>",
     )
     backend = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    # Captions arrive pre-split by the encoder's own Python split, joined by spaces (which
+    # no word contains), so training sees exactly the words that encoding will.
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(_WORD_PATTERN), behavior="removed", invert=True),
+            pre_tokenizers.WhitespaceSplit(),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
-    backend.train_from_iterator((clean_text(c) for c in captions), trainer=trainer)
+    words = (
+        " ".join(w for w in ClipTokenizer._split(caption, row) if w not in (SOT, EOT))
+        for row, caption in enumerate(captions)
+    )
+    backend.train_from_iterator(words, trainer=trainer)
     merges = _trained_merges(backend)[:n_merges]
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
