@@ -193,6 +193,12 @@ class CurateConfig(_Section):
     gate_min_median_caption_chars: int = Field(10, ge=0)
     """Smallest median caption length among kept rows."""
 
+    @model_validator(mode="after")
+    def _semantic_dedup_needs_embeddings(self) -> CurateConfig:
+        if self.semantic_dedup and not self.clip_score_checkpoint:
+            raise ValueError("semantic_dedup needs image embeddings: set clip_score_checkpoint")
+        return self
+
 
 class ShardConfig(_Section):
     samples_per_shard: int = Field(1000, gt=0)

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from tasks.config import PipelineConfig
-from tasks.curate_shard import ShardJob, curate_shard
+from tasks.curate_shard import ShardJob, curate_shard, embeddings_uri
 from tasks.dedup import DEDUP_RULES, DedupOutcome, decontamination_matches, run_dedup
 from tasks.filters import apply_rules, combine
 from tasks.manifest import StageResult
@@ -78,7 +78,8 @@ def curate(
             contamination = _decontaminate(con, cfg, storage, len(keys))
             con.register("contamination", contamination)
             run_sql(con, "live")
-            outcome = run_dedup(con, cfg.curate)
+            embeddings = _embeddings_by_rid(storage, parts) if cfg.curate.semantic_dedup else None
+            outcome = run_dedup(con, cfg.curate, embeddings)
             combine(con, _decisions(keys, contamination, outcome))
             samples_uri = storage.uri("curate", "samples.parquet")
             _write_samples(con, storage, samples_uri, tmp)
@@ -112,6 +113,17 @@ def _load_features(
         pq.write_table(table.add_column(0, "rid", rids), path)
         local.append(path)
     run_sql(con, "load_features", {"files": local})
+
+
+def _embeddings_by_rid(storage: Storage, parts: list[str]) -> Callable[[np.ndarray], np.ndarray]:
+    """rids -> their CLIP image embeddings (the parts' matrices, concatenated, are in rid
+    order: rids number the parts' rows in the same order)."""
+
+    def lookup(rids: np.ndarray) -> np.ndarray:
+        matrices = [np.load(io.BytesIO(storage.read_bytes(embeddings_uri(p)))) for p in parts]
+        return np.concatenate(matrices)[rids]
+
+    return lookup
 
 
 def eval_image_hashes(cfg: PipelineConfig, storage: Storage) -> tuple[np.ndarray, list[str]]:

@@ -14,18 +14,21 @@ import posixpath
 import re
 import tarfile
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
+from tasks.clip_score import BATCH, ClipScorer, clip_scorer
 from tasks.config import PipelineConfig
 from tasks.langid_filter import identify_language
-from tasks.phash import phash64
+from tasks.phash import flatten_alpha, phash64
 from tasks.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -79,6 +82,30 @@ class ShardJob:
     part_uri: str
 
 
+OnImage = Callable[[Image.Image], None]
+
+
+class ImageEmbedder:
+    """Collects CLIP image embeddings while a tar streams by, a batch at a time (a whole
+    shard of decoded images would not fit in memory)."""
+
+    def __init__(self, scorer: ClipScorer) -> None:
+        self.scorer = scorer
+        self.embeddings: dict[str, np.ndarray] = {}
+        self._pending: list[tuple[str, Image.Image]] = []
+
+    def add(self, key: str, image: Image.Image) -> None:
+        self._pending.append((key, flatten_alpha(image)))
+        if len(self._pending) >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            vectors = self.scorer.image_embeddings([image for _, image in self._pending])
+            self.embeddings |= dict(zip((k for k, _ in self._pending), vectors, strict=True))
+            self._pending = []
+
+
 @dataclass(frozen=True)
 class ImageInfo:
     state: str
@@ -118,8 +145,9 @@ def decode_caption(raw: bytes | None) -> tuple[str | None, bool]:
     return text, "\ufffd" in text
 
 
-def inspect_image(data: bytes) -> ImageInfo:
-    """Decode one image fully (a truncated JPEG fails here, not later in training)."""
+def inspect_image(data: bytes, on_image: OnImage | None = None) -> ImageInfo:
+    """Decode one image fully (a truncated JPEG fails here, not later in training);
+    ``on_image`` sees every decodable image."""
     if not data:
         return ImageInfo("empty", 0)
     try:
@@ -128,12 +156,16 @@ def inspect_image(data: bytes) -> ImageInfo:
             width, height = image.size
             if width == 0 or height == 0:
                 return ImageInfo("empty", len(data))
+            if on_image is not None:
+                on_image(image)
             return ImageInfo("ok", len(data), width, height, phash64(image))
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
         return ImageInfo("undecodable", len(data))
 
 
-def read_tar_images(storage: Storage, tar_uri: str) -> tuple[dict[str, ImageInfo], str | None]:
+def read_tar_images(
+    storage: Storage, tar_uri: str, embedder: ImageEmbedder | None = None
+) -> tuple[dict[str, ImageInfo], str | None]:
     """Inspect every image member of a shard tar, streaming. Returns ({key: info}, problem)
     where problem is None, 'missing' (no tar) or 'truncated' (members after the cut are lost)."""
     infos: dict[str, ImageInfo] = {}
@@ -143,7 +175,8 @@ def read_tar_images(storage: Storage, tar_uri: str) -> tuple[dict[str, ImageInfo
     try:
         with storage.open(tar_uri, "rb") as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
             for key, data in _image_members(tar):
-                infos[key] = inspect_image(data)
+                on_image = partial(embedder.add, key) if embedder is not None else None
+                infos[key] = inspect_image(data, on_image)
     except (tarfile.TarError, EOFError, OSError) as e:
         log.warning("%s: truncated or corrupt after %d images (%s)", tar_uri, len(infos), e)
         return infos, "truncated"
@@ -181,12 +214,16 @@ def _column(table: pa.Table, name: str, kind: pa.DataType) -> list[Any]:
     return table.column(name).cast(kind).to_pylist()
 
 
-def shard_features(storage: Storage, parquet_uri: str) -> pa.Table:
-    """The feature table (FEATURE_SCHEMA) of one download shard, one row per parquet row."""
+def shard_features(
+    storage: Storage, parquet_uri: str, scorer: ClipScorer | None = None
+) -> tuple[pa.Table, np.ndarray | None]:
+    """The feature table (FEATURE_SCHEMA) of one download shard, one row per parquet row,
+    and with a scorer the (rows, d) image embeddings (NaN rows where no image decoded)."""
     table = read_shard_rows(storage, parquet_uri)
     shard_name = posixpath.basename(parquet_uri).removesuffix(".parquet")
     tar_uri = parquet_uri.removesuffix(".parquet") + ".tar"
-    images, problem = read_tar_images(storage, tar_uri)
+    embedder = ImageEmbedder(scorer) if scorer is not None else None
+    images, problem = read_tar_images(storage, tar_uri, embedder)
     columns: dict[str, list[Any]] = {
         name: _column(table, name, kind) for name, kind in PASSTHROUGH_COLUMNS.items()
     }
@@ -212,8 +249,35 @@ def shard_features(storage: Storage, parquet_uri: str) -> pa.Table:
     columns["image_width"] = [info.width if info else None for info in infos]
     columns["image_height"] = [info.height if info else None for info in infos]
     columns["phash"] = [info.phash if info else None for info in infos]
-    columns["clip_score"] = [None] * table.num_rows
-    return pa.table(columns, schema=FEATURE_SCHEMA)
+    columns["clip_score"], embeddings = _clip_columns(embedder, columns, infos)
+    return pa.table(columns, schema=FEATURE_SCHEMA), embeddings
+
+
+def _clip_columns(
+    embedder: ImageEmbedder | None, columns: dict[str, list[Any]], infos: list[ImageInfo | None]
+) -> tuple[list[float | None], np.ndarray | None]:
+    """clip_score per row (images that decoded, captions present) and the embedding matrix."""
+    n = len(infos)
+    if embedder is None:
+        return [None] * n, None
+    embedder.flush()
+    scored = [
+        i for i, (key, info, caption) in enumerate(zip(columns["key"], infos, columns["caption"],
+                                                       strict=True))
+        if info is not None and info.state == "ok" and key in embedder.embeddings
+        and caption is not None and caption.strip()
+    ]  # fmt: skip
+    dim = next(iter(embedder.embeddings.values())).shape[0] if embedder.embeddings else 0
+    embeddings = np.full((n, dim), np.nan, np.float32)
+    for i, (key, info) in enumerate(zip(columns["key"], infos, strict=True)):
+        if info is not None and info.state == "ok" and key in embedder.embeddings:
+            embeddings[i] = embedder.embeddings[key]
+    scores: list[float | None] = [None] * n
+    if scored:
+        text = embedder.scorer.text_embeddings([columns["caption"][i] for i in scored])
+        for i, value in zip(scored, (embeddings[scored] * text).sum(axis=1), strict=True):
+            scores[i] = float(value)
+    return scores, embeddings
 
 
 def _row_image(
@@ -226,11 +290,25 @@ def _row_image(
     return ImageInfo("shard_truncated" if problem == "truncated" else "missing", 0)
 
 
+def embeddings_uri(part_uri: str) -> str:
+    """Where a part's (rows, d) CLIP image embeddings go, beside its features."""
+    return part_uri.removesuffix(".parquet") + ".emb.npy"
+
+
 def curate_shard(job: ShardJob) -> str:
     """Compute one shard's features and write them to ``job.part_uri``; returns that URI."""
     storage = Storage(job.config.storage)
-    features = shard_features(storage, job.parquet_uri)
+    curate_cfg = job.config.curate
+    scorer = (
+        clip_scorer(curate_cfg.clip_score_checkpoint, curate_cfg.clip_score_model)
+        if curate_cfg.clip_score_checkpoint
+        else None
+    )
+    features, embeddings = shard_features(storage, job.parquet_uri, scorer)
     with storage.atomic_local_path(job.part_uri) as (fh, _):
         pq.write_table(features, fh)
+    if embeddings is not None:
+        with storage.atomic_local_path(embeddings_uri(job.part_uri)) as (fh, _):
+            np.save(fh, embeddings)
     log.info("%s: %d rows -> %s", job.parquet_uri, features.num_rows, job.part_uri)
     return job.part_uri

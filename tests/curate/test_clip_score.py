@@ -1,0 +1,84 @@
+"""The CLIP-score filter and SemDeDup, with a randomly initialised tiny CLIP saved to disk:
+random weights say nothing about quality, so this checks the mechanics (scores computed and
+correct, top fraction applied, embeddings reach the semantic dedup step)."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from model import create_model
+from tasks.clip_score import ClipScorer
+from tasks.config import ConfigError
+from tasks.curate import curate
+from tasks.storage import Storage
+from tests.curate.conftest import DownloadedWeb
+
+TOP_FRACTION = 0.5
+
+
+@pytest.fixture(scope="module")
+def scored(downloaded_web: DownloadedWeb, tmp_path_factory: pytest.TempPathFactory):
+    work = tmp_path_factory.mktemp("clip")
+    torch.manual_seed(0)
+    checkpoint = work / "tiny.pt"
+    torch.save(create_model("clipflow-tiny").state_dict(), checkpoint)
+    root = downloaded_web.root_with_download(work / "root")
+    cfg = downloaded_web.config(
+        root, clip_score_checkpoint=str(checkpoint), clip_score_model="clipflow-tiny",
+        clip_score_top_fraction=TOP_FRACTION, semantic_dedup=True, semantic_dedup_eps=1e-6,
+        gate="warn",
+    )  # fmt: skip
+    result = curate(cfg, Storage(cfg.storage))
+    samples = pd.read_parquet(root / "curate" / "samples.parquet")
+    return result, samples, root, str(checkpoint)
+
+
+def test_scores_for_every_decoded_image_with_a_caption(scored):
+    _, samples, _, _ = scored
+    has_score = samples["clip_score"].notna()
+    eligible = (samples["image_state"] == "ok") & samples["caption"].fillna("").str.strip().ne("")
+    assert (has_score == eligible).all()
+    assert samples.loc[has_score, "clip_score"].between(-1.0, 1.0).all()
+
+
+def test_top_fraction_keeps_the_highest_scores(scored):
+    _, samples, _, _ = scored
+    scores = samples["clip_score"].dropna()
+    dropped = samples[samples["drop_clip_score"]]
+    assert len(dropped) == pytest.approx((1 - TOP_FRACTION) * len(scores), abs=1)
+    assert (
+        dropped["clip_score"].max() < samples.loc[~samples["drop_clip_score"], "clip_score"].min()
+    )
+
+
+def test_score_equals_a_direct_recomputation(scored):
+    _, samples, root, checkpoint = scored
+    row = samples[samples["clip_score"].notna()].iloc[0]
+    with tarfile.open(root / "download" / row["download_shard"]) as tar:
+        data = tar.extractfile(f"{row['key']}.jpg").read()  # type: ignore[union-attr]
+    scorer = ClipScorer(checkpoint, "clipflow-tiny")
+    image = scorer.image_embeddings([Image.open(io.BytesIO(data)).convert("RGB")])
+    text = scorer.text_embeddings([row["caption"]])
+    assert float((image * text).sum()) == pytest.approx(row["clip_score"], abs=1e-4)
+
+
+def test_semantic_dedup_ran_on_the_embeddings(scored):
+    result, samples, root, _ = scored
+    embeddings = np.load(next((root / "curate" / "_parts").glob("*.emb.npy")))
+    assert embeddings.shape[1] == 64  # clipflow-tiny embed_dim
+    summary = json.loads((root / "curate" / "report" / "summary.json").read_text())
+    assert summary["kept"] + sum(summary["dropped_by_reason"].values()) == summary["input"]
+    assert "dropped_semantic_duplicate" in result.counts
+
+
+def test_semantic_dedup_without_a_checkpoint_is_a_config_error(downloaded_web, tmp_path):
+    with pytest.raises(ConfigError, match="semantic_dedup needs image embeddings"):
+        downloaded_web.config(tmp_path, semantic_dedup=True)
