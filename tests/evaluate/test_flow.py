@@ -145,3 +145,20 @@ def test_task_that_does_not_fit_the_dataset_names_it(
         EvalDataError, match=r"task zeroshot_retrieval does not fit .*fashion_small"
     ):
         evaluate_dataset(cfg.evaluate.datasets[0], cfg, load_model(cfg, storage), storage)
+
+
+@pytest.mark.parametrize(
+    ("evaluate", "message"),
+    [
+        ({"datasets": [{"name": "a", "path": "/x"}, {"name": "a", "path": "/y"}]}, "unique"),
+        ({"datasets": [{"name": "a", "path": "/x", "templates": ["a photo"]}]}, "'{c}'"),
+        ({"datasets": [{"name": "a/b", "path": "/x"}]}, "names a folder"),
+        ({"datasets": [{"name": "a", "path": "/x", "fewshot_k": 0}]}, "fewshot_k"),
+        ({"recall_k": [0, 5]}, "at least 1"),
+    ],
+)
+def test_bad_evaluate_config_is_refused_naming_the_field(evaluate, message):
+    from tasks.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_config({"evaluate": evaluate})
