@@ -1,0 +1,32 @@
+"""Our sparse langid scoring gives exactly langid's own answers."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.langid_filter import _identifier, identify_language
+
+CAPTIONS = [
+    "my new ankle boots for the winter",
+    "Ein schöner roter Apfel auf dem Tisch",
+    "東京の夜景の写真",
+    "zapatos rojos para la fiesta de verano",
+    "IMG_1234.jpg",
+    "un pull en laine tricoté à la main",
+    "кошка спит на диване",
+    "a",
+    "\u00e9\u00e9\u00e9 \ufffd\ufffd",
+]
+
+
+@pytest.mark.parametrize("caption", CAPTIONS)
+def test_same_language_and_probability_as_langid(caption):
+    expected_language, expected_probability = _identifier().classify(caption)
+    language, probability = identify_language(caption)
+    assert language == expected_language
+    assert probability == pytest.approx(expected_probability, abs=1e-5)
+
+
+def test_empty_caption_has_no_language():
+    assert identify_language("  ") == (None, None)
+    assert identify_language(None) == (None, None)
