@@ -18,6 +18,7 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset's import would phone home
 
@@ -33,7 +34,7 @@ from tasks.storage import Storage
 
 log = logging.getLogger(__name__)
 # The package's `main` attribute is the function of that name, not the module.
-i2d_main = importlib.import_module("img2dataset.main")
+i2d_main: Any = importlib.import_module("img2dataset.main")
 
 CANDIDATE_COLUMNS = ["url", "caption", "page_url", "source"]
 

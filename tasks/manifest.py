@@ -96,6 +96,13 @@ def is_up_to_date(storage: Storage, config: PipelineConfig, stage: str) -> bool:
     )
 
 
+def _required_upstream(stage: str, config: PipelineConfig) -> str | None:
+    """The stage whose output this one reads; evaluating a given checkpoint needs none."""
+    if STAGES.index(stage) == 0 or (stage == "evaluate" and config.evaluate.checkpoint):
+        return None
+    return STAGES[STAGES.index(stage) - 1]
+
+
 def run_stage(
     stage: str,
     config: PipelineConfig,
@@ -109,10 +116,11 @@ def run_stage(
         assert manifest is not None
         log.info("%s: up to date (manifest %s), skipped", stage, manifest_uri(storage, stage))
         return {**manifest, "skipped": True}
-    if STAGES.index(stage) > 0 and read_manifest(storage, STAGES[STAGES.index(stage) - 1]) is None:
+    upstream = _required_upstream(stage, config)
+    if upstream is not None and read_manifest(storage, upstream) is None:
         raise RuntimeError(
-            f"{stage}: upstream stage {STAGES[STAGES.index(stage) - 1]!r} has not finished "
-            f"(no {manifest_uri(storage, STAGES[STAGES.index(stage) - 1])}); run it first"
+            f"{stage}: upstream stage {upstream!r} has not finished "
+            f"(no {manifest_uri(storage, upstream)}); run it first"
         )
     started = time.time()
     result = body(storage)

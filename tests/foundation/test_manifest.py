@@ -70,3 +70,10 @@ def test_every_code_path_a_stage_depends_on_exists():
 
     missing = [p for paths in _STAGE_CODE.values() for p in paths if not (_REPO / p).exists()]
     assert missing == [], "renamed or removed files would silently leave the code version"
+
+
+def test_evaluating_a_given_checkpoint_needs_no_train_stage(tmp_root):
+    cfg = cfg_at(tmp_root, evaluate={"checkpoint": str(tmp_root / "any.pt")})
+    assert not run_stage("evaluate", cfg, counting_body([], "evaluate"))["skipped"]
+    with pytest.raises(RuntimeError, match="upstream stage 'shard'"):
+        run_stage("train", cfg, counting_body([], "train"))
