@@ -20,7 +20,10 @@ def train_flow(config: ConfigParam, force: bool = False) -> dict[str, Any]:
     the tail of torchrun's output when training fails."""
     logger = get_run_logger()
     manifest = run_stage_flow(
-        "train", config, lambda cfg, storage: train(cfg, storage, on_line=logger.info), force
+        "train",
+        config,
+        lambda cfg, storage: train(cfg, storage, on_line=logger.info, fresh=force),
+        force,
     )
     if not manifest.get("skipped"):
         publish_artifacts(Storage(as_config(config).storage), manifest)

@@ -154,14 +154,17 @@ def stream_process(
             proc.wait()
 
 
-def prepare_run(cfg: PipelineConfig, storage: Storage) -> dict[str, Any]:
-    """Write ``{root}/train/config.yaml``; clear the old run's outputs unless it can resume."""
+def prepare_run(cfg: PipelineConfig, storage: Storage, fresh: bool = False) -> dict[str, Any]:
+    """Write ``{root}/train/config.yaml``; clear the old run's outputs unless it can resume
+    (``fresh``, as under --force, always starts over)."""
     current = resolved_config(cfg, storage)
     config_uri = storage.uri("train", "config.yaml")
     previous = (
         yaml.safe_load(storage.read_bytes(config_uri)) if storage.exists(config_uri) else None
     )
     resume, reason = can_resume(previous, current)
+    if fresh:
+        resume, reason = False, "forced"
     if not resume or cfg.train.resume is None:
         for name in ("checkpoints", "metrics.jsonl", "summary.json", "loss_curve.png"):
             storage.remove(storage.uri("train", name), recursive=True)
@@ -173,10 +176,14 @@ def prepare_run(cfg: PipelineConfig, storage: Storage) -> dict[str, Any]:
 
 
 def train(
-    cfg: PipelineConfig, storage: Storage, on_line: Callable[[str], None] = log.info
+    cfg: PipelineConfig,
+    storage: Storage,
+    on_line: Callable[[str], None] = log.info,
+    fresh: bool = False,
 ) -> StageResult:
-    """The train stage: run torchrun to completion on this node; return its summary."""
-    current = prepare_run(cfg, storage)
+    """The train stage: run torchrun to completion on this node; return its summary.
+    ``fresh`` discards earlier checkpoints instead of resuming from them."""
+    current = prepare_run(cfg, storage, fresh)
     with tempfile.TemporaryDirectory(prefix="clipflow-train-") as tmp:
         # torchrun's ranks read the config from a local file, wherever storage lives.
         config_path = os.path.join(tmp, "config.yaml")
