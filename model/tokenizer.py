@@ -47,6 +47,13 @@ _WORD_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 _CLIP_SPLIT = regex.compile(rf"{SOT}|{EOT}|{_WORD_PATTERN}", regex.IGNORECASE)
 # Characters that send a caption down the Python route: non-ASCII, '&', controls.
 _NEEDS_CLEANING = re.compile(r"[^\t\n\r\x20-\x25\x27-\x7e]")
+# Plain-route captions contain no NUL, so a batch of them is split in one regex pass over
+# their NUL-joined text: NUL is matched as a word of its own and marks where a caption ends.
+_SEP = "\x00"
+_PLAIN_BATCH_SPLIT = regex.compile(
+    rf"""\x00|{SOT}|{EOT}|'s|'t|'re|'ve|'m|'ll|'d|[\p{{L}}]+|[\p{{N}}]|[^\x00\s\p{{L}}\p{{N}}]+""",
+    regex.IGNORECASE,
+)
 
 
 def default_vocab_path() -> Path:
@@ -141,6 +148,7 @@ class ClipTokenizer:
         self._specials: dict[str, tuple[int, ...]] = {
             SOT: (self.sot_token_id,),
             EOT: (self.eot_token_id,),
+            _SEP: (),
         }
         self._word_ids: dict[str, tuple[int, ...]] = dict(self._specials)
 
@@ -153,20 +161,29 @@ class ClipTokenizer:
         length = context_length or self.context_length
         if length < 2:
             raise ValueError(f"context_length must be at least 2, got {length}")
-        words: list[str] = []
-        counts = np.empty(len(texts), dtype=np.int64)  # words per text
+        plain_rows, plain, other_rows, other = [], [], [], []
         for row, text in enumerate(texts):
-            row_words = self._split(text, row)
-            counts[row] = len(row_words)
-            words.extend(row_words)
-        return torch.from_numpy(self._assemble(words, counts, length))
+            if not isinstance(text, str):
+                raise TypeError(f"texts[{row}] is a {type(text).__name__}, not a str")
+            # ftfy and HTML unescaping leave plain ASCII unchanged, and they dominate the cost.
+            if _NEEDS_CLEANING.search(text):
+                other_rows.append(row)
+                other.extend(_CLIP_SPLIT.findall(clean_text(text)))
+                other.append(_SEP)
+            else:
+                plain_rows.append(row)
+                plain.append(text)
+        out = np.zeros((len(texts), length), dtype=np.int64)
+        if plain:
+            words = _PLAIN_BATCH_SPLIT.findall(_SEP.join(plain).lower())
+            out[plain_rows] = self._assemble(words, len(plain), length)
+        if other:
+            out[other_rows] = self._assemble(other, len(other_rows), length)
+        return torch.from_numpy(out)
 
     @staticmethod
-    def _split(text: str, row: int) -> list[str]:
-        """CLIP's words of one text, after cleaning; ``row`` names it in errors."""
-        if not isinstance(text, str):
-            raise TypeError(f"texts[{row}] is a {type(text).__name__}, not a str")
-        # ftfy and HTML unescaping leave plain ASCII unchanged, and they dominate the cost.
+    def _split(text: str) -> list[str]:
+        """CLIP's words of one text, after cleaning."""
         cleaned = clean_text(text) if _NEEDS_CLEANING.search(text) else text.lower()
         words: list[str] = _CLIP_SPLIT.findall(cleaned)
         return words
@@ -183,8 +200,9 @@ class ClipTokenizer:
             self._word_ids.update(zip(new, (tuple(e.ids) for e in encoded), strict=True))
         return [self._word_ids[w] for w in words]
 
-    def _assemble(self, words: list[str], counts: np.ndarray, length: int) -> np.ndarray:
-        """Rows of ``[sot, ids..., eot, 0...]`` from the flat word list and words per row."""
+    def _assemble(self, words: list[str], n_rows: int, length: int) -> np.ndarray:
+        """Rows of ``[sot, ids..., eot, 0...]`` from a flat word list where ``_SEP`` ends
+        each row (the last one may be left open)."""
         distinct = list(dict.fromkeys(words))
         word_ids = self._ids_of_distinct(distinct)
         position = {w: i for i, w in enumerate(distinct)}
@@ -193,27 +211,27 @@ class ClipTokenizer:
         table = np.fromiter(chain.from_iterable(word_ids), dtype=np.int64, count=int(n.sum()))
         start = np.cumsum(n) - n
         k = np.fromiter(map(position.__getitem__, words), dtype=np.int64, count=len(words))
-        # Every token of every text, in order: (text row, position in row, token id).
-        token_counts = n[k]
+        is_sep = k == position.get(_SEP, -1)
+        word_row = np.cumsum(is_sep) - is_sep  # a separator belongs to the row it ends
+        # Every token of every text, in order: its id, its row, its column.
+        token_counts = n[k]  # separators have none
         first_token = np.cumsum(token_counts) - token_counts
         offset_in_word = np.arange(int(token_counts.sum())) - np.repeat(first_token, token_counts)
         ids = table[np.repeat(start[k], token_counts) + offset_in_word]
-        tokens_before = np.concatenate([[0], np.cumsum(token_counts)])  # by word index
-        words_end = np.cumsum(counts)
-        per_row = tokens_before[words_end] - tokens_before[words_end - counts]  # tokens per text
-        rows = np.repeat(np.arange(len(counts)), per_row)
-        col = np.arange(len(ids)) - np.repeat(np.cumsum(per_row) - per_row, per_row) + 1
+        rows = np.repeat(word_row, token_counts)
+        per_row = np.bincount(rows, minlength=n_rows)  # tokens per text
+        col = np.arange(len(ids)) - (np.cumsum(per_row) - per_row)[rows] + 1
         # Truncate to leave room for the end token, which always survives.
         keep = col < length - 1
-        out = np.zeros((len(counts), length), dtype=np.int64)
+        out = np.zeros((n_rows, length), dtype=np.int64)
         out[rows[keep], col[keep]] = ids[keep]
         out[:, 0] = self.sot_token_id
-        out[np.arange(len(counts)), np.minimum(per_row, length - 2) + 1] = self.eot_token_id
+        out[np.arange(n_rows), np.minimum(per_row, length - 2) + 1] = self.eot_token_id
         return out
 
     def encode(self, text: str) -> list[int]:
         """BPE ids of one text, without start/end tokens and without truncation."""
-        words = self._split(text, 0)
+        words = self._split(text)
         distinct = list(dict.fromkeys(words))
         ids = dict(zip(distinct, self._ids_of_distinct(distinct), strict=True))
         return [i for w in words for i in ids[w]]
@@ -293,8 +311,8 @@ def train_tokenizer(
         ]
     )
     words = (
-        " ".join(w for w in ClipTokenizer._split(caption, row) if w not in (SOT, EOT))
-        for row, caption in enumerate(captions)
+        " ".join(w for w in ClipTokenizer._split(caption) if w not in (SOT, EOT))
+        for caption in captions
     )
     backend.train_from_iterator(words, trainer=trainer)
     merges = _trained_merges(backend)[:n_merges]
