@@ -128,9 +128,10 @@ class CLIP(nn.Module):
         # Rows are grouped by length and each group's padded tail is cut off, so the
         # transformer runs on about the mean caption length instead of the longest.
         order = eot.argsort()
+        groups = order.chunk(TEXT_LENGTH_GROUPS)
+        lengths = (torch.stack([eot[rows[-1]] for rows in groups]) + 1).tolist()  # one sync
         pooled = []
-        for rows in order.chunk(TEXT_LENGTH_GROUPS):
-            T = int(eot[rows].max()) + 1
+        for rows, T in zip(groups, lengths, strict=True):
             x = self.token_embedding(text[rows, :T]) + self.positional_embedding[:T]  # (b, T, W)
             pooled.append(self.transformer.forward_pooled(x, eot[rows], is_causal=True))
         x = torch.cat(pooled)[order.argsort()]  # (B, W), back in input order
