@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 from flows.pipeline import pipeline_flow
@@ -74,16 +73,19 @@ def _start_moto(endpoint: str, bucket: str) -> subprocess.Popen[bytes]:
 def summary(cfg: PipelineConfig) -> str:
     """The demo's closing summary, from the stage manifests and the evaluation results."""
     storage = Storage(cfg.storage)
-    lines = ["", "clipflow demo summary", "=" * 21]
-    for stage in STAGES:
-        manifest = read_manifest(storage, stage) or {}
-        seconds = manifest.get("timings", {}).get("seconds", float("nan"))
-        counts = ", ".join(f"{k}={v}" for k, v in manifest.get("counts", {}).items())
-        lines.append(f"{stage:<9} {seconds:7.1f}s  {counts}")
-    train = read_manifest(storage, "train") or {}
-    extra: dict[str, Any] = train.get("extra", {})
-    if "samples_per_s" in extra:
-        lines.append(f"training: {extra['samples_per_s']:.0f} samples/s")
+    manifests = {stage: read_manifest(storage, stage) or {} for stage in STAGES}
+    total = sum(m.get("timings", {}).get("seconds", 0.0) for m in manifests.values()) or 1.0
+    lines = ["", "clipflow demo summary", "", "stage      seconds  share  counts (non-zero)"]
+    for stage, manifest in manifests.items():
+        seconds = manifest.get("timings", {}).get("seconds", 0.0)
+        counts = ", ".join(f"{k}={v}" for k, v in manifest.get("counts", {}).items() if v)
+        lines.append(f"{stage:<9} {seconds:8.1f} {seconds / total:6.0%}  {counts}")
+    curate = manifests["curate"].get("counts", {})
+    if curate:
+        lines.append(f"funnel: {curate.get('input')} downloaded rows -> {curate.get('kept')} kept")
+    final = manifests["train"].get("extra", {}).get("final", {})
+    if "samples_per_s" in final:
+        lines.append(f"training: {final['samples_per_s']:.0f} samples/s at the last step")
     curve = storage.uri("train", "loss_curve.png")
     if storage.exists(curve):
         lines.append(f"loss curve: {curve}")
