@@ -33,7 +33,7 @@ from tasks.dedup import BinaryIndexSpec, embedding_pairs, hamming_pairs
 RESULTS = Path(__file__).resolve().parent / "results" / "dedup.json"
 RADIUS = 4
 EPS = 0.05
-BRUTE_QUERIES = 10_000
+BRUTE_QUERIES = 2_000
 
 
 def planted_hashes(n: int, rng: np.random.Generator) -> np.ndarray:
