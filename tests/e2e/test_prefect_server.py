@@ -26,8 +26,13 @@ def _api(server, method: str, path: str, body: dict | None = None):
     return response.json()
 
 
-def _flow_runs(server, flow_name: str) -> list[dict]:
-    return _api(server, "POST", "/flow_runs/filter", {"flows": {"name": {"any_": [flow_name]}}})
+def _completed_flow_runs(server, flow_name: str) -> list[dict]:
+    # The nightly schedule also creates (future, SCHEDULED) runs of the pipeline flow.
+    body = {
+        "flows": {"name": {"any_": [flow_name]}},
+        "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}},
+    }
+    return _api(server, "POST", "/flow_runs/filter", body)
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +83,9 @@ def test_worker_runs_a_deployment_and_the_ui_shows_the_quality_report(deployed, 
         worker.wait(timeout=30)
         worker_log.close()
 
-    (pipeline_run,) = _flow_runs(deployed, "clipflow-pipeline")
-    assert pipeline_run["state"]["type"] == "COMPLETED"
-    (curate_run,) = _flow_runs(deployed, "curate")
+    (pipeline_run,) = _completed_flow_runs(deployed, "clipflow-pipeline")
+    assert pipeline_run["deployment_id"] is not None  # run by the worker, from the deployment
+    (curate_run,) = _completed_flow_runs(deployed, "curate")
     artifacts = _api(
         deployed, "POST", "/artifacts/filter",
         {"artifacts": {"flow_run_id": {"any_": [curate_run["id"]]}}},
@@ -100,7 +105,8 @@ def _screenshot_artifact_in_ui(ui_url: str, flow_run_id: str) -> None:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=args)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"{ui_url}/runs/flow-run/{flow_run_id}", wait_until="networkidle")
-        page.get_by_role("tab", name="Artifacts").click()
+        page.screenshot(path=str(SCREENSHOTS / "prefect-ui-curate-flow-run.png"), full_page=True)
+        page.get_by_text("Artifacts", exact=True).first.click(timeout=60_000)
         started = time.monotonic()
         page.get_by_text("curate-summary").first.wait_for(timeout=60_000)
         page.screenshot(path=str(SCREENSHOTS / "prefect-ui-curate-artifacts.png"), full_page=True)
