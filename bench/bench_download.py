@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset would phone home
 
 from tasks.offline_data import fashion_mnist  # noqa: E402
 
@@ -64,7 +67,8 @@ def run_raw(url_list: Path, out: Path, processes: int, threads: int) -> float:
         [str(exe), f"--url_list={url_list}", "--input_format=parquet", "--url_col=url",
          "--caption_col=caption", "--output_format=webdataset", f"--output_folder={out}",
          f"--processes_count={processes}", f"--thread_count={threads}", "--image_size=28",
-         "--resize_mode=center_crop", "--encode_format=png", "--number_sample_per_shard=1000",
+         "--resize_mode=center_crop", "--encode_format=png", "--encode_quality=1",
+         "--number_sample_per_shard=1000",
          "--timeout=10", "--enable_wandb=False"],
         check=True, capture_output=True,
     )  # fmt: skip
