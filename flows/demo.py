@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from flows.pipeline import pipeline_flow
-from tasks.config import STAGES, PipelineConfig, load_config
-from tasks.manifest import read_manifest
+from flows.pipeline import pipeline_flow, pipeline_summary
+from tasks.config import PipelineConfig, load_config
 from tasks.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -70,34 +69,6 @@ def _start_moto(endpoint: str, bucket: str) -> subprocess.Popen[bytes]:
     raise RuntimeError(f"moto_server did not come up at {endpoint}")
 
 
-def summary(cfg: PipelineConfig) -> str:
-    """The demo's closing summary, from the stage manifests and the evaluation results."""
-    storage = Storage(cfg.storage)
-    manifests = {stage: read_manifest(storage, stage) or {} for stage in STAGES}
-    total = sum(m.get("timings", {}).get("seconds", 0.0) for m in manifests.values()) or 1.0
-    lines = ["", "clipflow demo summary", "", "stage      seconds  share  counts (non-zero)"]
-    for stage, manifest in manifests.items():
-        seconds = manifest.get("timings", {}).get("seconds", 0.0)
-        counts = ", ".join(f"{k}={v}" for k, v in manifest.get("counts", {}).items() if v)
-        lines.append(f"{stage:<9} {seconds:8.1f} {seconds / total:6.0%}  {counts}")
-    curate = manifests["curate"].get("counts", {})
-    if curate:
-        lines.append(f"funnel: {curate.get('input')} downloaded rows -> {curate.get('kept')} kept")
-    final = manifests["train"].get("extra", {}).get("final", {})
-    if "samples_per_s" in final:
-        lines.append(f"training: {final['samples_per_s']:.0f} samples/s at the last step")
-    curve = storage.uri("train", "loss_curve.png")
-    if storage.exists(curve):
-        lines.append(f"loss curve: {curve}")
-    results_uri = storage.uri("eval", "results.json")
-    if storage.exists(results_uri):
-        for row in storage.read_json(results_uri)["results"]:
-            metrics = row["metrics"]
-            key = "acc1" if "acc1" in metrics else next(iter(metrics))
-            lines.append(f"{row['dataset']:<20} {row['task']:<24} {key} = {metrics[key]:.3f}")
-    return "\n".join(lines)
-
-
 def run_demo(config_path: str, with_moto: bool = False) -> int:
     """Serve the demo web, run the pipeline on it, print the summary."""
     from tasks.demo_web import serve
@@ -118,6 +89,6 @@ def run_demo(config_path: str, with_moto: bool = False) -> int:
     finally:
         if moto is not None:
             moto.kill()
-    print(summary(cfg))
+    print(pipeline_summary(cfg))
     print(f"outputs under {Storage(cfg.storage).root}; wall time {time.monotonic() - started:.1f}s")
     return 0

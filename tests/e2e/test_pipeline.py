@@ -53,7 +53,7 @@ def pipeline_config(root, demo_web, eval_set, **overrides) -> dict:
 async def _artifact_keys_by_flow() -> dict[str, set[str]]:
     async with get_client() as client:
         keys: dict[str, set[str]] = {}
-        for stage in STAGES:
+        for stage in [*STAGES, "clipflow-pipeline"]:
             runs = await client.read_flow_runs(
                 flow_filter=FlowFilter(name=FlowFilterName(any_=[stage]))
             )
@@ -76,6 +76,7 @@ def test_pipeline_end_to_end_rerun_and_force(prefect_harness, demo_web, fashion_
     keys = asyncio.run(_artifact_keys_by_flow())
     assert all(keys[stage] for stage in STAGES), keys
     assert {"curate-summary", "curate-data-docs"} <= keys["curate"]
+    assert "pipeline-summary" in keys["clipflow-pipeline"]
 
     second = pipeline_flow(config=config)
     assert [s for s in STAGES if not second[s]["skipped"]] == []
