@@ -14,8 +14,9 @@ def write(tmp_path, data) -> str:
     return str(path)
 
 
-def test_demo_config_validates():
-    cfg = load_config("configs/demo.yaml")
+@pytest.mark.parametrize("path", ["configs/demo.yaml", "configs/demo-s3.yaml"])
+def test_demo_configs_validate(path):
+    cfg = load_config(path)
     assert cfg.train.model == "clipflow-tiny"
     assert cfg.crawl.allow_private_networks is True
 
