@@ -10,6 +10,7 @@ duplicates.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,21 +41,51 @@ BITS = HASH_BYTES * 8
 @dataclass(frozen=True)
 class BinaryIndexSpec:
     """How to search 64-bit hashes: 'flat' (exact, O(n^2)), 'multihash' (exact within the
-    radius by the pigeonhole principle, ~linear), 'ivf' (approximate, nprobe cells)."""
+    radius by the pigeonhole principle, ~linear), 'ivf' (approximate, nprobe cells).
+
+    For 'multihash', ``nhash`` disjoint substrings of ``BITS // nhash`` bits are hashed and
+    each query probes every bucket within ``nflip`` bit flips of its own substrings; 0 means
+    "pick the cheapest exact layout for this n and radius" (see ``multihash_layout``)."""
 
     kind: str
     ivf_nprobe: int = 16
+    nhash: int = 0
+    nflip: int = 0
+
+
+def multihash_layout(n: int, radius: int) -> tuple[int, int, float]:
+    """The cheapest exact multi-index hashing layout: (nhash, nflip, probes per query).
+
+    A pair within ``radius`` bits differs in at most ``radius // nhash`` bits on one of the
+    ``nhash`` substrings (pigeonhole), so probing every bucket within that many flips finds
+    it. Per query that costs ``nhash * sum(C(b, k) for k <= nflip)`` bucket lookups, each
+    returning about ``n / 2**b`` candidates to compare. At radius 4 and 1M hashes this picks
+    3 x 21 bits with 1 flip (~70 lookups, ~35 candidates) over 5 x 12 bits with none
+    (~1,200 candidates)."""
+    best: tuple[int, int, float] | None = None
+    for nhash in range(1, BITS // 8 + 1):
+        bits = BITS // nhash
+        nflip = radius // nhash
+        if nflip > 3:  # C(b, 4) lookups per substring: never the cheapest layout
+            continue
+        lookups = nhash * sum(math.comb(bits, k) for k in range(nflip + 1))
+        cost = lookups * (1.0 + n / 2.0**bits)
+        if best is None or cost < best[2]:
+            best = (nhash, nflip, cost)
+    if best is None:
+        return BITS // 8, radius // (BITS // 8), math.inf
+    return best
 
 
 def choose_binary_index(cfg: CurateConfig, n: int, radius: int) -> BinaryIndexSpec:
-    """The configured index, or for 'auto': flat up to phash_flat_max_rows, then multi-index
-    hashing while each of the radius+1 substrings keeps >= 8 bits, else IVF."""
+    """The configured index, or for 'auto': flat up to phash_flat_max_rows, then exact
+    multi-index hashing where its estimated cost per query beats comparing all n, else IVF."""
     kind = cfg.phash_index
     if kind == "auto":
         if n <= cfg.phash_flat_max_rows:
             kind = "flat"
         else:
-            kind = "multihash" if BITS // (radius + 1) >= 8 else "ivf"
+            kind = "multihash" if multihash_layout(n, radius)[2] < n else "ivf"
     return BinaryIndexSpec(kind, cfg.phash_ivf_nprobe)
 
 
@@ -64,9 +95,17 @@ def build_binary_index(codes: np.ndarray, radius: int, spec: BinaryIndexSpec) ->
     if spec.kind == "flat":
         index = faiss.IndexBinaryFlat(BITS)
     elif spec.kind == "multihash":
-        # radius+1 disjoint substrings: a pair within `radius` bits agrees exactly on one.
-        nhash = radius + 1
-        index = faiss.IndexBinaryMultiHash(BITS, nhash, BITS // nhash)
+        nhash, nflip = spec.nhash, spec.nflip
+        if nhash == 0:
+            nhash, nflip, _ = multihash_layout(len(codes), radius)
+        if nhash * (nflip + 1) <= radius:
+            raise ValueError(
+                f"multihash with {nhash} substrings and {nflip} flips misses pairs at "
+                f"Hamming radius {radius}"
+            )
+        mh = faiss.IndexBinaryMultiHash(BITS, nhash, BITS // nhash)
+        mh.nflip = nflip
+        index = mh
     elif spec.kind == "ivf":
         nlist = max(1, min(int(np.sqrt(len(codes))), len(codes) // 39 or 1))
         ivf = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(BITS), BITS, nlist)
@@ -101,8 +140,12 @@ def embedding_pairs(
     embeddings: np.ndarray, eps: float, clusters: int, nprobe: int, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """SemDeDup pairs i < j with cosine distance 1 - cos < eps, searched within k-means
-    clusters (an IVF index: nprobe=1 is SemDeDup exactly, more probes find pairs split
-    across cluster borders). ``embeddings``: (n, d) float32, L2-normalised rows."""
+    clusters. ``embeddings``: (n, d) float32, L2-normalised rows.
+
+    FAISS k-means (spherical) clusters the rows and assigns each row to its nearest
+    centroid, its home. As in SemDeDup, each cluster's pairwise cosines are one matrix
+    product; a row is also compared with the homes of its next ``nprobe - 1`` centroids
+    (nprobe=1 is SemDeDup exactly, more probes find pairs split across cluster borders)."""
     n, dim = embeddings.shape
     if n < 2:
         return np.empty(0, np.int64), np.empty(0, np.int64)
@@ -111,16 +154,41 @@ def embedding_pairs(
     kmeans = faiss.Kmeans(dim, k, niter=20, seed=seed, spherical=True,
                           gpu=faiss.get_num_gpus() > 0)  # fmt: skip
     kmeans.train(x)
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, k, faiss.METRIC_INNER_PRODUCT)
-    index.quantizer.add(np.asarray(kmeans.centroids, dtype=np.float32))
-    index.is_trained = True
-    index.add(x)
-    index.nprobe = min(nprobe, k)
-    lims, _, found = index.range_search(x, 1.0 - eps)  # inner product: keeps sim > radius
-    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(lims).astype(np.int64))
-    cols = found.astype(np.int64)
-    keep = rows < cols
-    return rows[keep], cols[keep]
+    centroids = faiss.IndexFlatIP(dim)
+    centroids.add(np.asarray(kmeans.centroids, dtype=np.float32))
+    probes = min(nprobe, k)
+    _, nearest = centroids.search(x, probes)  # (n, probes) centroid ids, nearest first
+    home_rows, home_bounds = _grouped(nearest[:, 0], k)
+    probe_rows, probe_bounds = _grouped(nearest.ravel(), k)
+    probe_rows //= probes  # flattened (row, probe) position -> row
+    found_rows, found_cols = [], []
+    for c in range(k):
+        members = home_rows[home_bounds[c] : home_bounds[c + 1]]
+        queries = probe_rows[probe_bounds[c] : probe_bounds[c + 1]]
+        if len(members) == 0 or len(queries) == 0:
+            continue
+        block = x[members].T
+        step = max(1, _BLOCK_ELEMENTS // len(members))  # bounds memory on skewed clusters
+        for start in range(0, len(queries), step):
+            part = queries[start : start + step]
+            i, j = np.nonzero(x[part] @ block > 1.0 - eps)
+            found_rows.append(part[i])
+            found_cols.append(members[j])
+    if not found_rows:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    rows, cols = np.concatenate(found_rows), np.concatenate(found_cols)
+    lo, hi = np.minimum(rows, cols), np.maximum(rows, cols)
+    pairs = np.unique(lo[lo != hi] * n + hi[lo != hi])  # each unordered pair once
+    return pairs // n, pairs % n
+
+
+_BLOCK_ELEMENTS = 1 << 24  # similarity entries per matrix product (64 MiB of float32)
+
+
+def _grouped(labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of ``labels`` sorted by label, and the bounds of each label's run."""
+    order = np.argsort(labels, kind="stable").astype(np.int64)
+    return order, np.searchsorted(labels[order], np.arange(k + 1))
 
 
 def survivors_of(n: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

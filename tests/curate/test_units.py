@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tasks import dedup
 from tasks.config import CurateConfig
 from tasks.curate_shard import decode_caption, inspect_image, normalise_caption
 from tasks.dedup import (
     BinaryIndexSpec,
     choose_binary_index,
+    multihash_layout,
     decontamination_matches,
     embedding_pairs,
     hamming_pairs,
@@ -54,11 +56,26 @@ def test_hamming_pairs_match_brute_force(kind):
         assert len(found) >= 0.9 * len(truth)
 
 
+@pytest.mark.parametrize(("nhash", "nflip"), [(5, 0), (3, 1), (4, 1), (2, 2)])
+def test_every_exact_multihash_layout_finds_every_pair(nhash, nflip):
+    hashes, truth = _planted_hashes(600, 40, radius=4)
+    spec = BinaryIndexSpec("multihash", nhash=nhash, nflip=nflip)
+    rows, cols = hamming_pairs(hashes_to_bytes(hashes), 4, spec)
+    assert set(zip(rows.tolist(), cols.tolist(), strict=True)) == truth
+
+
+def test_multihash_layout_trades_substrings_for_flips_as_n_grows():
+    assert multihash_layout(1_000, 4)[:2] == (5, 0)  # near-empty buckets: no flips needed
+    assert multihash_layout(1_000_000, 4)[:2] == (3, 1)  # 12-bit buckets would hold ~244
+    with pytest.raises(ValueError, match="misses pairs"):
+        hamming_pairs(np.zeros((4, 8), np.uint8), 4, BinaryIndexSpec("multihash", nhash=4))
+
+
 def test_choose_binary_index_by_size_and_radius():
     cfg = CurateConfig(phash_flat_max_rows=100)
     assert choose_binary_index(cfg, 100, 4).kind == "flat"
     assert choose_binary_index(cfg, 101, 4).kind == "multihash"
-    assert choose_binary_index(cfg, 101, 10).kind == "ivf"  # 11 substrings of 5 bits: too short
+    assert choose_binary_index(cfg, 500, 20).kind == "ivf"  # ~630 lookups/query > 500 rows
     assert choose_binary_index(CurateConfig(phash_index="ivf"), 5, 4).kind == "ivf"
 
 
@@ -74,6 +91,22 @@ def test_semdedup_finds_planted_near_identical_embeddings():
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     rows, cols = embedding_pairs(x, eps=0.01, clusters=8, nprobe=8)
     assert set(zip(rows.tolist(), cols.tolist(), strict=True)) == {(k, 390 + k) for k in range(10)}
+
+
+@pytest.mark.parametrize("block", [1 << 24, 7])  # 7: every matrix product split in chunks
+def test_semdedup_probing_every_cluster_equals_brute_force(monkeypatch, block):
+    monkeypatch.setattr(dedup, "_BLOCK_ELEMENTS", block)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((600, 3)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    i, j = np.nonzero(np.triu(x @ x.T > 1.0 - 0.05, k=1))
+    truth = set(zip(i.tolist(), j.tolist(), strict=True))
+    assert len(truth) > 100  # pairs everywhere, many across cluster borders
+    everywhere = embedding_pairs(x, eps=0.05, clusters=8, nprobe=8)
+    assert set(zip(*(a.tolist() for a in everywhere), strict=True)) == truth
+    homes_only = embedding_pairs(x, eps=0.05, clusters=8, nprobe=1)
+    found = set(zip(*(a.tolist() for a in homes_only), strict=True))
+    assert found < truth  # SemDeDup proper misses the pairs split across clusters
 
 
 def _png(image: Image.Image) -> bytes:
