@@ -3,36 +3,67 @@
 -- Thresholds are named parameters bound from CurateConfig.
 -- `features` carries rid, the row's position in the input (0..n-1, shard by shard), and
 -- the features parsed per shard: url_host, page_host, caption_norm, caption_words.
-WITH key_owners AS (
+WITH repeated_key_hashes AS (
+    -- Sorting 64-bit hashes of the keys is far cheaper than grouping the strings; only rows
+    -- whose hash repeats are then compared by key (a collision costs a comparison).
+    SELECT DISTINCT key_hash FROM (
+        SELECT key_hash, lag(key_hash) OVER (ORDER BY key_hash) AS previous_hash
+        FROM (SELECT hash(key) AS key_hash FROM features)
+    )
+    WHERE key_hash = previous_hash
+),
+duplicate_keys AS (
     -- The first row (by rid) owns a key; later rows with the same key are bad input.
-    SELECT key, min(rid) AS owner_rid FROM features GROUP BY key
+    SELECT rid FROM (
+        SELECT rid, min(rid) OVER (PARTITION BY key) AS owner_rid
+        FROM features
+        WHERE hash(key) IN (SELECT key_hash FROM repeated_key_hashes)
+    )
+    WHERE rid <> owner_rid
+),
+blocked_hosts AS (
+    -- The blocklist is matched once per distinct host, not once per row: a host is blocked
+    -- when it is a listed domain or a subdomain of one.
+    SELECT DISTINCT hosts.host
+    FROM (SELECT url_host AS host FROM features UNION SELECT page_host FROM features) AS hosts
+    JOIN (SELECT unnest($url_blocklist) AS domain) AS blocklist
+        ON hosts.host = blocklist.domain OR ends_with(hosts.host, '.' || blocklist.domain)
 ),
 hosts AS (
     SELECT
         *,
-        length(caption) AS caption_chars
+        length(caption) AS caption_chars,
+        -- CASE runs the costly trim() only where the first character is trimmable.
+        CASE
+            WHEN caption IS NULL THEN TRUE
+            WHEN trim(left(caption, 1)) = '' THEN trim(caption) = ''
+            ELSE FALSE
+        END AS caption_blank
     FROM features
-    LEFT JOIN key_owners USING (key)
 )
 SELECT
-    * EXCLUDE (owner_rid),
-    coalesce(rid <> owner_rid, FALSE) AS drop_duplicate_key,
+    * EXCLUDE (caption_blank),
+    rid IN (SELECT rid FROM duplicate_keys) AS drop_duplicate_key,
     status IS DISTINCT FROM 'success' AS drop_download_failed,
     image_state = 'missing' AS drop_image_missing,
     image_state = 'shard_truncated' AS drop_shard_truncated,
     image_state = 'empty' AS drop_image_empty,
     image_state = 'undecodable' AS drop_image_undecodable,
-    caption IS NULL OR trim(caption) = '' AS drop_caption_missing,
+    caption_blank AS drop_caption_missing,
     coalesce(caption_invalid_utf8, FALSE) AS drop_caption_invalid_utf8,
-    coalesce(trim(caption) <> ''
+    coalesce(NOT caption_blank
         AND (caption_chars < $min_caption_chars OR caption_words < $min_caption_words), FALSE)
         AS drop_caption_too_short,
     coalesce(caption_chars > $max_caption_chars, FALSE) AS drop_caption_too_long,
-    -- The regex runs only on captions short enough to be a file name (it is the costly part).
-    coalesce(list_contains($boilerplate_captions, caption_norm)
-        OR (caption_words <= $boilerplate_filename_max_words
-            AND regexp_full_match(caption_norm, $boilerplate_filename_pattern)), FALSE)
-        AS drop_caption_boilerplate,
+    -- Only captions of few words can be boilerplate or a file name: CASE, unlike AND, skips
+    -- the list lookup and the (costly) regex on every other row.
+    CASE
+        WHEN caption_words <= $boilerplate_caption_max_words
+            AND coalesce(list_contains($boilerplate_captions, caption_norm), FALSE) THEN TRUE
+        WHEN caption_words <= $boilerplate_filename_max_words
+            THEN coalesce(regexp_full_match(caption_norm, $boilerplate_filename_pattern), FALSE)
+        ELSE FALSE
+    END AS drop_caption_boilerplate,
     coalesce(least(original_width, original_height) < $min_image_side, FALSE)
         AS drop_image_too_small,
     coalesce(greatest(original_width, original_height)
@@ -42,8 +73,8 @@ SELECT
         AND NOT list_contains($allowed_languages, language)
         AND language_confidence >= $min_language_confidence
         AND caption_chars >= $language_min_chars, FALSE) AS drop_language,
-    coalesce(len(list_filter($url_blocklist, lambda d: url_host = d OR ends_with(url_host, '.' || d)
-        OR page_host = d OR ends_with(page_host, '.' || d))) > 0, FALSE) AS drop_url_blocked,
+    coalesce(url_host IN (SELECT host FROM blocked_hosts)
+        OR page_host IN (SELECT host FROM blocked_hosts), FALSE) AS drop_url_blocked,
     -- LAION keeps clip_score >= a threshold; DataComp keeps the top fraction.
     coalesce(clip_score < $clip_score_min, FALSE)
         OR coalesce($clip_score_top_fraction IS NOT NULL AND clip_score < (

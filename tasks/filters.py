@@ -49,6 +49,10 @@ def rule_parameters(cfg: CurateConfig) -> dict[str, Any]:
         "min_caption_words": cfg.min_caption_words,
         "max_caption_chars": cfg.max_caption_chars,
         "boilerplate_captions": [c.lower() for c in cfg.boilerplate_captions],
+        # Derived, not a threshold: a caption of more words cannot equal a listed one.
+        "boilerplate_caption_max_words": max(
+            (len(c.split()) for c in cfg.boilerplate_captions), default=0
+        ),
         "boilerplate_filename_pattern": cfg.boilerplate_filename_pattern,
         "boilerplate_filename_max_words": cfg.boilerplate_filename_max_words,
         "min_image_side": cfg.min_image_side,
