@@ -33,10 +33,12 @@ hosts AS (
     SELECT
         *,
         length(caption) AS caption_chars,
-        -- CASE runs the costly trim() only where the first character is trimmable.
+        -- CASE runs the costly trim() only where it can leave '': on captions that are
+        -- empty or start with a space, below '!', or with a non-ASCII character (every other
+        -- space trim() removes is one), at or above chr(128) in byte order.
         CASE
             WHEN caption IS NULL THEN TRUE
-            WHEN trim(left(caption, 1)) = '' THEN trim(caption) = ''
+            WHEN caption < '!' OR caption >= chr(128) THEN trim(caption) = ''
             ELSE FALSE
         END AS caption_blank
     FROM features

@@ -6,23 +6,25 @@ from __future__ import annotations
 import io
 import re
 
+import duckdb
 import numpy as np
+import pyarrow as pa
 import pytest
 from PIL import Image
 
 from tasks import dedup
 from tasks.config import CurateConfig
-from tasks.curate_shard import decode_caption, inspect_image, normalise_caption
+from tasks.curate_shard import FEATURE_SCHEMA, decode_caption, inspect_image, normalise_caption
 from tasks.dedup import (
     BinaryIndexSpec,
     choose_binary_index,
-    multihash_layout,
     decontamination_matches,
     embedding_pairs,
     hamming_pairs,
+    multihash_layout,
     survivors_of,
 )
-from tasks.filters import RULES
+from tasks.filters import RULES, apply_rules
 from tasks.offline_data import fashion_mnist
 from tasks.phash import hamming, hashes_to_bytes, phash64
 from tasks.sql import SQL_DIR, bind, load_sql
@@ -165,3 +167,42 @@ def test_sql_loader_errors_name_the_query():
     with pytest.raises(KeyError, match="min_image_side"):
         bind("rules", {})
     assert all(p.suffix == ".sql" for p in SQL_DIR.iterdir())
+
+
+def _features(rows: list[dict]) -> pa.Table:
+    """A `features` table (FEATURE_SCHEMA plus rid) from a few partial rows."""
+    full = [{name: row.get(name) for name in FEATURE_SCHEMA.names} for row in rows]
+    table = pa.Table.from_pylist(full, schema=FEATURE_SCHEMA)
+    return table.add_column(0, "rid", pa.array(range(len(rows)), pa.int64()))
+
+
+def _rule_flags(rows: list[dict], cfg: CurateConfig, rule: str) -> list[bool]:
+    con = duckdb.connect()
+    con.register("features", _features(rows))
+    apply_rules(con, cfg)
+    return [
+        flag for (flag,) in con.execute(f"SELECT drop_{rule} FROM rules ORDER BY rid").fetchall()
+    ]
+
+
+def test_blank_caption_rule_is_exactly_duckdb_trim():
+    """The rule's cheap prefilter must not change what trim() calls blank."""
+    captions = [None, "", " ", "\u3000", "\u00a0 \u2003", " a", "a ", "\t", "!", "\u00e9", "~ "]
+    flags = _rule_flags([{"caption": c} for c in captions], CurateConfig(), "caption_missing")
+    con = duckdb.connect()
+    trimmed = [c is None or con.execute("SELECT trim(?) = ''", [c]).fetchone()[0] for c in captions]
+    assert flags == trimmed
+    assert flags[:5] == [True] * 5 and not any(flags[5:])
+
+
+def test_duplicate_keys_after_the_first_and_blocked_hosts_are_flagged():
+    rows = [
+        {"key": "a", "url_host": "cdn.spam.example", "page_host": "ok.org"},
+        {"key": "b", "url_host": "ok.org", "page_host": "spam.example"},
+        {"key": "a", "url_host": "notspam.example", "page_host": "ok.org"},
+        {"key": "c", "url_host": None, "page_host": None},
+        {"key": "a", "url_host": "ok.org", "page_host": "ok.org"},
+    ]
+    cfg = CurateConfig(url_blocklist=["spam.example"])
+    assert _rule_flags(rows, cfg, "duplicate_key") == [False, False, True, False, True]
+    assert _rule_flags(rows, cfg, "url_blocked") == [True, True, False, False, False]
