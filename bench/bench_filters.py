@@ -97,7 +97,7 @@ def rules_duckdb(
     text, params = bind("rules", rule_parameters(cfg))
     flags_query = f"SELECT rid, {', '.join(RULE_COLUMNS)} FROM ({text})"
     runs: dict[str, Callable[[], object]] = {
-        "flags_arrow": lambda: con.execute(flags_query, params).to_arrow_table(),
+        "flags_arrow": lambda: con.sql(flags_query, params=params).to_arrow_table(),
         "flags_table": lambda: con.execute(f"CREATE OR REPLACE TABLE flags AS {flags_query}", params),
         "rules_table": lambda: apply_rules(con, cfg),
     }  # fmt: skip

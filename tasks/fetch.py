@@ -15,15 +15,20 @@ with the downloader, so it works under the multiprocessing, pyspark and ray dist
 
 from __future__ import annotations
 
+import functools
 import io
+import os
+import struct
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from img2dataset import downloader as i2d_downloader
-from PIL import Image
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset's import would phone home
+
+from img2dataset import downloader as i2d_downloader  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from tasks.safe_http import check_url
 
@@ -51,6 +56,13 @@ class _GuardedRedirects(urllib.request.HTTPRedirectHandler):
         if reason is not None:
             raise FetchRefused(f"{reason}: redirect to {newurl}")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+@functools.cache
+def _opener(policy: FetchPolicy) -> urllib.request.OpenerDirector:
+    """One opener per policy and process: building one costs ~0.5 ms, more than a fetch from
+    a fast server. Openers are stateless across requests, so threads share it."""
+    return urllib.request.build_opener(_GuardedRedirects(policy))
 
 
 def _read_with_deadline(response: Any, policy: FetchPolicy, deadline: float) -> bytes:
@@ -86,17 +98,32 @@ def check_image(data: bytes, max_pixels: int) -> None:
         raise FetchRefused(f"truncated: JPEG of {len(data)} bytes has no end-of-image marker")
     if data.startswith(b"\x89PNG") and b"IEND" not in data[-64:]:
         raise FetchRefused(f"truncated: PNG of {len(data)} bytes has no IEND chunk")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-    except Image.DecompressionBombError as e:
-        raise FetchRefused(f"too_many_pixels: {e}") from e
-    except Exception:
-        return  # not an image PIL can read: the resizer reports it as a decode failure
+    size = png_or_gif_size(data)
+    if size is None:
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                size = img.size
+        except Image.DecompressionBombError as e:
+            raise FetchRefused(f"too_many_pixels: {e}") from e
+        except Exception:
+            return  # not an image PIL can read: the resizer reports it as a decode failure
+    width, height = size
     if width * height > max_pixels:
         raise FetchRefused(
             f"too_many_pixels: {width}x{height} = {width * height} px exceeds {max_pixels}"
         )
+
+
+def png_or_gif_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG IHDR chunk or a GIF screen descriptor, at fixed offsets:
+    ~1 us against ~30 us for PIL's format probing, on the most common small images."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR" and len(data) >= 24:
+        width, height = struct.unpack(">II", data[16:24])
+        return width, height
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        width, height = struct.unpack("<HH", data[6:10])
+        return width, height
+    return None
 
 
 def guarded_download_image(
@@ -116,9 +143,8 @@ def guarded_download_image(
         reason = check_url(url, policy.allow_private_networks)
         if reason is not None:
             raise FetchRefused(f"{reason}: {url}")
-        opener = urllib.request.build_opener(_GuardedRedirects(policy))
         request = urllib.request.Request(url, headers={"User-Agent": agent})
-        with opener.open(request, timeout=min(timeout, policy.deadline_s)) as response:
+        with _opener(policy).open(request, timeout=min(timeout, policy.deadline_s)) as response:
             if disallowed_header_directives and i2d_downloader.is_disallowed(
                 response.headers, user_agent_token, disallowed_header_directives
             ):

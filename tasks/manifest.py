@@ -29,7 +29,7 @@ _MODEL_CORE = (
 )  # fmt: skip
 _STAGE_CODE: dict[str, tuple[str, ...]] = {
     "crawl": ("tasks/crawl.py", "tasks/site_crawler.py", "tasks/html_extract.py", "tasks/wat.py",
-              "tasks/safe_http.py"),
+              "tasks/safe_http.py", "tasks/safe_resolver.py"),
     "download": ("tasks/download.py", "tasks/fetch.py", "tasks/safe_http.py"),
     "curate": ("tasks/curate.py", "tasks/curate_shard.py", "tasks/filters.py", "tasks/dedup.py",
                "tasks/phash.py", "tasks/langid_filter.py", "tasks/quality.py", "sql"),

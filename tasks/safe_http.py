@@ -8,9 +8,11 @@ multicast addresses are refused unless ``allow_private`` is set (the demo and th
 - ``check_url(url, allow_private)``: a reason code or None; resolves host names (blocking).
 - ``static_refusal(url, allow_private)``: the checks that need no DNS (scheme, IP literals,
   legacy numeric IPv4 forms such as ``2130706433``); the async crawler pairs it with
-- ``GuardedResolver``: an aiohttp resolver that refuses names resolving to non-public
-  addresses at connect time, so every connection, redirect hop included, is checked on the
-  address actually used (no window for DNS rebinding between check and connect).
+- ``tasks.safe_resolver.GuardedResolver``: an aiohttp resolver that refuses names
+  resolving to non-public addresses at connect time, so every connection, redirect hop
+  included, is checked on the address actually used (no window for DNS rebinding between
+  check and connect). It lives apart so that this module imports no aiohttp: every
+  img2dataset worker process imports this one.
 """
 
 from __future__ import annotations
@@ -19,11 +21,8 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Callable, Collection
-from typing import Any, NamedTuple
+from typing import NamedTuple
 from urllib.parse import urlsplit
-
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import ThreadedResolver
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +46,7 @@ class AddressRefused(OSError):
     """Raised by GuardedResolver for a host that resolves to a non-public address."""
 
 
-def _parse_ip(ip: str | IPAddress) -> IPAddress:
+def parse_ip(ip: str | IPAddress) -> IPAddress:
     if isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address):
         return ip
     return ipaddress.ip_address(ip.split("%", 1)[0].strip("[]"))  # drop an IPv6 zone id
@@ -70,7 +69,7 @@ def _embedded_ipv4(addr: IPAddress) -> ipaddress.IPv4Address | None:
 
 def address_kind(ip: str | IPAddress) -> str:
     """What an address is: "public", "loopback", "private", "link-local", "multicast", ..."""
-    addr = _parse_ip(ip)
+    addr = parse_ip(ip)
     inner = _embedded_ipv4(addr)
     if inner is not None:
         return address_kind(inner)
@@ -111,7 +110,7 @@ def host_port(url: str) -> tuple[str, int]:
     return (parts.hostname or "").lower(), port
 
 
-def _refuse_address(host: str, addr: IPAddress, allow_private: bool) -> Refusal | None:
+def refuse_address(host: str, addr: IPAddress, allow_private: bool) -> Refusal | None:
     kind = address_kind(addr)
     if kind == "public" or allow_private:
         return None
@@ -134,14 +133,14 @@ def static_refusal(url: str, allow_private: bool, exempt: Collection[str] = ()) 
     if allow_private or f"{host}:{port}" in exempt:
         return None
     try:
-        addr: IPAddress | None = _parse_ip(host)
+        addr: IPAddress | None = parse_ip(host)
     except ValueError:
         addr = _legacy_ipv4(host)
     if addr is None:
         if host == "localhost" or host.endswith(".localhost"):
             return Refusal(SSRF_REFUSED, f"{host} is a loopback name")
         return None
-    return _refuse_address(host, addr, allow_private)
+    return refuse_address(host, addr, allow_private)
 
 
 def resolve_host(host: str) -> list[str]:
@@ -162,7 +161,7 @@ def url_refusal(
     if refusal is not None or allow_private or f"{host}:{port}" in exempt:
         return refusal
     try:
-        _parse_ip(host)
+        parse_ip(host)
         return None  # an IP literal, already classified
     except ValueError:
         pass
@@ -171,7 +170,7 @@ def url_refusal(
     except OSError as e:
         return Refusal(DNS_ERROR, f"{host}: {e}")
     for address in addresses:
-        refused = _refuse_address(host, _parse_ip(address), allow_private)
+        refused = refuse_address(host, parse_ip(address), allow_private)
         if refused is not None:
             return refused
     return None
@@ -189,55 +188,3 @@ def check_url(
     if refusal is not None:
         log.debug("refused %s: %s", url, refusal.detail)
     return None if refusal is None else refusal.reason
-
-
-class GuardedResolver(AbstractResolver):
-    """An aiohttp resolver that refuses host names resolving to non-public addresses.
-
-    aiohttp raises the AddressRefused wrapped in ``ClientConnectorDNSError`` (its
-    ``os_error``). ``resolve`` may be replaced (tests map a name onto 127.0.0.1 with it).
-    """
-
-    def __init__(
-        self,
-        allow_private: bool,
-        exempt: Collection[str] = (),
-        resolve: Callable[[str], list[str]] | None = None,
-    ) -> None:
-        self.allow_private = allow_private
-        self.exempt = frozenset(exempt)
-        self._resolve = resolve
-        self._threaded = ThreadedResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        """The host's addresses, or AddressRefused when any of them is not public."""
-        results = await self._lookup(host, port, family)
-        if self.allow_private or f"{host.lower()}:{port}" in self.exempt:
-            return results
-        for result in results:
-            refused = _refuse_address(host, _parse_ip(result["host"]), self.allow_private)
-            if refused is not None:
-                raise AddressRefused(refused.detail)
-        return results
-
-    async def _lookup(
-        self, host: str, port: int, family: socket.AddressFamily
-    ) -> list[ResolveResult]:
-        if self._resolve is None:
-            return await self._threaded.resolve(host, port, family)
-        return [_result(host, address, port) for address in self._resolve(host)]
-
-    async def close(self) -> None:
-        """Release the wrapped resolver."""
-        await self._threaded.close()
-
-
-def _result(host: str, address: str, port: int) -> ResolveResult:
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    fields: dict[str, Any] = {
-        "hostname": host, "host": address, "port": port, "family": family,
-        "proto": 0, "flags": socket.AI_NUMERICHOST,
-    }  # fmt: skip
-    return ResolveResult(**fields)  # type: ignore[typeddict-item]

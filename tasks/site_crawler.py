@@ -24,7 +24,8 @@ import yarl
 
 from tasks.config import CrawlConfig
 from tasks.html_extract import PageParseError, decode_html, extract_page, normalize_url
-from tasks.safe_http import SSRF_REFUSED, AddressRefused, GuardedResolver, static_refusal
+from tasks.safe_http import SSRF_REFUSED, AddressRefused, static_refusal
+from tasks.safe_resolver import GuardedResolver
 
 log = logging.getLogger(__name__)
 

@@ -3,6 +3,7 @@ accounting, and a resume after SIGKILL."""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -13,11 +14,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from PIL import Image
 
 from tasks.config import PipelineConfig
 from tasks.demo_planted import bomb_png
 from tasks.download import download, failure_reason, shard_results
-from tasks.fetch import FetchRefused, check_image
+from tasks.fetch import FetchRefused, check_image, png_or_gif_size
 from tasks.storage import Storage
 
 EXPECTED_HOSTILE_REASON = {
@@ -110,6 +112,19 @@ def test_pixel_cap_refuses_a_bomb_from_its_header():
     with pytest.raises(FetchRefused, match="too_many_pixels"):
         check_image(bomb, max_pixels=89_478_485)
     assert time.monotonic() - started < 1.0  # decoding 400 Mpx would take far longer
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF", "JPEG", "WEBP"])
+def test_pixel_cap_reads_the_size_every_format_declares(fmt):
+    """PNG and GIF sizes come from fixed header offsets, the rest from PIL: both must see
+    the size the image declares."""
+    buf = io.BytesIO()
+    Image.new("RGB", (300, 40)).save(buf, format=fmt)
+    data = buf.getvalue()
+    assert png_or_gif_size(data) == ((300, 40) if fmt in ("PNG", "GIF") else None)
+    check_image(data, max_pixels=12_000)
+    with pytest.raises(FetchRefused, match="too_many_pixels: 300x40 = 12000 px"):
+        check_image(data, max_pixels=11_999)
 
 
 def test_truncated_and_empty_bodies_are_refused():
