@@ -7,11 +7,14 @@ runs the pipeline flow, and prints what came out of it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -25,12 +28,18 @@ DEMO_WEB_DIR = REPO / ".cache" / "demo-web"
 
 
 def ensure_demo_web(out_dir: Path = DEMO_WEB_DIR) -> Path:
-    """Build the demo web once; a finished build leaves ``planted.json`` last."""
-    from tasks.demo_web import build_demo_web
+    """Build the demo web once; a finished build leaves ``planted.json`` last, recording its
+    sizes. A build of other sizes (an older clipflow's) is replaced."""
+    from tasks.demo_web import PRESETS, build_demo_web
 
-    if not (out_dir / "planted.json").exists():
-        log.info("building the demo web into %s", out_dir)
-        build_demo_web(out_dir, "demo")
+    planted = out_dir / "planted.json"
+    if planted.exists():
+        if json.loads(planted.read_text()).get("sizes") == asdict(PRESETS["demo"]):
+            return out_dir
+        log.info("the demo web in %s has other sizes: rebuilding it", out_dir)
+        shutil.rmtree(out_dir)
+    log.info("building the demo web into %s", out_dir)
+    build_demo_web(out_dir, "demo")
     return out_dir
 
 

@@ -51,7 +51,7 @@ class DemoSizes:
 
 PRESETS: dict[str, DemoSizes] = {
     "test": DemoSizes(fashion_per_class=20, emoji=50, clipart=30),
-    "demo": DemoSizes(fashion_per_class=600, emoji=1000, clipart=500),
+    "demo": DemoSizes(fashion_per_class=1000, emoji=1000, clipart=500),
 }
 
 
@@ -132,7 +132,7 @@ def _section(site: Site, name: str, items: list[Item], per_page: int) -> str:
 def build_demo_web(out_dir: str | Path, sizes: str | DemoSizes = "test") -> dict[str, Any]:
     """Write the demo site and its ``planted.json`` into ``out_dir``; return a summary.
 
-    ``sizes`` is a preset name ("test": seconds, ~300 images; "demo": ~7,600 images) or a
+    ``sizes`` is a preset name ("test": seconds, ~300 images; "demo": ~11,600 images) or a
     DemoSizes. All URLs in planted.json are paths on the serving origin.
     """
     started = time.monotonic()
