@@ -87,6 +87,8 @@ def _prefect_defaults() -> None:
     more than its default 20 s on a busy 2-core machine; and our stdlib loggers should reach
     the flow-run logs in the UI."""
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    # Offline: the server would otherwise send telemetry to Prefect's servers.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks,model")
 
 

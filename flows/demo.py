@@ -95,9 +95,13 @@ def run_demo(config_path: str, with_moto: bool = False) -> int:
     try:
         with serve(site, host=seed.hostname or "127.0.0.1", port=seed.port or 80):
             pipeline_flow(config=cfg.model_dump(mode="json"))
+        # The summary reads the manifests from storage: before moto (in memory) stops.
+        print(pipeline_summary(cfg))
+        elapsed = time.monotonic() - started
+        print(f"outputs under {Storage(cfg.storage).root}; wall time {elapsed:.1f}s")
+        if moto is not None:
+            print("moto_server keeps objects in memory: they are gone once the demo ends")
     finally:
         if moto is not None:
             moto.kill()
-    print(pipeline_summary(cfg))
-    print(f"outputs under {Storage(cfg.storage).root}; wall time {time.monotonic() - started:.1f}s")
     return 0
