@@ -3,7 +3,8 @@
 One step = forward + contrastive loss + backward + AdamW step. Both models start from the same
 weights and see the same images and tokens (realistic captions, so the padded tail is real).
 Steps are interleaved (ours, theirs, ours, ...) so a noisy shared machine penalises both
-alike; the median step time is reported. On CUDA it also runs ViT-B-32 in bf16 at batch 256
+alike; the median step time is reported. On CUDA it also runs ViT-B-32 in bf16 (batch 256,
+--cuda-batches to change)
 and reports MFU against the GPU's dense bf16 peak.
 
     .venv/bin/python bench/bench_model_step.py [--quick] [--threads N]
@@ -128,6 +129,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer steps, smaller batches")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", default="bench/results/model_step.json")
+    parser.add_argument(
+        "--cuda-batches", default="256", help="comma-separated ViT-B-32 batches on CUDA"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -137,7 +141,8 @@ def main() -> None:
         ("ViT-B-32", 4 if args.quick else 8, "cpu", torch.float32),
     ]
     if torch.cuda.is_available():
-        cases.append(("ViT-B-32", 256, "cuda", torch.bfloat16))
+        for batch in map(int, args.cuda_batches.split(",")):
+            cases.append(("ViT-B-32", batch, "cuda", torch.bfloat16))
     results = [bench(*case[:2], steps, case[2], case[3]) for case in cases]
     header = f"{'config':<15}{'device':<7}{'dtype':<10}{'batch':>6}{'clipflow/s':>12}"
     header += f"{'open_clip/s':>13}{'ratio':>7}{'MFU ours':>10}{'MFU ref':>9}"
