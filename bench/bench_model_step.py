@@ -3,9 +3,8 @@
 One step = forward + contrastive loss + backward + AdamW step. Both models start from the same
 weights and see the same images and tokens (realistic captions, so the padded tail is real).
 Steps are interleaved (ours, theirs, ours, ...) so a noisy shared machine penalises both
-alike; the median step time is reported. On CUDA it also runs ViT-B-32 in bf16 (batch 256,
---cuda-batches to change)
-and reports MFU against the GPU's dense bf16 peak.
+alike; the median step time is reported. On CUDA it also runs ViT-B-32 in bf16 (at batch 256,
+or each of --cuda-batches) and reports MFU against the GPU's dense bf16 peak.
 
     .venv/bin/python bench/bench_model_step.py [--quick] [--threads N]
 """
