@@ -54,7 +54,7 @@ class BinaryIndexSpec:
 
 
 def multihash_layout(n: int, radius: int) -> tuple[int, int, float]:
-    """The cheapest exact multi-index hashing layout: (nhash, nflip, probes per query).
+    """The cheapest exact multi-index hashing layout: (nhash, nflip, estimated cost per query).
 
     A pair within ``radius`` bits differs in at most ``radius // nhash`` bits on one of the
     ``nhash`` substrings (pigeonhole), so probing every bucket within that many flips finds
