@@ -206,3 +206,43 @@ def test_duplicate_keys_after_the_first_and_blocked_hosts_are_flagged():
     cfg = CurateConfig(url_blocklist=["spam.example"])
     assert _rule_flags(rows, cfg, "duplicate_key") == [False, False, True, False, True]
     assert _rule_flags(rows, cfg, "url_blocked") == [True, True, False, False, False]
+
+
+def test_keys_whose_32_bit_hashes_collide_are_not_duplicates():
+    """The duplicate-key rule sorts 32-bit key hashes; colliding keys must be told apart."""
+    pair = ["key54829", "key77663"]
+    con = duckdb.connect()
+    hashes = {
+        h
+        for (h,) in con.execute(
+            "SELECT (hash(k) >> 32)::UINTEGER FROM unnest(?) t(k)", [pair]
+        ).fetchall()
+    }
+    assert len(hashes) == 1, "DuckDB's hash changed: pick a colliding pair again"
+    rows = [{"key": pair[0]}, {"key": pair[1]}, {"key": pair[0]}]
+    assert _rule_flags(rows, CurateConfig(), "duplicate_key") == [False, False, True]
+
+
+def test_status_language_and_boilerplate_rules_on_nulls():
+    """NULL inputs: a missing status is a failed download; a missing language or caption is
+    not a language or boilerplate drop (other rules name those rows)."""
+    cfg = CurateConfig(allowed_languages=["en"], min_language_confidence=0.5, language_min_chars=0)
+    status = [{"status": s} for s in ("success", None, "failed_to_download")]
+    assert _rule_flags(status, cfg, "download_failed") == [False, True, True]
+    long = "a caption long enough to judge"
+    languages = [
+        {"caption": long, "language": "de", "language_confidence": 0.9},
+        {"caption": long, "language": "en", "language_confidence": 0.9},
+        {"caption": long, "language": None, "language_confidence": 0.9},
+        {"caption": long, "language": "de", "language_confidence": None},
+        {"caption": long, "language": "de", "language_confidence": 0.2},
+    ]
+    assert _rule_flags(languages, cfg, "language") == [True, False, False, False, False]
+    captions = [
+        {"caption_norm": "untitled", "caption_words": 1},
+        {"caption_norm": "img_1234.jpg", "caption_words": 1},
+        {"caption_norm": None, "caption_words": 0},
+        {"caption_norm": "untitled", "caption_words": None},
+        {"caption_norm": "a red bicycle", "caption_words": 3},
+    ]
+    assert _rule_flags(captions, cfg, "caption_boilerplate") == [True, True, False, False, False]
