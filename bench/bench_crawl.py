@@ -2,7 +2,7 @@
 
 1. Site crawl of the demo web on 127.0.0.1: our async crawler (robots.txt, SSRF guard,
    caps, extraction, normalisation) vs a plain sequential urllib + lxml BFS; pages/s, pairs/s.
-2. WAT reading: our reader (``tasks.wat.read_archive``: classification, URL resolution and
+2. WAT reading: our reader (``tasks.crawl.wat.read_archive``: classification, URL resolution and
    normalisation, caption cleaning) vs a plain warcio + json loop on the same generated file.
 
     .venv/bin/python bench/bench_crawl.py [--quick]
@@ -36,9 +36,9 @@ from warcio.warcwriter import WARCWriter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tasks.config import CrawlConfig  # noqa: E402
-from tasks.demo_web import build_demo_web  # noqa: E402
-from tasks.site_crawler import crawl_sites  # noqa: E402
+from demo.web import build_demo_web  # noqa: E402
+from tasks.core.config import CrawlConfig  # noqa: E402
+from tasks.crawl.site_crawler import crawl_sites  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "crawl.json"
@@ -78,7 +78,7 @@ def serve_in_subprocess(site_dir: str) -> tuple[subprocess.Popen[bytes], str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "tasks.demo_web", "serve", site_dir, "--port", str(port)]
+    cmd = [sys.executable, "-m", "demo.web", "serve", site_dir, "--port", str(port)]
     proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -192,7 +192,7 @@ def plain_wat(path: Path) -> tuple[int, int]:
 
 def bench_wat(records: int) -> dict[str, Any]:
     """Both WAT readers on one generated file of ``records`` records: records/s."""
-    from tasks.wat import read_archive
+    from tasks.crawl.wat import read_archive
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.warc.wat.gz"

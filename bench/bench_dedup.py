@@ -30,7 +30,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from tasks.dedup import BinaryIndexSpec, embedding_pairs, hamming_pairs, multihash_layout
+from tasks.curate.dedup import BinaryIndexSpec, embedding_pairs, hamming_pairs, multihash_layout
 
 RESULTS = Path(__file__).resolve().parent / "results" / "dedup.json"
 RADIUS = 4

@@ -1,7 +1,7 @@
 """Our download stage vs the raw img2dataset CLI, same URL list, same processes and threads.
 
 Serves N real Fashion-MNIST images (PNG) from a threaded HTTP server on 127.0.0.1, then times,
-alternately and as separate processes, `img2dataset ...` and our stage (`tasks.download`:
+alternately and as separate processes, `img2dataset ...` and our stage (`tasks.download.stage`:
 candidate read, SSRF check, guarded fetch, accounting). Prints images/s and the ratio.
 
     .venv/bin/python bench/bench_download.py [--urls 5000] [--repeats 2] [--quick]
@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset would phone home
 
-from tasks.offline_data import fashion_mnist  # noqa: E402
+from demo.offline_data import fashion_mnist  # noqa: E402
 
 
 def image_server(n: int) -> ThreadingHTTPServer:
@@ -90,8 +90,8 @@ def run_ours(candidates: pd.DataFrame, root: Path, processes: int, threads: int)
     config_path = root / "config.yaml"
     config_path.write_text(yaml.safe_dump(cfg))
     code = (
-        "import sys; from tasks.config import load_config; from tasks.download import download;"
-        "from tasks.storage import Storage; c = load_config(sys.argv[1]);"
+        "import sys; from tasks.core.config import load_config; from tasks.download.stage import download;"
+        "from tasks.core.storage import Storage; c = load_config(sys.argv[1]);"
         "print(download(c, Storage(c.storage)).counts)"
     )
     started = time.perf_counter()

@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from tasks.config import CurateConfig
-from tasks.filters import apply_rules, rule_parameters
-from tasks.sql import bind
+from tasks.core.config import CurateConfig
+from tasks.core.sql import bind
+from tasks.curate.rules import apply_rules, rule_parameters
 
 RESULTS = Path(__file__).resolve().parent / "results" / "filters.json"
 RULE_COLUMNS = (
@@ -97,7 +97,7 @@ class DuckDBSide:
         self.con = duckdb.connect()
         self.con.register("features_arrow", features)
         self.con.execute("CREATE TABLE features AS SELECT * FROM features_arrow")
-        text, self.params = bind("rules", rule_parameters(cfg))
+        text, self.params = bind("curate/rules", rule_parameters(cfg))
         self.flags_query = f"SELECT rid, {', '.join(RULE_COLUMNS)} FROM ({text})"
 
     def runs(self) -> dict[str, Callable[[], object]]:

@@ -27,9 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from demo.train_shards import write_fashion_shards  # noqa: E402
 from model import ClipLoss, create_model  # noqa: E402
 from model.data import LoaderConfig, TrainLoader, read_shard_list  # noqa: E402
-from tests.train.shards import write_fashion_shards  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "loader.json"
 

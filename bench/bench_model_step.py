@@ -24,9 +24,9 @@ from open_clip.loss import ClipLoss as RefClipLoss
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from demo.text_corpus import web_captions  # noqa: E402
 from model import ClipLoss, create_model, get_tokenizer, load_checkpoint  # noqa: E402
 from model.config import CONFIG_DIR  # noqa: E402
-from tests.model.text_corpus import web_captions  # noqa: E402
 
 # Dense bf16 peaks (TFLOP/s) for the MFU column; unknown GPUs report none.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}

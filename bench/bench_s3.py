@@ -2,7 +2,7 @@
 
 The same local files go to the same moto_server on 127.0.0.1, alternating ours and the
 peer each round; the median of the rounds is reported. Ours is ``Storage.write_file``
-(``tasks.s3``: SHA-256-checksummed parts, parallel, verified, retried); the peer is boto3's
+(``tasks.core.s3``: SHA-256-checksummed parts, parallel, verified, retried); the peer is boto3's
 ``S3Transfer`` with its defaults (8 MiB parts, 10 threads, CRC32 checksums). Target: >= 0.9x.
 
     .venv/bin/python bench/bench_s3.py [--quick]
@@ -27,9 +27,9 @@ import boto3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tasks.config import ShardConfig, StorageConfig  # noqa: E402
-from tasks.shard import upload_policy  # noqa: E402
-from tasks.storage import Storage  # noqa: E402
+from tasks.core.config import ShardConfig, StorageConfig  # noqa: E402
+from tasks.core.storage import Storage  # noqa: E402
+from tasks.shard.stage import upload_policy  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "s3.json"
 BUCKET = "bench"

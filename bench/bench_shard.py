@@ -1,7 +1,7 @@
 """Shard-writing throughput on local disk vs the machine's sequential write speed (dd).
 
 Synthetic input in the download stage's layout (incompressible 64 KiB "images" in
-img2dataset-style tars, all kept by curate) is resharded by ``tasks.shard.shard``; the peer
+img2dataset-style tars, all kept by curate) is resharded by ``tasks.shard.stage.shard``; the peer
 is ``dd if=/dev/zero ... conv=fdatasync`` of the same number of bytes to the same disk. The
 stage reads every input, writes every shard (fsync'd, atomic), then reads every shard back
 to verify it, so the ratio is a floor on the writing itself; verify is timed alone too.
@@ -29,9 +29,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tasks.config import PipelineConfig  # noqa: E402
-from tasks.shard import shard, verify_shards  # noqa: E402
-from tasks.storage import Storage  # noqa: E402
+from tasks.core.config import PipelineConfig  # noqa: E402
+from tasks.core.storage import Storage  # noqa: E402
+from tasks.shard.stage import shard, verify_shards  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "shard.json"
 IMAGE_BYTES = 64 * 1024

@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from demo.text_corpus import hard_strings, prompt_captions, web_captions  # noqa: E402
 from model.tokenizer import ClipTokenizer  # noqa: E402
-from tests.model.text_corpus import hard_strings, prompt_captions, web_captions  # noqa: E402
 
 
 def timed(fn, texts):

@@ -29,8 +29,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from demo.train_shards import write_fashion_shards  # noqa: E402
 from model.config import CONFIG_DIR, get_model_config  # noqa: E402
-from tests.train.shards import write_fashion_shards  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "train.json"
 # OpenCLIP's arguments travel in a JSON file: torchrun's own parser would claim some

@@ -9,9 +9,9 @@ import os
 import sys
 from datetime import UTC, datetime
 
-from tasks.config import STAGES, ConfigError, load_config
-from tasks.manifest import is_up_to_date, read_manifest
-from tasks.storage import Storage
+from tasks.core.config import STAGES, ConfigError, load_config
+from tasks.core.manifest import is_up_to_date, read_manifest
+from tasks.core.storage import Storage
 
 
 def _parse_stages(text: str | None) -> list[str] | None:
@@ -43,7 +43,7 @@ def cmd_status(config_path: str) -> int:
 
 def cmd_verify(config_path: str) -> int:
     """Read every shard back against shards/manifest.json; non-zero and the bad shards named."""
-    from tasks.shard_verify import verify_shards
+    from tasks.shard.verify import verify_shards
 
     report = verify_shards(Storage(load_config(config_path).storage))
     for problem in report.problems:
@@ -95,7 +95,7 @@ def _prefect_defaults() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["demo-web"]:
-        from tasks.demo_web import main as demo_web_main
+        from demo.web import main as demo_web_main
 
         return demo_web_main(argv[1:])
     _prefect_defaults()

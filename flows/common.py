@@ -10,9 +10,9 @@ from typing import Any
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
-from tasks.config import PipelineConfig, load_config
-from tasks.manifest import StageResult, run_stage
-from tasks.storage import Storage
+from tasks.core.config import PipelineConfig, load_config
+from tasks.core.manifest import StageResult, run_stage
+from tasks.core.storage import Storage
 
 ConfigParam = PipelineConfig | dict[str, Any] | str
 """What a flow accepts as config: the model (Python callers), a dict (the Prefect UI and

@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow
 
 from flows.common import ConfigParam, run_stage_flow
-from tasks.crawl import crawl
+from tasks.crawl.stage import crawl
 
 
 @flow(name="crawl")

@@ -11,11 +11,11 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import ConfigParam, run_stage_flow
-from tasks.config import PipelineConfig
-from tasks.curate import curate
-from tasks.manifest import StageResult
-from tasks.quality import QualityGateFailed
-from tasks.storage import Storage
+from tasks.core.config import PipelineConfig
+from tasks.core.manifest import StageResult
+from tasks.core.storage import Storage
+from tasks.curate.gate import QualityGateFailed
+from tasks.curate.stage import curate
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -19,8 +19,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from flows.pipeline import pipeline_flow, pipeline_summary
-from tasks.config import PipelineConfig, load_config
-from tasks.storage import Storage
+from tasks.core.config import PipelineConfig, load_config
+from tasks.core.storage import Storage
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
@@ -30,7 +30,7 @@ DEMO_WEB_DIR = REPO / ".cache" / "demo-web"
 def ensure_demo_web(out_dir: Path = DEMO_WEB_DIR) -> Path:
     """Build the demo web once; a finished build leaves ``planted.json`` last, recording its
     sizes. A build of other sizes (an older clipflow's) is replaced."""
-    from tasks.demo_web import PRESETS, build_demo_web
+    from demo.web import PRESETS, build_demo_web
 
     planted = out_dir / "planted.json"
     if planted.exists():
@@ -45,7 +45,7 @@ def ensure_demo_web(out_dir: Path = DEMO_WEB_DIR) -> Path:
 
 def ensure_benchmark_sets(cfg: PipelineConfig) -> None:
     """Build (or find up to date) each configured evaluation set that is a built-in one."""
-    from tasks.benchmark_sets import BUILDERS
+    from demo.benchmark_sets import BUILDERS
 
     for dataset in cfg.evaluate.datasets:
         if dataset.name in BUILDERS and "://" not in dataset.path:
@@ -80,7 +80,7 @@ def _start_moto(endpoint: str, bucket: str) -> subprocess.Popen[bytes]:
 
 def run_demo(config_path: str, with_moto: bool = False) -> int:
     """Serve the demo web, run the pipeline on it, print the summary."""
-    from tasks.demo_web import serve
+    from demo.web import serve
 
     cfg = load_config(config_path)
     seed = urlsplit(cfg.crawl.seeds[0])

@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow
 
 from flows.common import ConfigParam, run_stage_flow
-from tasks.download import download
+from tasks.download.stage import download
 
 
 @flow(name="download")

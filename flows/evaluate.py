@@ -8,9 +8,9 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.common import ConfigParam, as_config, run_stage_flow
-from tasks.config import PipelineConfig
-from tasks.evaluate import run_evaluate
-from tasks.storage import Storage
+from tasks.core.config import PipelineConfig
+from tasks.core.storage import Storage
+from tasks.evaluate.stage import run_evaluate
 
 
 def with_overrides(

@@ -9,9 +9,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
 from flows.common import ConfigParam, as_config, load_flow
-from tasks.config import STAGES, PipelineConfig
-from tasks.manifest import read_manifest
-from tasks.storage import Storage
+from tasks.core.config import STAGES, PipelineConfig
+from tasks.core.manifest import read_manifest
+from tasks.core.storage import Storage
 
 
 def stages_to_force(force: str | None) -> set[str]:

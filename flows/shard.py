@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow
 
 from flows.common import ConfigParam, run_stage_flow
-from tasks.shard import shard
+from tasks.shard.stage import shard
 
 
 @flow(name="shard")

@@ -10,8 +10,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 
 from flows.common import ConfigParam, as_config, run_stage_flow
-from tasks.storage import Storage
-from tasks.train import train
+from tasks.core.storage import Storage
+from tasks.train.launcher import train
 
 
 @flow(name="train")

@@ -1,4 +1,4 @@
-"""Web fixtures: the demo web (built by tasks/demo_web.py) served on 127.0.0.1."""
+"""Web fixtures: the demo web (built by demo/web.py) served on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tasks.demo_web import build_demo_web, serve
+from demo.web import build_demo_web, serve
 
 
 @dataclass(frozen=True)

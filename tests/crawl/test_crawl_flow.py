@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from flows.crawl import crawl_flow
-from tasks.config import PipelineConfig
+from tasks.core.config import PipelineConfig
 
 
 def config(demo_web, root: Path, **crawl) -> dict:

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tasks.demo_captions import FASHION_FORMS, emoji_caption, fashion_caption
-from tasks.demo_web import main
-from tasks.offline_data import FASHION_MNIST_CLASSES
+from demo.captions import FASHION_FORMS, emoji_caption, fashion_caption
+from demo.offline_data import FASHION_MNIST_CLASSES
+from demo.web import main
 
 
 def get(url: str, timeout: float = 5.0) -> tuple[int, Message, bytes]:

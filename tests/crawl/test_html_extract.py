@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from tasks.html_extract import (
+from tasks.crawl.html_extract import (
     PageParseError,
     best_srcset_candidate,
     decode_html,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.safe_http import (
+from tasks.core.safe_http import (
     DNS_ERROR,
     INVALID_URL,
     SSRF_REFUSED,

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from tasks.config import ConfigError, CrawlConfig, load_config
-from tasks.demo_server import serve
-from tasks.html_extract import normalize_url
-from tasks.site_crawler import CrawlResult, SiteCrawler, crawl_sites
+from demo.server import serve
+from tasks.core.config import ConfigError, CrawlConfig, load_config
+from tasks.crawl.html_extract import normalize_url
+from tasks.crawl.site_crawler import CrawlResult, SiteCrawler, crawl_sites
 
 
 def run_crawl(seeds: list[str], resolve: Any = None, **options: Any) -> CrawlResult:

@@ -12,7 +12,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-from tasks.demo_server import SSRF_TEST_NAME
+from demo.server import SSRF_TEST_NAME
 from tests.crawl.test_site_crawl import assert_accounted, failures, run_crawl
 
 LOOPBACK_NAMES = {SSRF_TEST_NAME: ["127.0.0.1"], "localhost": ["127.0.0.1"]}

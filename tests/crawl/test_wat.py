@@ -12,11 +12,11 @@ import pytest
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-from tasks.config import PipelineConfig
-from tasks.crawl import crawl
-from tasks.demo_server import REDIRECT_PAGE_TARGET, serve
-from tasks.storage import Storage
-from tasks.wat import ArchiveInputError, read_archive
+from demo.server import REDIRECT_PAGE_TARGET, serve
+from tasks.core.config import PipelineConfig
+from tasks.core.storage import Storage
+from tasks.crawl.stage import crawl
+from tasks.crawl.wat import ArchiveInputError, read_archive
 
 DATE = "2024-03-01T12:30:00Z"
 

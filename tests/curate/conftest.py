@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tasks.config import PipelineConfig, load_config
+from tasks.core.config import PipelineConfig, load_config
 from tests.curate.webdata import (
     BLOCKED_DOMAIN,
     ImageServer,

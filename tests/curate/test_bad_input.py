@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.curate import curate
-from tasks.storage import Storage
+from tasks.core.storage import Storage
+from tasks.curate.stage import curate
 from tests.curate.conftest import DownloadedWeb
 
 

@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 
 from model import create_model
-from tasks.clip_score import ClipScorer
-from tasks.config import ConfigError
-from tasks.curate import curate
-from tasks.storage import Storage
+from tasks.core.config import ConfigError
+from tasks.core.storage import Storage
+from tasks.curate.clip_score import ClipScorer
+from tasks.curate.stage import curate
 from tests.curate.conftest import DownloadedWeb
 
 TOP_FRACTION = 0.5

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.curate import curate
-from tasks.filters import RULES
-from tasks.manifest import StageResult
-from tasks.storage import Storage
+from tasks.core.manifest import StageResult
+from tasks.core.storage import Storage
+from tasks.curate.rules import RULES
+from tasks.curate.stage import curate
 from tests.curate.conftest import DownloadedWeb
 
 

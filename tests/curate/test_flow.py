@@ -15,8 +15,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from flows.curate import curate_flow
-from tasks.manifest import manifest_uri, read_manifest
-from tasks.storage import Storage
+from tasks.core.manifest import manifest_uri, read_manifest
+from tasks.core.storage import Storage
 from tests.curate.conftest import DownloadedWeb
 
 

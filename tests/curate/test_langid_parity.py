@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.langid_filter import _identifier, identify_language
+from tasks.curate.language import _identifier, identify_language
 
 CAPTIONS = [
     "my new ankle boots for the winter",

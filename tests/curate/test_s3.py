@@ -7,9 +7,9 @@ import io
 
 import pandas as pd
 
-from tasks.config import load_config
-from tasks.curate import curate
-from tasks.storage import Storage
+from tasks.core.config import load_config
+from tasks.core.storage import Storage
+from tasks.curate.stage import curate
 from tests.curate.conftest import DownloadedWeb
 from tests.curate.webdata import BLOCKED_DOMAIN
 

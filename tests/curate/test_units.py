@@ -12,10 +12,11 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from tasks import dedup
-from tasks.config import CurateConfig
-from tasks.curate_shard import FEATURE_SCHEMA, decode_caption, inspect_image, normalise_caption
-from tasks.dedup import (
+from demo.offline_data import fashion_mnist
+from tasks.core.config import CurateConfig
+from tasks.core.sql import SQL_DIR, bind, load_sql
+from tasks.curate import dedup
+from tasks.curate.dedup import (
     BinaryIndexSpec,
     choose_binary_index,
     decontamination_matches,
@@ -24,10 +25,9 @@ from tasks.dedup import (
     multihash_layout,
     survivors_of,
 )
-from tasks.filters import RULES, apply_rules
-from tasks.offline_data import fashion_mnist
-from tasks.phash import hamming, hashes_to_bytes, phash64
-from tasks.sql import SQL_DIR, bind, load_sql
+from tasks.curate.features import FEATURE_SCHEMA, decode_caption, inspect_image, normalise_caption
+from tasks.curate.phash import hamming, hashes_to_bytes, phash64
+from tasks.curate.rules import RULES, apply_rules
 
 
 def _planted_hashes(n: int, pairs: int, radius: int, seed: int = 0) -> tuple[np.ndarray, set]:
@@ -157,16 +157,16 @@ def test_caption_decoding_and_normalisation():
 
 
 def test_combine_sql_lists_rules_in_rules_order():
-    reasons = re.findall(r"THEN '([a-z0-9_]+)' END", load_sql("combine"))
+    reasons = re.findall(r"THEN '([a-z0-9_]+)' END", load_sql("curate/combine"))
     assert tuple(reasons) == RULES
 
 
 def test_sql_loader_errors_name_the_query():
     with pytest.raises(FileNotFoundError, match="no_such_query"):
-        load_sql("no_such_query")
+        load_sql("curate/no_such_query")
     with pytest.raises(KeyError, match="min_image_side"):
-        bind("rules", {})
-    assert all(p.suffix == ".sql" for p in SQL_DIR.iterdir())
+        bind("curate/rules", {})
+    assert all(p.name.endswith(".sql") for p in SQL_DIR.joinpath("curate").iterdir())
 
 
 def _features(rows: list[dict]) -> pa.Table:

@@ -24,8 +24,8 @@ import pandas as pd
 import webdataset as wds
 from PIL import Image
 
-from tasks.offline_data import clipart, fashion_mnist
-from tasks.phash import flatten_alpha
+from demo.offline_data import clipart, fashion_mnist
+from tasks.curate.phash import flatten_alpha
 
 DISTINCT = 36
 EVAL_IMAGES = 12

@@ -16,11 +16,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from tasks.config import PipelineConfig
-from tasks.demo_planted import bomb_png
-from tasks.download import download, failure_reason, shard_results
-from tasks.fetch import FetchRefused, check_image, png_or_gif_size
-from tasks.storage import Storage
+from demo.planted import bomb_png
+from tasks.core.config import PipelineConfig
+from tasks.core.storage import Storage
+from tasks.download.fetch import FetchRefused, check_image, png_or_gif_size
+from tasks.download.stage import download, failure_reason, shard_results
 
 EXPECTED_HOSTILE_REASON = {
     "http_404": "http_404",
@@ -143,9 +143,9 @@ def test_failure_reasons_are_stable_names():
 
 _RUN_DOWNLOAD = """
 import sys
-from tasks.config import load_config
-from tasks.download import download
-from tasks.storage import Storage
+from tasks.core.config import load_config
+from tasks.download.stage import download
+from tasks.core.storage import Storage
 cfg = load_config(sys.argv[1])
 download(cfg, Storage(cfg.storage))
 """

@@ -14,11 +14,11 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
 )
 
+from demo.benchmark_sets import build_set
 from flows.pipeline import pipeline_flow
-from tasks.benchmark_sets import build_set
-from tasks.config import STAGES, PipelineConfig
-from tasks.manifest import read_manifest
-from tasks.storage import Storage
+from tasks.core.config import STAGES, PipelineConfig
+from tasks.core.manifest import read_manifest
+from tasks.core.storage import Storage
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
+from demo import benchmark_sets, offline_data
+from demo.captions import fashion_caption
 from model.config import CONFIG_DIR
-from tasks import benchmark_sets, offline_data
-from tasks.demo_captions import fashion_caption
 
 TINY = "clipflow-tiny-openclip"  # the clipflow-tiny architecture, registered with OpenCLIP
 

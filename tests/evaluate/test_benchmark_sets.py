@@ -10,9 +10,10 @@ import string
 
 import torch
 
+from demo import benchmark_sets
+from demo import captions as demo_captions
+from demo.benchmark_sets import FASHION_MNIST_CLASSNAMES, FASHION_MNIST_TEMPLATES
 from model.eval_data import read_dataset_info
-from tasks import benchmark_sets, demo_captions
-from tasks.benchmark_sets import FASHION_MNIST_CLASSNAMES, FASHION_MNIST_TEMPLATES
 from tests.evaluate.conftest import small_fashion_set
 
 
@@ -22,7 +23,7 @@ def _normalise(text: str) -> str:
 
 
 def all_fashion_captions() -> set[str]:
-    """Every caption tasks.demo_captions.fashion_caption can produce, enumerated (each
+    """Every caption demo.captions.fashion_caption can produce, enumerated (each
     template over only the fields it uses)."""
     dc = demo_captions
     out: set[str] = set()

@@ -9,9 +9,9 @@ import tarfile
 import numpy as np
 import pytest
 
+from demo import benchmark_sets
 from model import image_transform
 from model.eval_data import EvalDataError, WdsEvalDataset, make_loader, read_dataset_info
-from tasks import benchmark_sets
 
 TRANSFORM = image_transform(28, is_train=False)
 

@@ -9,10 +9,10 @@ import pytest
 import yaml
 
 from flows.evaluate import evaluate_flow
-from tasks.config import load_config
-from tasks.evaluate import load_model
-from tasks.manifest import manifest_uri
-from tasks.storage import Storage
+from tasks.core.config import load_config
+from tasks.core.manifest import manifest_uri
+from tasks.core.storage import Storage
+from tasks.evaluate.stage import load_model
 
 
 def _config(root, datasets, **storage):
@@ -134,7 +134,7 @@ def test_task_that_does_not_fit_the_dataset_names_it(
     tmp_root, fashion_small, random_checkpoint, openclip_tiny
 ):
     from model.eval_data import EvalDataError
-    from tasks.evaluate import evaluate_dataset
+    from tasks.evaluate.stage import evaluate_dataset
 
     spec = {"name": "f", "path": str(fashion_small), "task": "zeroshot_retrieval"}
     cfg = load_config(_config(tmp_root, [spec]))
@@ -158,7 +158,7 @@ def test_task_that_does_not_fit_the_dataset_names_it(
     ],
 )
 def test_bad_evaluate_config_is_refused_naming_the_field(evaluate, message):
-    from tasks.config import ConfigError
+    from tasks.core.config import ConfigError
 
     with pytest.raises(ConfigError, match=message):
         load_config({"evaluate": evaluate})

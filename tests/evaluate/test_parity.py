@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from demo import benchmark_sets, offline_data
 from model.eval_data import WdsEvalDataset, make_loader, read_dataset_info
 from model.retrieval import embed_pairs, retrieval_recall
 from model.zeroshot import classification_report, classify, zeroshot_classifier
-from tasks import benchmark_sets, offline_data
-from tasks.config import load_config
-from tasks.evaluate import evaluate_dataset, load_model
-from tasks.storage import Storage
+from tasks.core.config import load_config
+from tasks.core.storage import Storage
+from tasks.evaluate.stage import evaluate_dataset, load_model
 from tests.evaluate.conftest import TINY
 
 TOLERANCE = 1e-3  # 0.1 points, as fractions

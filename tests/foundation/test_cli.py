@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from flows.cli import build_parser, main
-from tasks.config import STAGES, load_config
-from tasks.manifest import StageResult, run_stage
+from tasks.core.config import STAGES, load_config
+from tasks.core.manifest import StageResult, run_stage
 
 
 def write_config(tmp_path, data) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tasks.config import ConfigError, PipelineConfig, load_config
+from tasks.core.config import ConfigError, PipelineConfig, load_config
 
 
 def write(tmp_path, data) -> str:

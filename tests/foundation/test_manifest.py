@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.config import PipelineConfig
-from tasks.manifest import StageResult, input_fingerprint, read_manifest, run_stage
-from tasks.storage import Storage
+from tasks.core.config import PipelineConfig
+from tasks.core.manifest import StageResult, input_fingerprint, read_manifest, run_stage
+from tasks.core.storage import Storage
 
 
 def cfg_at(root, **sections) -> PipelineConfig:
@@ -66,7 +66,7 @@ def test_failed_stage_writes_no_manifest(tmp_root):
 
 
 def test_every_code_path_a_stage_depends_on_exists():
-    from tasks.manifest import _REPO, _STAGE_CODE
+    from tasks.core.manifest import _REPO, _STAGE_CODE
 
     missing = [p for paths in _STAGE_CODE.values() for p in paths if not (_REPO / p).exists()]
     assert missing == [], "renamed or removed files would silently leave the code version"

@@ -21,7 +21,7 @@ def test_entrypoint_imports_and_parameters_validate(deployment):
     flow = getattr(module, name)
     validated = flow.validate_parameters(deployment.get("parameters", {}))
     assert "config" in validated
-    from tasks.config import load_config
+    from tasks.core.config import load_config
 
     load_config(REPO / validated["config"])
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from open_clip.tokenizer import SimpleTokenizer
 
+from demo.text_corpus import hard_strings, web_captions
 from model import get_tokenizer, train_tokenizer
 from model.tokenizer import ClipTokenizer, read_merges
-from tests.model.text_corpus import hard_strings, web_captions
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tasks.config import PipelineConfig
-from tasks.offline_data import FASHION_MNIST_CLASSES, fashion_mnist
+from demo.offline_data import FASHION_MNIST_CLASSES, fashion_mnist
+from tasks.core.config import PipelineConfig
 
 N_IMAGES = 48
 PER_DOWNLOAD_SHARD = 20

@@ -10,9 +10,9 @@ import pandas as pd
 
 from flows.cli import main as clipflow
 from flows.pipeline import pipeline_flow
-from tasks.config import PipelineConfig
-from tasks.shard_verify import verify_shards
-from tasks.storage import Storage
+from tasks.core.config import PipelineConfig
+from tasks.core.storage import Storage
+from tasks.shard.verify import verify_shards
 
 
 def test_crawl_to_shards_on_s3(

@@ -13,9 +13,9 @@ from open_clip import tokenize
 from open_clip_train.data import get_wds_dataset
 from torchvision import transforms
 
-from tasks.config import PipelineConfig
-from tasks.shard import shard
-from tasks.storage import Storage
+from tasks.core.config import PipelineConfig
+from tasks.core.storage import Storage
+from tasks.shard.stage import shard
 from tests.shard.conftest import load_kept, local_config
 
 PREPROCESS = transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor()])

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main as clipflow
-from tasks.shard import ShardInputError, shard
-from tasks.shard_verify import UnsafeTarMember, verify_shards
-from tasks.storage import Storage
+from tasks.core.storage import Storage
+from tasks.shard.stage import ShardInputError, shard
+from tasks.shard.verify import UnsafeTarMember, verify_shards
 from tests.shard.conftest import image_bytes_of, load_kept, local_config, png_bytes
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import PipelineConfig
-from tasks.s3 import S3UploadError, make_client
-from tasks.shard import shard
-from tasks.shard_verify import verify_shards
-from tasks.storage import Storage
+from tasks.core.config import PipelineConfig
+from tasks.core.s3 import S3UploadError, make_client
+from tasks.core.storage import Storage
+from tasks.shard.stage import shard
+from tasks.shard.verify import verify_shards
 from tests.fixtures_s3 import MotoServer, free_port
 from tests.shard.conftest import load_kept, upload_tree
 from tests.storage.fault_proxy import FaultProxy

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import StorageConfig
-from tasks.s3 import S3UploadError, UploadPolicy, make_client, upload_file
-from tasks.storage import Storage
+from tasks.core.config import StorageConfig
+from tasks.core.s3 import S3UploadError, UploadPolicy, make_client, upload_file
+from tasks.core.storage import Storage
 from tests.fixtures_s3 import MotoServer, free_port
 
 

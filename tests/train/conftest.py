@@ -14,10 +14,10 @@ import pytest
 import webdataset as wds
 import yaml
 
-from tasks.config import load_config
-from tasks.manifest import run_stage
-from tasks.shard import shard
-from tests.train.shards import write_fashion_shards
+from demo.train_shards import write_fashion_shards
+from tasks.core.config import load_config
+from tasks.core.manifest import run_stage
+from tasks.shard.stage import shard
 
 REPO = Path(__file__).resolve().parents[2]
 # The tiny model, 2 ranks x batch 32 for 24 steps: seconds of training on two cores.

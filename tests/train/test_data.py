@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from demo.train_shards import write_fashion_shards
 from model.data import (
     LoaderConfig,
     LoaderPosition,
@@ -19,7 +20,6 @@ from model.data import (
     resolve_sampling,
 )
 from tests.train.conftest import CORRUPT
-from tests.train.shards import write_fashion_shards
 
 
 def loader_config(folder: Path, **kw: object) -> LoaderConfig:

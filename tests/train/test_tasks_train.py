@@ -8,9 +8,9 @@ from pathlib import Path
 
 import yaml
 
-from tasks.config import TrainConfig, load_config
-from tasks.storage import Storage
-from tasks.train import can_resume, prepare_run, stream_process, torchrun_command
+from tasks.core.config import TrainConfig, load_config
+from tasks.core.storage import Storage
+from tasks.train.launcher import can_resume, prepare_run, stream_process, torchrun_command
 
 
 def test_single_node_is_standalone_and_multi_node_uses_c10d() -> None:

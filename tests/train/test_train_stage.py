@@ -101,7 +101,7 @@ def test_failing_training_fails_the_flow_with_the_log_tail(
 ) -> None:
     """4 shards, 2 ranks x 3 workers and sampling: split -> a clear error, no hang."""
     from flows.train import train_flow
-    from tasks.train import TrainingFailed
+    from tasks.train.launcher import TrainingFailed
 
     config = pipeline_config(sharded_root, workers=3, sampling="split")
     with pytest.raises(TrainingFailed) as failure:

@@ -1,0 +1,1 @@
+"""The demo web, the built-in benchmark sets and fixtures shared by tests and benchmarks."""

@@ -1,0 +1,1 @@
+"""Shared by every stage: config, storage, S3, manifests and lineage, the SQL loader."""

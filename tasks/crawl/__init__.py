@@ -1,0 +1,1 @@
+"""The crawl stage: seed sites and WAT/WARC files in, candidate (url, caption) pairs out."""

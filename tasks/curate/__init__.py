@@ -1,0 +1,1 @@
+"""The curate stage: per-shard features, SQL rules, dedup, decontamination, the gate and report."""

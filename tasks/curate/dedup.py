@@ -1,0 +1,278 @@
+"""Duplicate removal: exact (SQL), near-duplicate pHash (FAISS binary index), semantic
+(SemDeDup on image embeddings, FAISS IVF), and eval-set decontamination.
+
+Every step works on the rows still alive after the previous one, groups duplicates with
+connected components, keeps the preferred row of each group (rows no quality rule drops,
+then the most pixels, then the lowest key) and records for each dropped row the key it
+duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import duckdb
+import faiss
+import numpy as np
+import pyarrow as pa
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from tasks.core.config import CurateConfig
+from tasks.core.sql import run_sql
+from tasks.curate.phash import HASH_BYTES, hashes_to_bytes
+
+log = logging.getLogger(__name__)
+
+EXACT_RULES: tuple[str, ...] = ("sha256", "url", "caption_image")
+DEDUP_RULES: tuple[str, ...] = (
+    "duplicate_sha256",
+    "duplicate_url",
+    "duplicate_caption_image",
+    "near_duplicate",
+    "semantic_duplicate",
+)
+BITS = HASH_BYTES * 8
+
+
+@dataclass(frozen=True)
+class BinaryIndexSpec:
+    """How to search 64-bit hashes: 'flat' (exact, O(n^2)), 'multihash' (exact within the
+    radius by the pigeonhole principle, ~linear), 'ivf' (approximate, nprobe cells).
+
+    For 'multihash', ``nhash`` disjoint substrings of ``BITS // nhash`` bits are hashed and
+    each query probes every bucket within ``nflip`` bit flips of its own substrings; 0 means
+    "pick the cheapest exact layout for this n and radius" (see ``multihash_layout``)."""
+
+    kind: str
+    ivf_nprobe: int = 16
+    nhash: int = 0
+    nflip: int = 0
+
+
+def multihash_layout(n: int, radius: int) -> tuple[int, int, float]:
+    """The cheapest exact multi-index hashing layout: (nhash, nflip, estimated cost per query).
+
+    A pair within ``radius`` bits differs in at most ``radius // nhash`` bits on one of the
+    ``nhash`` substrings (pigeonhole), so probing every bucket within that many flips finds
+    it. Per query that costs ``nhash * sum(C(b, k) for k <= nflip)`` bucket lookups, each
+    returning about ``n / 2**b`` candidates to compare. At radius 4 and 1M hashes this picks
+    3 x 21 bits with 1 flip (~70 lookups, ~35 candidates) over 5 x 12 bits with none
+    (~1,200 candidates)."""
+    best: tuple[int, int, float] | None = None
+    for nhash in range(1, BITS // 8 + 1):
+        bits = BITS // nhash
+        nflip = radius // nhash
+        if nflip > 3:  # C(b, 4) lookups per substring: never the cheapest layout
+            continue
+        lookups = nhash * sum(math.comb(bits, k) for k in range(nflip + 1))
+        cost = lookups * (1.0 + n / 2.0**bits)
+        if best is None or cost < best[2]:
+            best = (nhash, nflip, cost)
+    if best is None:
+        return BITS // 8, radius // (BITS // 8), math.inf
+    return best
+
+
+def choose_binary_index(cfg: CurateConfig, n: int, radius: int) -> BinaryIndexSpec:
+    """The configured index, or for 'auto': flat up to phash_flat_max_rows, then exact
+    multi-index hashing where its estimated cost per query beats comparing all n, else IVF."""
+    kind = cfg.phash_index
+    if kind == "auto":
+        if n <= cfg.phash_flat_max_rows:
+            kind = "flat"
+        else:
+            kind = "multihash" if multihash_layout(n, radius)[2] < n else "ivf"
+    return BinaryIndexSpec(kind, cfg.phash_ivf_nprobe)
+
+
+def build_binary_index(codes: np.ndarray, radius: int, spec: BinaryIndexSpec) -> faiss.IndexBinary:
+    """A FAISS binary index over (n, 8) uint8 codes, ready for range search at ``radius``."""
+    index: faiss.IndexBinary
+    if spec.kind == "flat":
+        index = faiss.IndexBinaryFlat(BITS)
+    elif spec.kind == "multihash":
+        nhash, nflip = spec.nhash, spec.nflip
+        if nhash == 0:
+            nhash, nflip, _ = multihash_layout(len(codes), radius)
+        if nhash * (nflip + 1) <= radius:
+            raise ValueError(
+                f"multihash with {nhash} substrings and {nflip} flips misses pairs at "
+                f"Hamming radius {radius}"
+            )
+        mh = faiss.IndexBinaryMultiHash(BITS, nhash, BITS // nhash)
+        mh.nflip = nflip
+        index = mh
+    elif spec.kind == "ivf":
+        nlist = max(1, min(int(np.sqrt(len(codes))), len(codes) // 39 or 1))
+        ivf = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(BITS), BITS, nlist)
+        ivf.train(codes)
+        ivf.nprobe = min(spec.ivf_nprobe, nlist)
+        index = ivf
+    else:
+        raise ValueError(f"curate.phash_index: unknown index kind {spec.kind!r}")
+    index.add(codes)
+    return index
+
+
+def hamming_pairs(
+    codes: np.ndarray, radius: int, spec: BinaryIndexSpec, queries: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (query i, database j) within ``radius`` bits. Without ``queries`` the database
+    queries itself and each unordered pair is returned once, i < j."""
+    if len(codes) == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    index = build_binary_index(codes, radius, spec)
+    probe = codes if queries is None else queries
+    lims, _, found = index.range_search(probe, radius + 1)  # FAISS keeps distance < radius
+    rows = np.repeat(np.arange(len(probe), dtype=np.int64), np.diff(lims).astype(np.int64))
+    cols = found.astype(np.int64)
+    if queries is None:
+        keep = rows < cols
+        rows, cols = rows[keep], cols[keep]
+    return rows, cols
+
+
+def embedding_pairs(
+    embeddings: np.ndarray, eps: float, clusters: int, nprobe: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """SemDeDup pairs i < j with cosine distance 1 - cos < eps, searched within k-means
+    clusters. ``embeddings``: (n, d) float32, L2-normalised rows.
+
+    FAISS k-means (spherical) clusters the rows and assigns each row to its nearest
+    centroid, its home. As in SemDeDup, each cluster's pairwise cosines are one matrix
+    product; a row is also compared with the homes of its next ``nprobe - 1`` centroids
+    (nprobe=1 is SemDeDup exactly, more probes find pairs split across cluster borders)."""
+    n, dim = embeddings.shape
+    if n < 2:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    x = np.ascontiguousarray(embeddings, dtype=np.float32)
+    k = max(1, min(clusters or int(np.sqrt(n)), n // 39 or 1))
+    kmeans = faiss.Kmeans(dim, k, niter=20, seed=seed, spherical=True,
+                          gpu=faiss.get_num_gpus() > 0)  # fmt: skip
+    kmeans.train(x)
+    centroids = faiss.IndexFlatIP(dim)
+    centroids.add(np.asarray(kmeans.centroids, dtype=np.float32))
+    probes = min(nprobe, k)
+    _, nearest = centroids.search(x, probes)  # (n, probes) centroid ids, nearest first
+    home_rows, home_bounds = _grouped(nearest[:, 0], k)
+    probe_rows, probe_bounds = _grouped(nearest.ravel(), k)
+    probe_rows //= probes  # flattened (row, probe) position -> row
+    found_rows, found_cols = [], []
+    for c in range(k):
+        members = home_rows[home_bounds[c] : home_bounds[c + 1]]
+        queries = probe_rows[probe_bounds[c] : probe_bounds[c + 1]]
+        if len(members) == 0 or len(queries) == 0:
+            continue
+        block = x[members].T
+        step = max(1, _BLOCK_ELEMENTS // len(members))  # bounds memory on skewed clusters
+        for start in range(0, len(queries), step):
+            part = queries[start : start + step]
+            i, j = np.nonzero(x[part] @ block > 1.0 - eps)
+            found_rows.append(part[i])
+            found_cols.append(members[j])
+    if not found_rows:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    rows, cols = np.concatenate(found_rows), np.concatenate(found_cols)
+    lo, hi = np.minimum(rows, cols), np.maximum(rows, cols)
+    pairs = np.unique(lo[lo != hi] * n + hi[lo != hi])  # each unordered pair once
+    return pairs // n, pairs % n
+
+
+_BLOCK_ELEMENTS = 1 << 24  # similarity entries per matrix product (64 MiB of float32)
+
+
+def _grouped(labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of ``labels`` sorted by label, and the bounds of each label's run."""
+    order = np.argsort(labels, kind="stable").astype(np.int64)
+    return order, np.searchsorted(labels[order], np.arange(k + 1))
+
+
+def survivors_of(n: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """For n items in preference order and duplicate pairs, each item's group survivor: the
+    group's lowest index (itself when it survives). Shape (n,) int64."""
+    if len(rows) == 0:
+        return np.arange(n, dtype=np.int64)
+    graph = coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    first = np.full(labels.max() + 1, n, dtype=np.int64)
+    np.minimum.at(first, labels, np.arange(n, dtype=np.int64))
+    return first[labels]
+
+
+@dataclass
+class DedupOutcome:
+    """Per dedup rule, the rids it drops and the key each duplicates."""
+
+    dropped: dict[str, dict[int, str]]
+
+
+def run_dedup(
+    con: duckdb.DuckDBPyConnection,
+    cfg: CurateConfig,
+    embeddings_for: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> DedupOutcome:
+    """Run every dedup step over table ``rules`` (needs tables ``live`` and ``contamination``).
+    ``embeddings_for(rids)`` returns (n, d) image embeddings when semantic dedup is on."""
+    outcome = DedupOutcome({rule: {} for rule in DEDUP_RULES})
+    run_sql(con, "curate/dedup_candidates")
+    for rule in EXACT_RULES:
+        pairs = run_sql(con, "curate/exact_duplicates", {"rule": rule}).fetchall()
+        _drop(con, outcome.dropped[f"duplicate_{rule}"], {int(r): str(k) for r, k in pairs})
+    frame = run_sql(con, "curate/dedup_candidates_ordered").fetchnumpy()
+    rids, keys = np.asarray(frame["rid"], np.int64), np.asarray(frame["key"], object)
+    radius = cfg.phash_hamming_radius
+    spec = choose_binary_index(cfg, len(rids), radius)
+    rows, cols = hamming_pairs(hashes_to_bytes(np.asarray(frame["phash"], np.int64)), radius, spec)
+    _drop(con, outcome.dropped["near_duplicate"], _named_duplicates(rids, keys, rows, cols))
+    if cfg.semantic_dedup:
+        if embeddings_for is None:
+            raise ValueError(
+                "curate.semantic_dedup needs image embeddings: set clip_score_checkpoint"
+            )
+        frame = run_sql(con, "curate/dedup_candidates_ordered").fetchnumpy()
+        rids, keys = np.asarray(frame["rid"], np.int64), np.asarray(frame["key"], object)
+        rows, cols = embedding_pairs(
+            embeddings_for(rids), cfg.semantic_dedup_eps, cfg.semantic_dedup_clusters,
+            cfg.semantic_dedup_nprobe,
+        )  # fmt: skip
+        _drop(con, outcome.dropped["semantic_duplicate"], _named_duplicates(rids, keys, rows, cols))
+    log.info("dedup: %s", {rule: len(d) for rule, d in outcome.dropped.items()})
+    return outcome
+
+
+def _named_duplicates(
+    rids: np.ndarray, keys: np.ndarray, rows: np.ndarray, cols: np.ndarray
+) -> dict[int, str]:
+    survivor = survivors_of(len(rids), rows, cols)
+    dropped = np.nonzero(survivor != np.arange(len(rids)))[0]
+    return {int(rids[i]): str(keys[survivor[i]]) for i in dropped}
+
+
+def _drop(con: duckdb.DuckDBPyConnection, into: dict[int, str], found: dict[int, str]) -> None:
+    into.update(found)
+    if found:
+        gone = pa.table({"rid": pa.array(list(found.keys()), pa.int64())})
+        con.register("gone", gone)
+        run_sql(con, "curate/mark_dropped")
+        con.unregister("gone")
+
+
+def decontamination_matches(
+    train_hashes: np.ndarray, eval_hashes: np.ndarray, eval_labels: list[str], radius: int
+) -> dict[int, str]:
+    """{train row index: eval image label} for training images within ``radius`` bits of any
+    evaluation image (a flat index over the eval set: it is small and recall must be exact)."""
+    if len(train_hashes) == 0 or len(eval_hashes) == 0:
+        return {}
+    rows, cols = hamming_pairs(
+        hashes_to_bytes(eval_hashes), radius, BinaryIndexSpec("flat"),
+        queries=hashes_to_bytes(train_hashes),
+    )  # fmt: skip
+    matches: dict[int, str] = {}
+    for i, j in zip(rows.tolist(), cols.tolist(), strict=True):
+        matches.setdefault(i, eval_labels[j])
+    return matches

@@ -1,0 +1,314 @@
+"""Per-shard curation features: one download shard (parquet + tar) in, one small parquet out.
+
+For every row of ``{root}/download/NNNNN.parquet`` this decodes the caption (flagging
+invalid UTF-8), normalises it, identifies its language, and, for the images in the shard's
+tar, records whether the image is usable, its decoded size and its 64-bit pHash. Nothing is
+decided here: rules run later, in SQL, on the whole table.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import posixpath
+import re
+import tarfile
+import unicodedata
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image, UnidentifiedImageError
+
+from tasks.core.config import PipelineConfig
+from tasks.core.storage import Storage
+from tasks.curate.clip_score import BATCH, ClipScorer, clip_scorer
+from tasks.curate.language import identify_language
+from tasks.curate.phash import flatten_alpha, phash64
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+REQUIRED_COLUMNS = ("key", "url", "status")
+PASSTHROUGH_COLUMNS = {
+    "key": pa.string(),
+    "url": pa.string(),
+    "page_url": pa.string(),
+    "source": pa.string(),
+    "status": pa.string(),
+    "error_message": pa.string(),
+    "width": pa.int64(),
+    "height": pa.int64(),
+    "original_width": pa.int64(),
+    "original_height": pa.int64(),
+    "sha256": pa.string(),
+}
+FEATURE_SCHEMA = pa.schema(
+    [
+        *[pa.field(name, kind) for name, kind in PASSTHROUGH_COLUMNS.items()],
+        pa.field("caption", pa.string()),
+        pa.field("caption_invalid_utf8", pa.bool_()),
+        pa.field("caption_norm", pa.string()),
+        pa.field("caption_words", pa.int64()),
+        pa.field("url_host", pa.string()),
+        pa.field("page_host", pa.string()),
+        pa.field("language", pa.string()),
+        pa.field("language_confidence", pa.float64()),
+        pa.field("download_shard", pa.string()),
+        pa.field("row_in_shard", pa.int64()),
+        pa.field("image_state", pa.string()),
+        pa.field("image_bytes", pa.int64()),
+        pa.field("image_width", pa.int64()),
+        pa.field("image_height", pa.int64()),
+        pa.field("phash", pa.int64()),
+        pa.field("clip_score", pa.float64()),
+    ]
+)
+_SPACES = re.compile(r"\s+")
+_EDGE_PUNCTUATION = re.compile(r"^[\W_]+|[\W_]+$")
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One unit of mapped work: a download shard's parquet and where its features go."""
+
+    config: PipelineConfig
+    parquet_uri: str
+    part_uri: str
+
+
+OnImage = Callable[[Image.Image], None]
+
+
+class ImageEmbedder:
+    """Collects CLIP image embeddings while a tar streams by, a batch at a time (a whole
+    shard of decoded images would not fit in memory)."""
+
+    def __init__(self, scorer: ClipScorer) -> None:
+        self.scorer = scorer
+        self.embeddings: dict[str, np.ndarray] = {}
+        self._pending: list[tuple[str, Image.Image]] = []
+
+    def add(self, key: str, image: Image.Image) -> None:
+        self._pending.append((key, flatten_alpha(image)))
+        if len(self._pending) >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            vectors = self.scorer.image_embeddings([image for _, image in self._pending])
+            self.embeddings |= dict(zip((k for k, _ in self._pending), vectors, strict=True))
+            self._pending = []
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    state: str
+    """'ok' | 'empty' | 'undecodable'"""
+    size_bytes: int
+    width: int | None = None
+    height: int | None = None
+    phash: int | None = None
+
+
+def normalise_caption(caption: str | None) -> str | None:
+    """NFKC, lower case, single spaces, no punctuation at either end (what dedup compares)."""
+    if caption is None:
+        return None
+    text = _SPACES.sub(" ", unicodedata.normalize("NFKC", caption).lower()).strip()
+    return _EDGE_PUNCTUATION.sub("", text)
+
+
+def url_host(url: str | None) -> str | None:
+    """The lower-case host of a URL (no user info, no port), None when it has none."""
+    if not url:
+        return None
+    try:
+        return urlsplit(url).hostname
+    except ValueError:  # e.g. an invalid IPv6 literal: no host the blocklist could match
+        return None
+
+
+def decode_caption(raw: bytes | None) -> tuple[str | None, bool]:
+    """(text, invalid_utf8). Invalid bytes, or U+FFFD left by an earlier lossy decode, flag it."""
+    if raw is None:
+        return None, False
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", errors="replace"), True
+    return text, "\ufffd" in text
+
+
+def inspect_image(data: bytes, on_image: OnImage | None = None) -> ImageInfo:
+    """Decode one image fully (a truncated JPEG fails here, not later in training);
+    ``on_image`` sees every decodable image."""
+    if not data:
+        return ImageInfo("empty", 0)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            width, height = image.size
+            if width == 0 or height == 0:
+                return ImageInfo("empty", len(data))
+            if on_image is not None:
+                on_image(image)
+            return ImageInfo("ok", len(data), width, height, phash64(image))
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        return ImageInfo("undecodable", len(data))
+
+
+def read_tar_images(
+    storage: Storage, tar_uri: str, embedder: ImageEmbedder | None = None
+) -> tuple[dict[str, ImageInfo], str | None]:
+    """Inspect every image member of a shard tar, streaming. Returns ({key: info}, problem)
+    where problem is None, 'missing' (no tar) or 'truncated' (members after the cut are lost)."""
+    infos: dict[str, ImageInfo] = {}
+    if not storage.exists(tar_uri):
+        log.warning("%s: shard tar missing; its downloaded images count as missing", tar_uri)
+        return infos, "missing"
+    try:
+        with storage.open(tar_uri, "rb") as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
+            for key, data in _image_members(tar):
+                on_image = partial(embedder.add, key) if embedder is not None else None
+                infos[key] = inspect_image(data, on_image)
+    except (tarfile.TarError, EOFError, OSError) as e:
+        log.warning("%s: truncated or corrupt after %d images (%s)", tar_uri, len(infos), e)
+        return infos, "truncated"
+    return infos, None
+
+
+def _image_members(tar: tarfile.TarFile) -> Iterator[tuple[str, bytes]]:
+    for member in tar:
+        base, ext = posixpath.splitext(posixpath.basename(member.name))
+        if not member.isfile() or ext.lower() not in IMAGE_EXTENSIONS:
+            continue
+        fobj = tar.extractfile(member)
+        data = fobj.read() if fobj is not None else b""
+        if len(data) != member.size:
+            raise tarfile.ReadError(f"member {member.name}: {len(data)} of {member.size} bytes")
+        yield base, data
+
+
+def read_shard_rows(storage: Storage, parquet_uri: str) -> pa.Table:
+    """The shard parquet, with a clear error naming the file when it cannot be used."""
+    try:
+        with storage.open(parquet_uri, "rb") as fh:
+            table = pq.read_table(fh)
+    except Exception as e:
+        raise ValueError(f"{parquet_uri}: unreadable download shard parquet: {e}") from e
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{parquet_uri}: download shard parquet lacks columns {missing}")
+    return table
+
+
+def _column(table: pa.Table, name: str, kind: pa.DataType) -> list[Any]:
+    if name not in table.column_names:
+        return [None] * table.num_rows
+    return table.column(name).cast(kind).to_pylist()
+
+
+def shard_features(
+    storage: Storage, parquet_uri: str, scorer: ClipScorer | None = None
+) -> tuple[pa.Table, np.ndarray | None]:
+    """The feature table (FEATURE_SCHEMA) of one download shard, one row per parquet row,
+    and with a scorer the (rows, d) image embeddings (NaN rows where no image decoded)."""
+    table = read_shard_rows(storage, parquet_uri)
+    shard_name = posixpath.basename(parquet_uri).removesuffix(".parquet")
+    tar_uri = parquet_uri.removesuffix(".parquet") + ".tar"
+    embedder = ImageEmbedder(scorer) if scorer is not None else None
+    images, problem = read_tar_images(storage, tar_uri, embedder)
+    columns: dict[str, list[Any]] = {
+        name: _column(table, name, kind) for name, kind in PASSTHROUGH_COLUMNS.items()
+    }
+    raw_captions = _column(table, "caption", pa.binary())
+    decoded = [decode_caption(raw) for raw in raw_captions]
+    columns["caption"] = [text for text, _ in decoded]
+    columns["caption_invalid_utf8"] = [bad for _, bad in decoded]
+    columns["caption_norm"] = [normalise_caption(text) for text, _ in decoded]
+    columns["caption_words"] = [len(n.split()) if n else 0 for n in columns["caption_norm"]]
+    columns["url_host"] = [url_host(u) for u in columns["url"]]
+    columns["page_host"] = [url_host(u) for u in columns["page_url"]]
+    languages = [identify_language(text) for text in columns["caption"]]
+    columns["language"] = [lang for lang, _ in languages]
+    columns["language_confidence"] = [conf for _, conf in languages]
+    columns["download_shard"] = [f"{shard_name}.tar"] * table.num_rows
+    columns["row_in_shard"] = list(range(table.num_rows))
+    infos = [
+        _row_image(key, status, images, problem)
+        for key, status in zip(columns["key"], columns["status"], strict=True)
+    ]
+    columns["image_state"] = [info.state if info else "not_downloaded" for info in infos]
+    columns["image_bytes"] = [info.size_bytes if info else None for info in infos]
+    columns["image_width"] = [info.width if info else None for info in infos]
+    columns["image_height"] = [info.height if info else None for info in infos]
+    columns["phash"] = [info.phash if info else None for info in infos]
+    columns["clip_score"], embeddings = _clip_columns(embedder, columns, infos)
+    return pa.table(columns, schema=FEATURE_SCHEMA), embeddings
+
+
+def _clip_columns(
+    embedder: ImageEmbedder | None, columns: dict[str, list[Any]], infos: list[ImageInfo | None]
+) -> tuple[list[float | None], np.ndarray | None]:
+    """clip_score per row (images that decoded, captions present) and the embedding matrix."""
+    n = len(infos)
+    if embedder is None:
+        return [None] * n, None
+    embedder.flush()
+    scored = [
+        i for i, (key, info, caption) in enumerate(zip(columns["key"], infos, columns["caption"],
+                                                       strict=True))
+        if info is not None and info.state == "ok" and key in embedder.embeddings
+        and caption is not None and caption.strip()
+    ]  # fmt: skip
+    dim = next(iter(embedder.embeddings.values())).shape[0] if embedder.embeddings else 0
+    embeddings = np.full((n, dim), np.nan, np.float32)
+    for i, (key, info) in enumerate(zip(columns["key"], infos, strict=True)):
+        if info is not None and info.state == "ok" and key in embedder.embeddings:
+            embeddings[i] = embedder.embeddings[key]
+    scores: list[float | None] = [None] * n
+    if scored:
+        text = embedder.scorer.text_embeddings([columns["caption"][i] for i in scored])
+        for i, value in zip(scored, (embeddings[scored] * text).sum(axis=1), strict=True):
+            scores[i] = float(value)
+    return scores, embeddings
+
+
+def _row_image(
+    key: str | None, status: str | None, images: dict[str, ImageInfo], problem: str | None
+) -> ImageInfo | None:
+    if status != "success":
+        return None
+    if key is not None and key in images:
+        return images[key]
+    return ImageInfo("shard_truncated" if problem == "truncated" else "missing", 0)
+
+
+def embeddings_uri(part_uri: str) -> str:
+    """Where a part's (rows, d) CLIP image embeddings go, beside its features."""
+    return part_uri.removesuffix(".parquet") + ".emb.npy"
+
+
+def curate_shard(job: ShardJob) -> str:
+    """Compute one shard's features and write them to ``job.part_uri``; returns that URI."""
+    storage = Storage(job.config.storage)
+    curate_cfg = job.config.curate
+    scorer = (
+        clip_scorer(curate_cfg.clip_score_checkpoint, curate_cfg.clip_score_model)
+        if curate_cfg.clip_score_checkpoint
+        else None
+    )
+    features, embeddings = shard_features(storage, job.parquet_uri, scorer)
+    with storage.atomic_local_path(job.part_uri) as (fh, _):
+        pq.write_table(features, fh)
+    if embeddings is not None:
+        with storage.atomic_local_path(embeddings_uri(job.part_uri)) as (fh, _):
+            np.save(fh, embeddings)
+    log.info("%s: %d rows -> %s", job.parquet_uri, features.num_rows, job.part_uri)
+    return job.part_uri

@@ -1,0 +1,206 @@
+"""The curate stage: ``{root}/download/`` in, ``{root}/curate/samples.parquet`` and
+``{root}/curate/report/`` out.
+
+Per-shard work (decode, hash, language ID) is mapped over download shards by a
+caller-supplied ``map_shards`` (a list comprehension here, Prefect tasks in the flow); the
+global steps (SQL rules, decontamination, dedup across shards, the gate) then run on the
+whole table in DuckDB and FAISS.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import posixpath
+import re
+import tarfile
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import duckdb
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from tasks.core.config import PipelineConfig
+from tasks.core.manifest import StageResult
+from tasks.core.sql import bind, run_sql
+from tasks.core.storage import Storage
+from tasks.curate.dedup import DEDUP_RULES, DedupOutcome, decontamination_matches, run_dedup
+from tasks.curate.features import ShardJob, curate_shard, embeddings_uri
+from tasks.curate.gate import write_report
+from tasks.curate.phash import phash64
+from tasks.curate.rules import apply_rules, combine
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+MapShards = Callable[[Callable[[T], R], Sequence[T]], list[R]]
+_SHARD_NAME = re.compile(r"^\d+\.parquet$")
+_EVAL_IMAGE_EXTENSIONS = (".webp", ".png", ".jpg", ".jpeg")
+
+
+def map_in_process(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """The plain mapping: one shard after another, in this process."""
+    return [fn(item) for item in items]
+
+
+def list_download_shards(storage: Storage) -> list[str]:
+    """URIs of the download shard parquets (``NNNNN.parquet``; not ``refused.parquet``)."""
+    found = storage.glob("download/*.parquet")
+    return [uri for uri in found if _SHARD_NAME.match(posixpath.basename(uri))]
+
+
+def curate(
+    cfg: PipelineConfig, storage: Storage, map_shards: MapShards[Any, Any] = map_in_process
+) -> StageResult:
+    """The stage body: features per shard, then rules, decontamination, dedup and the gate
+    on the whole table. Raises (before the manifest is written) if the gate fails."""
+    shards = list_download_shards(storage)
+    if not shards:
+        raise FileNotFoundError(f"{storage.uri('download')}: no download shards (NNNNN.parquet)")
+    jobs = [
+        ShardJob(cfg, uri, storage.uri("curate", "_parts", posixpath.basename(uri)))
+        for uri in shards
+    ]
+    parts = map_shards(curate_shard, jobs)
+    with tempfile.TemporaryDirectory(prefix="clipflow-curate-") as tmp:
+        con = duckdb.connect(os.path.join(tmp, "curate.duckdb"))
+        try:
+            _load_features(con, storage, parts, tmp)
+            apply_rules(con, cfg.curate)
+            keys = [k for (k,) in run_sql(con, "curate/keys_by_rid").fetchall()]
+            contamination = _decontaminate(con, cfg, storage, len(keys))
+            con.register("contamination", contamination)
+            run_sql(con, "curate/live")
+            embeddings = _embeddings_by_rid(storage, parts) if cfg.curate.semantic_dedup else None
+            outcome = run_dedup(con, cfg.curate, embeddings)
+            combine(con, _decisions(keys, contamination, outcome))
+            samples_uri = storage.uri("curate", "samples.parquet")
+            _write_samples(con, storage, samples_uri, tmp)
+            report = write_report(con, cfg, storage, storage.uri("curate", "report"), tmp)
+        finally:
+            con.close()
+    log.info("curate: %d in, %d kept", report.summary["input"], report.summary["kept"])
+    report.raise_if_failed(cfg.curate.gate)
+    counts = {"input": report.summary["input"], "kept": report.summary["kept"]}
+    counts |= {f"dropped_{r}": n for r, n in report.summary["dropped_by_reason"].items()}
+    return StageResult(
+        counts=counts,
+        outputs={"samples": samples_uri, "report": report.uris},
+        extra={"gate": report.summary["gate"]["success"], "shards": len(shards)},
+    )
+
+
+def _load_features(
+    con: duckdb.DuckDBPyConnection, storage: Storage, parts: list[str], tmp: str
+) -> None:
+    """Copy the parts next to DuckDB (object stores need no DuckDB extension this way),
+    numbering rows 0..n-1 in shard order (``rid``: unique even where keys repeat)."""
+    local = []
+    offset = 0
+    for i, uri in enumerate(parts):
+        with storage.open(uri, "rb") as fh:
+            table = pq.read_table(fh)
+        rids = pa.array(np.arange(offset, offset + table.num_rows, dtype=np.int64))
+        offset += table.num_rows
+        path = os.path.join(tmp, f"part-{i:06d}.parquet")
+        pq.write_table(table.add_column(0, "rid", rids), path)
+        local.append(path)
+    run_sql(con, "curate/load_features", {"files": local})
+
+
+def _embeddings_by_rid(storage: Storage, parts: list[str]) -> Callable[[np.ndarray], np.ndarray]:
+    """rids -> their CLIP image embeddings (the parts' matrices, concatenated, are in rid
+    order: rids number the parts' rows in the same order)."""
+
+    def lookup(rids: np.ndarray) -> np.ndarray:
+        matrices = [np.load(io.BytesIO(storage.read_bytes(embeddings_uri(p)))) for p in parts]
+        return np.concatenate(matrices)[rids]
+
+    return lookup
+
+
+def eval_image_hashes(cfg: PipelineConfig, storage: Storage) -> tuple[np.ndarray, list[str]]:
+    """pHashes of every image in the evaluate stage's datasets (CLIP_benchmark WebDataset
+    layout ``{path}/{split}/*.tar``), with labels ``dataset/sample``."""
+    hashes: list[int] = []
+    labels: list[str] = []
+    for dataset in cfg.evaluate.datasets:
+        pattern = posixpath.join(dataset.path.rstrip("/"), dataset.split, "*.tar")
+        options = storage.storage_options() if pattern.startswith("s3://") else {}
+        files = fsspec.open_files(pattern, "rb", **options)
+        if not files:
+            raise FileNotFoundError(
+                f"evaluate.datasets[{dataset.name!r}]: no tars at {pattern} to decontaminate against"
+            )
+        for of in files:
+            with of as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
+                for member in tar:
+                    base, ext = posixpath.splitext(member.name)
+                    if not member.isfile() or ext.lower() not in _EVAL_IMAGE_EXTENSIONS:
+                        continue
+                    data = tar.extractfile(member).read()  # type: ignore[union-attr]
+                    with Image.open(io.BytesIO(data)) as image:
+                        hashes.append(phash64(image))
+                    labels.append(f"{dataset.name}/{base}")
+    return np.asarray(hashes, dtype=np.int64), labels
+
+
+def _decontaminate(
+    con: duckdb.DuckDBPyConnection, cfg: PipelineConfig, storage: Storage, n: int
+) -> pa.Table:
+    """Table (rid, drop_eval_contamination, eval_match) over all n rows."""
+    flags = np.zeros(n, dtype=bool)
+    match: list[str | None] = [None] * n
+    if cfg.curate.decontaminate and cfg.evaluate.datasets:
+        eval_hashes, eval_labels = eval_image_hashes(cfg, storage)
+        rows = run_sql(con, "curate/hashed_rows").fetchnumpy()
+        rids = np.asarray(rows["rid"], dtype=np.int64)
+        found = decontamination_matches(
+            np.asarray(rows["phash"], dtype=np.int64), eval_hashes, eval_labels,
+            cfg.curate.decontam_hamming_radius,
+        )  # fmt: skip
+        for i, label in found.items():
+            flags[rids[i]] = True
+            match[rids[i]] = label
+        log.info("decontamination: %d training images match %d eval images", len(found),
+                 len(eval_hashes))  # fmt: skip
+    return pa.table(
+        {"rid": pa.array(np.arange(n), pa.int64()), "drop_eval_contamination": flags,
+         "eval_match": pa.array(match, pa.string())}
+    )  # fmt: skip
+
+
+def _decisions(keys: list[str], contamination: pa.Table, outcome: DedupOutcome) -> pa.Table:
+    """rid, the decontamination columns, one drop_<rule> per dedup rule, and duplicate_of
+    (the key of the surviving row of its group, following chains across dedup steps)."""
+    n = len(keys)
+    columns: dict[str, Any] = {c: contamination.column(c) for c in contamination.column_names}
+    # Keys among dedup candidates are unique (repeated keys never take part).
+    by_key: dict[str, str] = {}
+    for rule in DEDUP_RULES:
+        flags = np.zeros(n, dtype=bool)
+        flags[list(outcome.dropped[rule])] = True
+        columns[f"drop_{rule}"] = flags
+        by_key |= {keys[rid]: survivor for rid, survivor in outcome.dropped[rule].items()}
+    duplicate_of: list[str | None] = [None] * n
+    for rule in DEDUP_RULES:
+        for rid, survivor in outcome.dropped[rule].items():
+            while survivor in by_key:
+                survivor = by_key[survivor]
+            duplicate_of[rid] = survivor
+    columns["duplicate_of"] = pa.array(duplicate_of, pa.string())
+    return pa.table(columns)
+
+
+def _write_samples(con: duckdb.DuckDBPyConnection, storage: Storage, uri: str, tmp: str) -> None:
+    local = os.path.join(tmp, "samples.parquet")
+    text = bind("curate/samples_out", {})[0]
+    con.execute(f"COPY ({text}) TO '{local}' (FORMAT parquet)")
+    storage.write_file(local, uri)

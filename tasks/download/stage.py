@@ -1,0 +1,221 @@
+"""download: img2dataset over the crawl candidates, into ``{root}/download/``.
+
+Output is img2dataset's own webdataset layout (``00000.tar``, ``00000.parquet``,
+``00000_stats.json`` per shard). ``{root}/download/_input/`` holds what it ran on: the
+candidate list, the candidates refused before any request (SSRF guard), and the input
+fingerprint that makes a rerun resume (same input: img2dataset's incremental mode skips the
+shards whose stats file exists) or start over (new input).
+
+Every candidate ends up counted: ``successes + sum(failed_<reason>) == candidates``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset's import would phone home
+
+import fsspec.config  # noqa: E402
+import img2dataset  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from tasks.core.config import PipelineConfig  # noqa: E402
+from tasks.core.manifest import StageResult
+from tasks.core.safe_http import check_url
+from tasks.core.storage import Storage
+from tasks.download.fetch import FetchPolicy, GuardedDownloader
+
+log = logging.getLogger(__name__)
+# The package's `main` attribute is the function of that name, not the module.
+i2d_main: Any = importlib.import_module("img2dataset.main")
+
+CANDIDATE_COLUMNS = ["url", "caption", "page_url", "source"]
+
+# img2dataset error messages -> stable failure reasons, first match wins.
+_REASONS: tuple[tuple[str, str], ...] = (
+    (r"^(ssrf_refused|[a-z_]+_refused)\b", r"\1"),
+    (r"^deadline_exceeded", "deadline_exceeded"),
+    (r"^too_many_pixels", "too_many_pixels"),
+    (r"^too_large", "too_large"),
+    (r"^truncated", "truncated"),
+    (r"^empty", "empty"),
+    (r"^timeout|timed out", "timeout"),
+    (r"X-Robots-Tag", "opted_out"),
+    (r"infinite loop|redirect", "redirect_loop"),
+    (r"HTTP Error 404", "http_404"),
+    (r"HTTP Error 4\d\d", "http_4xx"),
+    (r"HTTP Error 5\d\d", "http_5xx"),
+    (r"Connection refused|Name or service not known|Temporary failure|URLError", "unreachable"),
+    (r"Remote end closed|IncompleteRead|Connection reset", "connection_broken"),
+    (r"image smaller than|image too small", "too_small"),
+    (r"aspect ratio", "bad_aspect_ratio"),
+    (r"image area", "too_many_pixels"),
+)
+
+
+def failure_reason(status: str, error_message: str | None) -> str:
+    """A short, stable name for why one sample failed (``http_404``, ``not_an_image``...)."""
+    message = error_message or ""
+    for pattern, name in _REASONS:
+        match = re.search(pattern, message)
+        if match:
+            return match.expand(name)
+    return "not_an_image" if status == "failed_to_resize" else "download_error"
+
+
+def read_candidates(storage: Storage) -> pd.DataFrame:
+    """All crawl candidates, in file order."""
+    files = storage.glob("crawl/candidates-*.parquet")
+    if not files:
+        raise FileNotFoundError(f"no crawl candidates under {storage.uri('crawl')}")
+    frames = [pd.read_parquet(f, storage_options=storage.storage_options()) for f in files]
+    return pd.concat(frames, ignore_index=True)[CANDIDATE_COLUMNS]
+
+
+def split_refused(
+    candidates: pd.DataFrame, allow_private: bool
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Candidates the SSRF guard refuses before any request, and the rest."""
+    verdicts: dict[str, str | None] = {}
+    reasons = []
+    for url in candidates["url"]:
+        if url not in verdicts:
+            verdicts[url] = check_url(url, allow_private)
+        reasons.append(verdicts[url])
+    refused_mask = pd.Series([r is not None for r in reasons], index=candidates.index)
+    refused = candidates[refused_mask].assign(reason=[r for r in reasons if r is not None])
+    return candidates[~refused_mask].reset_index(drop=True), refused.reset_index(drop=True)
+
+
+def input_fingerprint(candidates: pd.DataFrame, cfg: PipelineConfig) -> str:
+    h = hashlib.sha256(pd.util.hash_pandas_object(candidates, index=False).values.tobytes())
+    h.update(cfg.download.model_dump_json().encode())
+    return h.hexdigest()
+
+
+@contextmanager
+def _guarded_img2dataset(policy: FetchPolicy, s3_endpoint: str | None) -> Iterator[None]:
+    """Make img2dataset fetch through ``GuardedDownloader`` and reach our S3 endpoint."""
+    saved_downloader, saved_env = i2d_main.Downloader, os.environ.get("FSSPEC_S3_ENDPOINT_URL")
+    saved_conf = fsspec.config.conf.get("s3")
+    GuardedDownloader.policy = policy
+    i2d_main.Downloader = GuardedDownloader
+    if s3_endpoint:
+        os.environ["FSSPEC_S3_ENDPOINT_URL"] = s3_endpoint  # fsspec config, inherited by workers
+        # fsspec read the environment when it was imported: this process needs it set here.
+        fsspec.config.conf["s3"] = {**(saved_conf or {}), "endpoint_url": s3_endpoint}
+    try:
+        yield
+    finally:
+        i2d_main.Downloader = saved_downloader
+        GuardedDownloader.policy = None
+        if saved_conf is None:
+            fsspec.config.conf.pop("s3", None)
+        else:
+            fsspec.config.conf["s3"] = saved_conf
+        if s3_endpoint:
+            if saved_env is None:
+                os.environ.pop("FSSPEC_S3_ENDPOINT_URL", None)
+            else:
+                os.environ["FSSPEC_S3_ENDPOINT_URL"] = saved_env
+
+
+def _prepare_output(storage: Storage, fingerprint: str, force: bool) -> None:
+    """Keep finished shards only when they came from the same input (a resume)."""
+    out, marker = storage.uri("download"), storage.uri("download", "_input", "fingerprint.txt")
+    same_input = storage.exists(marker) and storage.read_bytes(marker).decode() == fingerprint
+    if (force or not same_input) and storage.exists(out):
+        log.info("download: input changed or forced; clearing %s", out)
+        storage.remove(out, recursive=True)
+    storage.write_bytes(marker, fingerprint.encode())
+
+
+def run_img2dataset(cfg: PipelineConfig, storage: Storage, url_list: str) -> None:
+    """Run img2dataset on one parquet list of candidates into ``{root}/download``."""
+    d = cfg.download
+    policy = FetchPolicy(
+        deadline_s=d.timeout,
+        max_bytes=d.max_image_bytes,
+        max_pixels=d.max_image_pixels,
+        allow_private_networks=cfg.crawl.allow_private_networks,
+    )
+    with _guarded_img2dataset(policy, cfg.storage.s3_endpoint_url):
+        img2dataset.download(
+            url_list=url_list,
+            output_folder=storage.uri("download"),
+            input_format="parquet",
+            url_col="url",
+            caption_col="caption",
+            save_additional_columns=["page_url", "source"],
+            output_format="webdataset",
+            image_size=d.image_size,
+            resize_mode=d.resize_mode,
+            resize_only_if_bigger=d.resize_only_if_bigger,
+            encode_format=d.encode_format,
+            encode_quality=d.effective_encode_quality,
+            min_image_size=d.min_image_size,
+            max_aspect_ratio=d.max_aspect_ratio,
+            processes_count=d.processes_count,
+            thread_count=d.thread_count,
+            number_sample_per_shard=d.number_sample_per_shard,
+            timeout=d.timeout,
+            retries=d.retries,
+            distributor=d.distributor,
+            compute_hash=d.compute_hash,
+            user_agent_token=d.user_agent_token,
+            disallowed_header_directives=d.disallowed_header_directives,
+            incremental_mode="incremental",
+            enable_wandb=False,
+        )
+
+
+def shard_results(storage: Storage) -> pd.DataFrame:
+    """``status`` and ``reason`` of every row of every finished shard."""
+    files = [f for f in storage.glob("download/*.parquet") if re.search(r"/\d+\.parquet$", f)]
+    cols = ["key", "url", "status", "error_message"]
+    frames = [
+        pd.read_parquet(f, columns=cols, storage_options=storage.storage_options()) for f in files
+    ]
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+    rows["reason"] = [
+        "success" if s == "success" else failure_reason(s, e)
+        for s, e in zip(rows["status"], rows["error_message"], strict=True)
+    ]
+    return rows
+
+
+def download(cfg: PipelineConfig, storage: Storage, force: bool = False) -> StageResult:
+    """The download stage: candidates in, img2dataset shards out, every candidate counted."""
+    candidates = read_candidates(storage)
+    to_fetch, refused = split_refused(candidates, cfg.crawl.allow_private_networks)
+    _prepare_output(storage, input_fingerprint(candidates, cfg), force)
+    input_dir = storage.uri("download", "_input")
+    with storage.atomic_local_path(f"{input_dir}/refused.parquet") as (fh, _):
+        refused.to_parquet(fh, index=False)
+    list_uri = f"{input_dir}/candidates.parquet"
+    with storage.atomic_local_path(list_uri) as (fh, _):
+        to_fetch.to_parquet(fh, index=False)
+    if len(to_fetch):
+        run_img2dataset(cfg, storage, list_uri)
+    rows = shard_results(storage)
+    if len(rows) != len(to_fetch):
+        raise RuntimeError(
+            f"download: {len(rows)} rows in shard metadata for {len(to_fetch)} candidates; "
+            f"a shard failed (see img2dataset's log), rerun to resume"
+        )
+    by_reason = rows["reason"].value_counts().to_dict() | refused["reason"].value_counts().to_dict()
+    successes = int(by_reason.pop("success", 0))
+    counts = {"candidates": len(candidates), "successes": successes}
+    counts |= {f"failed_{k}": int(v) for k, v in sorted(by_reason.items())}
+    stats = storage.glob("download/*_stats.json")
+    return StageResult(
+        counts=counts,
+        outputs={"folder": storage.uri("download"), "shards": len(stats)},
+    )

@@ -1,0 +1,1 @@
+"""The evaluate stage: zero-shot classification, retrieval and linear probes."""

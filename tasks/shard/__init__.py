@@ -1,0 +1,1 @@
+"""The shard stage: the kept samples as verified training WebDataset shards."""

@@ -1,0 +1,1 @@
+"""The train stage's launcher: torchrun -m model.train, and what it wrote read back."""
