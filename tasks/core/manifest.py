@@ -122,6 +122,9 @@ def run_stage(
             f"{stage}: upstream stage {upstream!r} has not finished "
             f"(no {manifest_uri(storage, upstream)}); run it first"
         )
+    # Retract first: once the body starts writing, the old manifest no longer describes what
+    # is on storage, and a kill -9 must leave the stage "not run", never "done".
+    invalidate(storage, stage)
     started = time.time()
     result = body(storage)
     finished = time.time()
