@@ -9,9 +9,10 @@ import os
 import sys
 from datetime import UTC, datetime
 
-from tasks.core.config import STAGES, ConfigError, load_config
-from tasks.core.manifest import is_up_to_date, read_manifest
+from tasks.core.config import ConfigError, PipelineConfig, load_config
+from tasks.core.lineage import StaleUpstream, pipeline_status, read_manifest
 from tasks.core.storage import Storage
+from tasks.stages import PIPELINE, STAGES, stage
 
 
 def _parse_stages(text: str | None) -> list[str] | None:
@@ -25,19 +26,20 @@ def _parse_stages(text: str | None) -> list[str] | None:
 
 
 def cmd_status(config_path: str) -> int:
+    """Each stage: done / stale (and why) / not run, with its counts."""
     cfg = load_config(config_path)
     storage = Storage(cfg.storage)
     print(f"pipeline {cfg.name!r}, storage {storage.root}")
-    for stage in STAGES:
-        manifest = read_manifest(storage, stage)
+    for name, status in pipeline_status(storage, cfg).items():
+        manifest = read_manifest(storage, name)
         if manifest is None:
-            print(f"  {stage:<9} not run")
+            print(f"  {name:<9} not run")
             continue
-        state = "done" if is_up_to_date(storage, cfg, stage) else "stale"
         when = manifest.get("finished_at", "?")
         secs = manifest.get("timings", {}).get("seconds", 0.0)
         counts = json.dumps(manifest.get("counts", {}), sort_keys=True)
-        print(f"  {stage:<9} {state:<5} {when} ({secs:.1f}s) {counts}")
+        why = f" {status.reason}" if status.reason else ""
+        print(f"  {name:<9} {status.state:<5}{why} {when} ({secs:.1f}s) {counts}")
     return 0
 
 
@@ -66,13 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("config")
     verify = sub.add_parser("verify", help="check every shard against shards/manifest.json")
     verify.add_argument("config")
-    for stage in STAGES:
-        p = sub.add_parser(stage, help=f"run the {stage} stage's flow alone")
+    run.add_argument(
+        "--with-upstream",
+        action="store_true",
+        help="first rerun the stages these read from that are stale (else a stale one refuses)",
+    )
+    for record in PIPELINE:
+        p = sub.add_parser(record.name, help=f"run the {record.name} stage alone: {record.summary}")
         p.add_argument("config")
         p.add_argument("--force", action="store_true", help="rerun even if up to date")
-        if stage == "evaluate":
-            p.add_argument("--checkpoint", help="any OpenCLIP-format checkpoint (default: train's)")
-            p.add_argument("--model", help="its architecture name or config JSON path")
+        for option in record.options:
+            p.add_argument(option.flag, dest=option.field, help=f"{option.help} ({option.field})")
     demo = sub.add_parser("demo", help="serve the demo web and run the whole pipeline on it")
     demo.add_argument("config")
     demo.add_argument("--with-moto", action="store_true", help="start a local S3 API server")
@@ -107,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "great_expectations", "docket"):  # a line per API call or import
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config)  # validated once, here; flows receive it typed
     except ConfigError as e:
         print(f"clipflow: {e}", file=sys.stderr)
         return 2
@@ -115,29 +121,43 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_status(args.config)
     if args.command == "verify":
         return cmd_verify(args.config)
-    started = datetime.now(UTC)
-    if args.command == "run":
-        from flows.pipeline import pipeline_flow
-
-        pipeline_flow(
-            config=cfg.model_dump(mode="json"),
-            stages=_parse_stages(args.stages),
-            force=args.force,
-        )
-    elif args.command == "demo":
+    if args.command == "demo":
         from flows.demo import run_demo
 
         return run_demo(args.config, with_moto=args.with_moto)
-    else:
-        from flows.common import load_flow
-
-        overrides = {
-            k: v for k in ("checkpoint", "model") if (v := getattr(args, k, None)) is not None
-        }
-        load_flow(args.command)(config=cfg.model_dump(mode="json"), force=args.force, **overrides)
+    started = datetime.now(UTC)
+    try:
+        _run(args, cfg)
+    except StaleUpstream as refused:
+        print(f"clipflow: {refused}".replace("CONFIG", args.config), file=sys.stderr)
+        return 3
     elapsed = (datetime.now(UTC) - started).total_seconds()
     print(f"clipflow {args.command}: finished in {elapsed:.1f}s")
     return 0
+
+
+def _run(args: argparse.Namespace, cfg: PipelineConfig) -> None:
+    if args.command == "run":
+        from flows.pipeline import pipeline_flow
+
+        stages = _parse_stages(args.stages)
+        pipeline_flow(config=cfg, stages=stages, force=args.force, with_upstream=args.with_upstream)
+        return
+    from flows.common import load_flow
+
+    load_flow(args.command)(config=with_options(cfg, args), force=args.force)
+
+
+def with_options(cfg: PipelineConfig, args: argparse.Namespace) -> PipelineConfig:
+    """The config with a stage's CLI options applied (``--checkpoint`` sets
+    ``evaluate.checkpoint``): they take part in its config hash like any other field."""
+    data = cfg.model_dump()
+    for option in stage(args.command).options:
+        value = getattr(args, option.field, None)
+        if value is not None:
+            section, _, field = option.field.partition(".")
+            data[section][field] = value
+    return PipelineConfig.model_validate(data)
 
 
 if __name__ == "__main__":

@@ -1,57 +1,83 @@
-"""What every stage flow shares: config coercion, the manifest-guarded run, artifacts."""
+"""What every stage flow shares: the config parameter, the manifest-guarded run built from
+the stage's record, mapped tasks, and the counts artifact."""
 
 from __future__ import annotations
 
-import importlib
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
+from prefect import task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from tasks.core.config import PipelineConfig, load_config
-from tasks.core.manifest import StageResult, run_stage
+from tasks.core.manifest import run_stage
+from tasks.core.stage import RunContext, load_object
 from tasks.core.storage import Storage
+from tasks.stages import stage
 
-ConfigParam = PipelineConfig | dict[str, Any] | str
-"""What a flow accepts as config: the model (Python callers), a dict (the Prefect UI and
-deployments), or a YAML path (the CLI)."""
+T = TypeVar("T")
+R = TypeVar("R")
 
-
-def load_flow(stage: str) -> Any:
-    """A stage's flow, ``flows/<stage>.py:<stage>_flow``, imported on demand (so
-    ``clipflow status`` does not pay for torch)."""
-    return getattr(importlib.import_module(f"flows.{stage}"), f"{stage}_flow")
+ConfigParam = PipelineConfig | str
+"""What a flow accepts as config: the typed config (Python callers and the pipeline flow,
+which pass it down without validating it again; the Prefect UI's form is built from its
+schema) or the path of a YAML file (deployments in prefect.yaml, loaded once here)."""
 
 
 def as_config(config: ConfigParam) -> PipelineConfig:
-    return load_config(config)
+    return config if isinstance(config, PipelineConfig) else load_config(config)
 
 
-def run_stage_flow(
-    stage: str,
-    config: ConfigParam,
-    body: Callable[[PipelineConfig, Storage], StageResult],
-    force: bool = False,
-) -> dict[str, Any]:
-    """Run one stage under its manifest guard and publish its counts as an artifact."""
-    cfg = as_config(config)
-    logger: logging.Logger | logging.LoggerAdapter[Any]
+def load_flow(name: str) -> Any:
+    """A stage's flow, ``flows/<stage>.py:<stage>_flow``, imported on demand (so
+    ``clipflow status`` does not pay for torch)."""
+    import importlib
+
+    return getattr(importlib.import_module(f"flows.{name}"), f"{name}_flow")
+
+
+def map_as_tasks(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """Run ``fn`` over ``items`` as mapped Prefect tasks (so the flow's task runner spreads
+    them) and wait for every result."""
+    mapped = task(name=f"{fn.__name__}", cache_policy=NO_CACHE, retries=1)(fn)
+    return [future.result() for future in mapped.map(list(items))]
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter[Any]:
     try:
-        logger = get_run_logger()
+        return get_run_logger()
     except Exception:  # called outside a flow run (plain Python)
-        logger = logging.getLogger(f"clipflow.{stage}")
-    manifest = run_stage(stage, cfg, lambda storage: body(cfg, storage), force=force)
+        return logging.getLogger("clipflow.flows")
+
+
+def run_stage_flow(name: str, config: ConfigParam, force: bool = False) -> dict[str, Any]:
+    """Run one stage under its manifest guard, as its ``Stage`` record says; publish its
+    counts and its own artifacts."""
+    record = stage(name)
+    cfg = as_config(config)
+    logger = _logger()
+    body = record.load_body()
+    ctx = RunContext(force=force, log_line=logger.info, map_tasks=map_as_tasks)
+    publish = load_object(record.publish) if record.publish else None
+    try:
+        manifest = run_stage(name, cfg, lambda storage: body(cfg, storage, ctx), force=force)
+    except Exception as error:
+        if publish is not None:
+            publish(cfg, Storage(cfg.storage), None, error)  # show why on the failed run
+        raise
     if manifest.get("skipped"):
-        logger.info("%s is up to date; skipped (use --force %s to rerun)", stage, stage)
-    else:
-        logger.info("%s finished in %.1fs", stage, manifest["timings"]["seconds"])
-        counts = manifest.get("counts", {})
-        rows = "\n".join(f"| {k} | {v} |" for k, v in counts.items())
-        create_markdown_artifact(
-            key=f"{stage}-counts",
-            markdown=f"## {stage}\n\n| count | value |\n|---|---|\n{rows}\n",
-            description=f"{stage} stage counts",
-        )
+        logger.info("%s is up to date; skipped (use --force %s to rerun)", name, name)
+        return manifest
+    logger.info("%s finished in %.1fs", name, manifest["timings"]["seconds"])
+    rows = "\n".join(f"| {k} | {v} |" for k, v in manifest.get("counts", {}).items())
+    create_markdown_artifact(
+        key=f"{name}-counts",
+        markdown=f"## {name}\n\n| count | value |\n|---|---|\n{rows}\n",
+        description=f"{name} stage counts",
+    )
+    if publish is not None:
+        publish(cfg, Storage(cfg.storage), manifest, None)
     return manifest

@@ -1,4 +1,4 @@
-"""The crawl stage as a Prefect flow."""
+"""The crawl stage as a Prefect flow; what it does is its record in ``tasks/stages.py``."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import Any
 from prefect import flow
 
 from flows.common import ConfigParam, run_stage_flow
-from tasks.crawl.stage import crawl
+from tasks.stages import stage
 
 
-@flow(name="crawl")
+@flow(name="crawl", description=stage("crawl").summary)
 def crawl_flow(config: ConfigParam, force: bool = False) -> dict[str, Any]:
-    """Crawl the seed sites and read the WAT/WARC files into candidate (url, caption) pairs."""
-    return run_stage_flow("crawl", config, crawl, force)
+    """Run the crawl stage unless it is up to date (``force`` reruns it from scratch)."""
+    return run_stage_flow("crawl", config, force)

@@ -94,7 +94,7 @@ def run_demo(config_path: str, with_moto: bool = False) -> int:
     started = time.monotonic()
     try:
         with serve(site, host=seed.hostname or "127.0.0.1", port=seed.port or 80):
-            pipeline_flow(config=cfg.model_dump(mode="json"))
+            pipeline_flow(config=cfg)
         # The summary reads the manifests from storage: before moto (in memory) stops.
         print(pipeline_summary(cfg))
         elapsed = time.monotonic() - started

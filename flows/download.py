@@ -1,4 +1,4 @@
-"""The download stage as a Prefect flow."""
+"""The download stage as a Prefect flow; what it does is its record in ``tasks/stages.py``."""
 
 from __future__ import annotations
 
@@ -7,12 +7,10 @@ from typing import Any
 from prefect import flow
 
 from flows.common import ConfigParam, run_stage_flow
-from tasks.download.stage import download
+from tasks.stages import stage
 
 
-@flow(name="download")
+@flow(name="download", description=stage("download").summary)
 def download_flow(config: ConfigParam, force: bool = False) -> dict[str, Any]:
-    """Fetch every crawl candidate with img2dataset; resume unless forced or input changed."""
-    return run_stage_flow(
-        "download", config, lambda cfg, storage: download(cfg, storage, force=force), force
-    )
+    """Run the download stage unless it is up to date (``force`` reruns it from scratch)."""
+    return run_stage_flow("download", config, force)

@@ -9,18 +9,30 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
 from flows.common import ConfigParam, as_config, load_flow
-from tasks.core.config import STAGES, PipelineConfig
-from tasks.core.manifest import read_manifest
+from tasks.core.config import PipelineConfig
+from tasks.core.lineage import check_upstream, read_manifest, stale_upstream
 from tasks.core.storage import Storage
+from tasks.stages import STAGES, downstream, stage
 
 
-def stages_to_force(force: str | None) -> set[str]:
-    """--force STAGE reruns that stage and everything downstream of it."""
-    if force is None:
-        return set()
-    if force not in STAGES:
-        raise ValueError(f"--force {force!r}: stages are {', '.join(STAGES)}")
-    return set(STAGES[STAGES.index(force) :])
+def plan(
+    cfg: PipelineConfig,
+    stages: list[str] | None = None,
+    force: str | None = None,
+    with_upstream: bool = False,
+) -> list[str]:
+    """The stages to run, in order: all of them by default (each is skipped when up to
+    date). A subset is refused while a stage it reads from is stale, naming that stage,
+    unless ``with_upstream`` adds the stale stages to the run."""
+    for name in [*(stages or []), *([force] if force else [])]:
+        stage(name)  # an unknown name is an error that lists the stages
+    if stages is None:
+        return list(STAGES)
+    storage = Storage(cfg.storage)
+    if not with_upstream:
+        check_upstream(storage, cfg, stages)
+    stale = stale_upstream(storage, cfg, stages)
+    return [s for s in STAGES if s in stages or s in stale]
 
 
 @flow(name="clipflow-pipeline", log_prints=True)
@@ -28,18 +40,19 @@ def pipeline_flow(
     config: ConfigParam,
     stages: list[str] | None = None,
     force: str | None = None,
+    with_upstream: bool = False,
 ) -> dict[str, Any]:
-    """Run the stages in order; each is skipped when its manifest matches."""
+    """Run the stages in order; each is skipped when up to date. ``stages`` runs a subset
+    (refused while an upstream stage is stale, unless ``with_upstream``); ``force`` reruns
+    that stage and everything downstream of it."""
     cfg = as_config(config)
-    selected = [s for s in STAGES if stages is None or s in stages]
-    forced = stages_to_force(force)
+    selected = plan(cfg, stages, force, with_upstream)
+    forced = set(downstream(force)) if force else set()
     logger = get_run_logger()
     manifests: dict[str, Any] = {}
-    for stage in selected:
-        logger.info("stage %s%s", stage, " (forced)" if stage in forced else "")
-        manifests[stage] = load_flow(stage)(
-            config=cfg.model_dump(mode="json"), force=stage in forced
-        )
+    for name in selected:
+        logger.info("stage %s%s", name, " (forced)" if name in forced else "")
+        manifests[name] = load_flow(name)(config=cfg, force=name in forced)
     create_markdown_artifact(
         key="pipeline-summary",
         markdown=f"```\n{pipeline_summary(cfg)}\n```",
@@ -52,13 +65,13 @@ def pipeline_summary(cfg: PipelineConfig) -> str:
     """What a pipeline run produced, from the stage manifests and the evaluation results:
     per-stage time and counts, the curation funnel, training throughput, zero-shot results."""
     storage = Storage(cfg.storage)
-    manifests = {stage: read_manifest(storage, stage) or {} for stage in STAGES}
+    manifests = {name: read_manifest(storage, name) or {} for name in STAGES}
     total = sum(m.get("timings", {}).get("seconds", 0.0) for m in manifests.values()) or 1.0
     lines = ["clipflow pipeline summary", "", "stage      seconds  share  counts (non-zero)"]
-    for stage, manifest in manifests.items():
+    for name, manifest in manifests.items():
         seconds = manifest.get("timings", {}).get("seconds", 0.0)
         counts = ", ".join(f"{k}={v}" for k, v in manifest.get("counts", {}).items() if v)
-        lines.append(f"{stage:<9} {seconds:8.1f} {seconds / total:6.0%}  {counts}")
+        lines.append(f"{name:<9} {seconds:8.1f} {seconds / total:6.0%}  {counts}")
     curate = manifests["curate"].get("counts", {})
     if curate:
         lines.append(f"funnel: {curate.get('input')} downloaded rows -> {curate.get('kept')} kept")

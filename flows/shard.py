@@ -1,4 +1,4 @@
-"""The shard stage as a Prefect flow."""
+"""The shard stage as a Prefect flow; what it does is its record in ``tasks/stages.py``."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import Any
 from prefect import flow
 
 from flows.common import ConfigParam, run_stage_flow
-from tasks.shard.stage import shard
+from tasks.stages import stage
 
 
-@flow(name="shard")
+@flow(name="shard", description=stage("shard").summary)
 def shard_flow(config: ConfigParam, force: bool = False) -> dict[str, Any]:
-    """Reshard the kept samples into verified WebDataset shards; resume unless forced."""
-    return run_stage_flow("shard", config, shard, force)
+    """Run the shard stage unless it is up to date (``force`` reruns it from scratch)."""
+    return run_stage_flow("shard", config, force)

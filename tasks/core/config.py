@@ -6,8 +6,6 @@ message naming the field (``crawl.max_pagse: Extra inputs are not permitted``).
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -22,7 +20,8 @@ from pydantic import (
     model_validator,
 )
 
-STAGES: tuple[str, ...] = ("crawl", "download", "curate", "shard", "train", "evaluate")
+# The train section's schema belongs to model/ (a dataclass this module embeds, never copies).
+from model.train_config import TrainConfig
 
 
 class _Section(BaseModel):
@@ -214,51 +213,6 @@ class ShardConfig(_Section):
     """Wait before the first upload retry; doubled at each further retry."""
 
 
-class TrainConfig(_Section):
-    model: str = "clipflow-tiny"
-    """Architecture name in model/configs, or the path of an OpenCLIP-format config JSON."""
-    batch_size: int = Field(256, gt=0)
-    samples: int = Field(1_000_000, gt=0)
-    lr: float = Field(5.0e-4, gt=0)
-    weight_decay: float = Field(0.2, ge=0)
-    warmup: int = Field(500, ge=0)
-    beta1: float = 0.9
-    beta2: float = 0.98
-    eps: float = 1.0e-6
-    precision: Literal["fp32", "amp_bf16", "amp_fp16"] = "amp_bf16"
-    grad_checkpointing: bool = False
-    compile: bool = False
-    accum_steps: int = Field(1, ge=1)
-    local_loss: bool = True
-    seed: int = 0
-    nproc_per_node: int = Field(1, ge=1)
-    nnodes: int = Field(1, ge=1)
-    rdzv_endpoint: str | None = None
-    workers: int = Field(2, ge=0)
-    resume: str | None = "latest"
-    checkpoint_every_steps: int = Field(1000, gt=0)
-    checkpoint_every_minutes: float = Field(30.0, gt=0)
-    log_every_steps: int = Field(10, gt=0)
-    vocab: str | None = None
-    """Path to a trained BPE vocabulary; None means CLIP's own 49,152-merge vocabulary."""
-    sampling: Literal["auto", "split", "resampled"] = "auto"
-    """split: each epoch's shards are divided among ranks x workers (fewer shards than readers
-    is an error); resampled: shards drawn with replacement; auto: split, or resampled when
-    there are fewer shards than readers."""
-    shuffle_buffer: int = Field(2000, ge=0)
-    """Samples held per data-loader worker for shuffling (0: shard order only)."""
-    crop_scale_min: float = Field(0.8, gt=0, le=1)
-    """Smallest image area fraction a training random-resized crop keeps."""
-    hflip: bool = True
-    """Random horizontal flips (off for data where left and right differ, e.g. text)."""
-    keep_checkpoints: int = Field(2, ge=1)
-    """step_N.pt files kept (latest.pt aside); older ones are deleted."""
-    rdzv_port: int = Field(29500, gt=0, lt=65536)
-    """Rendezvous port on the first node when nnodes > 1 and rdzv_endpoint is unset."""
-    timeout_minutes: float = Field(30.0, gt=0)
-    """Collective timeout: a rank that waits longer on its peers fails instead of hanging."""
-
-
 class EvalDataset(_Section):
     name: str
     path: str
@@ -346,21 +300,9 @@ class PipelineConfig(_Section):
             raise ValueError("must be non-empty without slashes or spaces")
         return v
 
-    def section(self, stage: str) -> BaseModel:
-        return getattr(self, stage)
-
-    def section_hash(self, stage: str) -> str:
-        """sha256 of one stage's section, plus storage.root (outputs move with it)."""
-        payload = {"root": self.storage.root, stage: self.section(stage).model_dump(mode="json")}
-        return _stable_hash(payload)
-
 
 class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file and the fields."""
-
-
-def _stable_hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def load_config(source: str | Path | dict[str, Any] | PipelineConfig) -> PipelineConfig:

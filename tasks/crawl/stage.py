@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from tasks.core.config import PipelineConfig
 from tasks.core.manifest import StageResult
 from tasks.core.safe_http import check_url
+from tasks.core.stage import PLAIN_RUN, RunContext
 from tasks.core.storage import Storage
 from tasks.crawl.site_crawler import crawl_sites
 from tasks.crawl.wat import ArchiveInputError, read_archive
@@ -132,7 +133,7 @@ def write_errors(storage: Storage, errors: list[dict[str, str]]) -> str:
     return uri
 
 
-def crawl(cfg: PipelineConfig, storage: Storage) -> StageResult:
+def crawl(cfg: PipelineConfig, storage: Storage, ctx: RunContext = PLAIN_RUN) -> StageResult:
     """The crawl stage body: site crawl from ``crawl.seeds``, then ``crawl.wat_files``."""
     c = cfg.crawl
     _check_wat_inputs(cfg, storage)

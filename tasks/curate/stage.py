@@ -1,8 +1,8 @@
 """The curate stage: ``{root}/download/`` in, ``{root}/curate/samples.parquet`` and
 ``{root}/curate/report/`` out.
 
-Per-shard work (decode, hash, language ID) is mapped over download shards by a
-caller-supplied ``map_shards`` (a list comprehension here, Prefect tasks in the flow); the
+Per-shard work (decode, hash, language ID) is mapped over download shards by the run
+context's ``map_tasks`` (a list comprehension in plain Python, Prefect tasks in the flow); the
 global steps (SQL rules, decontamination, dedup across shards, the gate) then run on the
 whole table in DuckDB and FAISS.
 """
@@ -16,8 +16,8 @@ import posixpath
 import re
 import tarfile
 import tempfile
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import duckdb
 import fsspec
@@ -29,6 +29,7 @@ from PIL import Image
 from tasks.core.config import PipelineConfig
 from tasks.core.manifest import StageResult
 from tasks.core.sql import bind, run_sql
+from tasks.core.stage import PLAIN_RUN, RunContext
 from tasks.core.storage import Storage
 from tasks.curate.dedup import DEDUP_RULES, DedupOutcome, decontamination_matches, run_dedup
 from tasks.curate.features import ShardJob, curate_shard, embeddings_uri
@@ -38,16 +39,8 @@ from tasks.curate.rules import apply_rules, combine
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-R = TypeVar("R")
-MapShards = Callable[[Callable[[T], R], Sequence[T]], list[R]]
 _SHARD_NAME = re.compile(r"^\d+\.parquet$")
 _EVAL_IMAGE_EXTENSIONS = (".webp", ".png", ".jpg", ".jpeg")
-
-
-def map_in_process(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
-    """The plain mapping: one shard after another, in this process."""
-    return [fn(item) for item in items]
 
 
 def list_download_shards(storage: Storage) -> list[str]:
@@ -56,9 +49,7 @@ def list_download_shards(storage: Storage) -> list[str]:
     return [uri for uri in found if _SHARD_NAME.match(posixpath.basename(uri))]
 
 
-def curate(
-    cfg: PipelineConfig, storage: Storage, map_shards: MapShards[Any, Any] = map_in_process
-) -> StageResult:
+def curate(cfg: PipelineConfig, storage: Storage, ctx: RunContext = PLAIN_RUN) -> StageResult:
     """The stage body: features per shard, then rules, decontamination, dedup and the gate
     on the whole table. Raises (before the manifest is written) if the gate fails."""
     shards = list_download_shards(storage)
@@ -68,7 +59,7 @@ def curate(
         ShardJob(cfg, uri, storage.uri("curate", "_parts", posixpath.basename(uri)))
         for uri in shards
     ]
-    parts = map_shards(curate_shard, jobs)
+    parts = ctx.map_tasks(curate_shard, jobs)
     with tempfile.TemporaryDirectory(prefix="clipflow-curate-") as tmp:
         con = duckdb.connect(os.path.join(tmp, "curate.duckdb"))
         try:

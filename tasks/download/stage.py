@@ -29,6 +29,7 @@ import pandas as pd  # noqa: E402
 from tasks.core.config import PipelineConfig  # noqa: E402
 from tasks.core.manifest import StageResult
 from tasks.core.safe_http import check_url
+from tasks.core.stage import PLAIN_RUN, RunContext
 from tasks.core.storage import Storage
 from tasks.download.fetch import FetchPolicy, GuardedDownloader
 
@@ -191,11 +192,11 @@ def shard_results(storage: Storage) -> pd.DataFrame:
     return rows
 
 
-def download(cfg: PipelineConfig, storage: Storage, force: bool = False) -> StageResult:
+def download(cfg: PipelineConfig, storage: Storage, ctx: RunContext = PLAIN_RUN) -> StageResult:
     """The download stage: candidates in, img2dataset shards out, every candidate counted."""
     candidates = read_candidates(storage)
     to_fetch, refused = split_refused(candidates, cfg.crawl.allow_private_networks)
-    _prepare_output(storage, input_fingerprint(candidates, cfg), force)
+    _prepare_output(storage, input_fingerprint(candidates, cfg), ctx.force)
     input_dir = storage.uri("download", "_input")
     with storage.atomic_local_path(f"{input_dir}/refused.parquet") as (fh, _):
         refused.to_parquet(fh, index=False)

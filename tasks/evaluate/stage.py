@@ -40,6 +40,7 @@ from model.zeroshot import ClassificationReport, classification_report, classify
 from model.zeroshot import zeroshot_classifier as build_classifier
 from tasks.core.config import EvalDataset, PipelineConfig
 from tasks.core.manifest import StageResult
+from tasks.core.stage import PLAIN_RUN, RunContext
 from tasks.core.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -308,7 +309,7 @@ def plot_confusion(
     plt.close(fig)
 
 
-def run_evaluate(cfg: PipelineConfig, storage: Storage) -> StageResult:
+def run_evaluate(cfg: PipelineConfig, storage: Storage, ctx: RunContext = PLAIN_RUN) -> StageResult:
     """The stage body: every configured dataset, then results.json / results.md / plots."""
     if not cfg.evaluate.datasets:
         raise ValueError("evaluate.datasets is empty: configure at least one benchmark set")

@@ -31,6 +31,7 @@ import pandas as pd
 from tasks.core.config import PipelineConfig, ShardConfig
 from tasks.core.manifest import StageResult, invalidate, manifest_uri, read_manifest
 from tasks.core.s3 import UploadPolicy
+from tasks.core.stage import PLAIN_RUN, RunContext
 from tasks.core.storage import Storage
 from tasks.shard.verify import check_member_name, verify_shards
 
@@ -326,7 +327,7 @@ def _remove_stale(storage: Storage, names: set[str]) -> None:
             storage.remove(uri)
 
 
-def shard(cfg: PipelineConfig, storage: Storage) -> StageResult:
+def shard(cfg: PipelineConfig, storage: Storage, ctx: RunContext = PLAIN_RUN) -> StageResult:
     """The shard stage: kept samples in, verified WebDataset shards out, none lost or doubled."""
     curate = read_manifest(storage, "curate")
     if curate is None:

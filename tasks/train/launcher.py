@@ -30,8 +30,11 @@ from typing import Any
 
 import yaml
 
-from tasks.core.config import PipelineConfig, TrainConfig
-from tasks.core.manifest import StageResult, input_fingerprint
+from model.train_config import TrainConfig, TrainRun
+from tasks.core.config import PipelineConfig
+from tasks.core.lineage import upstream_digests
+from tasks.core.manifest import StageResult
+from tasks.core.stage import PLAIN_RUN, RunContext
 from tasks.core.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -48,7 +51,7 @@ MAX_ERROR_LINES = 10
 _LINE_BREAK = re.compile(rb"[\r\n]")
 # model.train's own log lines at ERROR level ("... [rank 1] ERROR model.train: ...").
 _ERROR_LINE = re.compile(r"\[rank \d+\] ERROR ")
-_REPO = Path(__file__).resolve().parent.parent
+_REPO = Path(__file__).resolve().parents[2]
 
 
 class TrainingFailed(RuntimeError):
@@ -57,13 +60,14 @@ class TrainingFailed(RuntimeError):
 
 def resolved_config(cfg: PipelineConfig, storage: Storage) -> dict[str, Any]:
     """What ``model.train`` reads: the train section, data and output URIs, fsspec options."""
-    return {
-        **cfg.train.model_dump(mode="json"),
-        "shards": storage.uri("shards"),
-        "output": storage.uri("train"),
-        "storage_options": storage.storage_options(),
-        "data_fingerprint": input_fingerprint(storage, cfg, "train"),
-    }
+    run = TrainRun.of(
+        cfg.train,
+        shards=storage.uri("shards"),
+        output=storage.uri("train"),
+        storage_options=storage.storage_options(),
+        data_fingerprint=upstream_digests(storage, cfg, "train").get("shard"),
+    )
+    return run.to_dict()
 
 
 def can_resume(previous: dict[str, Any] | None, current: dict[str, Any]) -> tuple[bool, str]:
@@ -175,22 +179,18 @@ def prepare_run(cfg: PipelineConfig, storage: Storage, fresh: bool = False) -> d
     return current
 
 
-def train(
-    cfg: PipelineConfig,
-    storage: Storage,
-    on_line: Callable[[str], None] = log.info,
-    fresh: bool = False,
-) -> StageResult:
-    """The train stage: run torchrun to completion on this node; return its summary.
-    ``fresh`` discards earlier checkpoints instead of resuming from them."""
-    current = prepare_run(cfg, storage, fresh)
+def train(cfg: PipelineConfig, storage: Storage, ctx: RunContext = PLAIN_RUN) -> StageResult:
+    """The train stage: run torchrun to completion on this node, its output lines to
+    ``ctx.log_line``; return its summary. A forced run discards earlier checkpoints instead
+    of resuming from them."""
+    current = prepare_run(cfg, storage, ctx.force)
     with tempfile.TemporaryDirectory(prefix="clipflow-train-") as tmp:
         # torchrun's ranks read the config from a local file, wherever storage lives.
         config_path = os.path.join(tmp, "config.yaml")
         Path(config_path).write_text(yaml.safe_dump(current, sort_keys=True))
         command = torchrun_command(cfg.train, config_path, run_id=cfg.name)
         log.info("train: %s", " ".join(command))
-        result = stream_process(command, on_line)
+        result = stream_process(command, ctx.log_line)
     if result.code != 0:
         raise TrainingFailed(result.failure_message())
     summary = storage.read_json(storage.uri("train", "summary.json"))

@@ -16,7 +16,8 @@ from prefect.client.schemas.filters import (
 
 from demo.benchmark_sets import build_set
 from flows.pipeline import pipeline_flow
-from tasks.core.config import STAGES, PipelineConfig
+from tasks.core.config import PipelineConfig
+from tasks.stages import STAGES
 from tasks.core.manifest import read_manifest
 from tasks.core.storage import Storage
 

@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from flows.cli import build_parser, main
-from tasks.core.config import STAGES, load_config
+from tasks.core.config import load_config
+from tasks.stages import STAGES
 from tasks.core.manifest import StageResult, run_stage
 
 

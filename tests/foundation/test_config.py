@@ -63,10 +63,3 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("crawl: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
-
-
-def test_section_hash_changes_only_with_its_section():
-    a = PipelineConfig()
-    b = PipelineConfig.model_validate({"train": {"lr": 1e-3}})
-    assert a.section_hash("crawl") == b.section_hash("crawl")
-    assert a.section_hash("train") != b.section_hash("train")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tasks.core.config import PipelineConfig
-from tasks.core.manifest import StageResult, input_fingerprint, read_manifest, run_stage
+from tasks.core.lineage import StaleUpstream, stage_status, upstream_digests
+from tasks.core.manifest import StageResult, read_manifest, run_stage
 from tasks.core.storage import Storage
 
 
@@ -42,15 +43,16 @@ def test_upstream_change_invalidates_downstream(tmp_root):
     run_stage("crawl", cfg, counting_body(calls, "crawl"))
     run_stage("download", cfg, counting_body(calls, "download"))
     storage = Storage(cfg.storage)
-    before = input_fingerprint(storage, cfg, "download")
+    before = upstream_digests(storage, cfg, "download")
     assert run_stage("download", cfg, counting_body(calls, "download"))["skipped"]
     run_stage("crawl", cfg, counting_body(calls, "crawl"), force=True)  # new counts upstream
-    assert input_fingerprint(storage, cfg, "download") != before
+    assert upstream_digests(storage, cfg, "download") != before
+    assert stage_status(storage, cfg, "download").reason == "because crawl was rerun since"
     assert not run_stage("download", cfg, counting_body(calls, "download"))["skipped"]
 
 
 def test_stage_refuses_to_run_without_its_upstream(tmp_root):
-    with pytest.raises(RuntimeError, match="upstream stage 'crawl' has not finished"):
+    with pytest.raises(StaleUpstream, match="upstream stage 'crawl' has not finished"):
         run_stage("download", cfg_at(tmp_root), counting_body([], "download"))
 
 
@@ -65,15 +67,8 @@ def test_failed_stage_writes_no_manifest(tmp_root):
     assert read_manifest(Storage(cfg.storage), "crawl") is None
 
 
-def test_every_code_path_a_stage_depends_on_exists():
-    from tasks.core.manifest import _REPO, _STAGE_CODE
-
-    missing = [p for paths in _STAGE_CODE.values() for p in paths if not (_REPO / p).exists()]
-    assert missing == [], "renamed or removed files would silently leave the code version"
-
-
 def test_evaluating_a_given_checkpoint_needs_no_train_stage(tmp_root):
     cfg = cfg_at(tmp_root, evaluate={"checkpoint": str(tmp_root / "any.pt")})
     assert not run_stage("evaluate", cfg, counting_body([], "evaluate"))["skipped"]
-    with pytest.raises(RuntimeError, match="upstream stage 'shard'"):
+    with pytest.raises(StaleUpstream, match="upstream stage 'shard'"):
         run_stage("train", cfg, counting_body([], "train"))

@@ -1,0 +1,272 @@
+"""Fingerprints and lineage: when is a stage's output up to date?
+
+A stage is up to date when its manifest exists and
+- its config hash equals the hash of every config field it reads now (``Stage.reads``);
+- its code version equals the hash of its package and every first-party module that
+  package imports, directly or not (found by following imports, so no file can be missed);
+- every upstream manifest it consumed is still the one on storage (digests recorded in its
+  manifest), and every upstream stage is itself up to date.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from tasks.core.config import PipelineConfig
+from tasks.core.storage import Storage
+from tasks.stages import PIPELINE, STAGES, stage
+
+REPO = Path(__file__).resolve().parents[2]
+FIRST_PARTY = ("tasks", "model")
+"""Packages whose modules count as a stage's code; third-party code is pinned by the lock."""
+PACKAGE_DATA = {"model": ("model/configs",)}
+"""Data folders a package reads at run time; a stage's SQL is ``sql/<stage>/``."""
+
+
+# ---- code ---------------------------------------------------------------------------------
+
+
+def _module_file(module: str, root: Path) -> Path | None:
+    base = root.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported_modules(path: Path, module: str) -> set[str]:
+    """First-party modules ``path`` imports anywhere (top level or inside functions)."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parts, base] if base else parts)
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)  # submodules
+    return {n for n in names if n.split(".")[0] in FIRST_PARTY}
+
+
+def code_files(name: str, root: Path = REPO) -> list[Path]:
+    """Every file a stage's output depends on: its package, the first-party modules they
+    import (transitively, with their parent packages' ``__init__``), their data folders and
+    the stage's SQL."""
+    todo = [f"tasks.{name}"]
+    todo += [
+        f"tasks.{name}.{p.stem}"
+        for p in (root / "tasks" / name).glob("*.py")
+        if p.name != "__init__.py"
+    ]
+    seen: dict[str, Path] = {}
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        path = _module_file(module, root)
+        if path is None:
+            continue  # a name imported from a module, not a module itself
+        seen[module] = path
+        parents = [".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 1)]
+        todo += parents + sorted(_imported_modules(path, module))
+    files = set(seen.values())
+    data_dirs = [f"sql/{name}"]
+    data_dirs += [
+        d
+        for pkg, dirs in PACKAGE_DATA.items()
+        if pkg in {m.split(".")[0] for m in seen}
+        for d in dirs
+    ]
+    for folder in data_dirs:
+        files.update(
+            p for p in (root / folder).rglob("*") if p.is_file() and "__pycache__" not in p.parts
+        )
+    return sorted(files)
+
+
+@cache
+def code_version(name: str) -> str:
+    """sha256 over a stage's code files (paths and bytes). Cached: code does not change
+    while a process runs."""
+    return _hash_files(code_files(name), REPO)
+
+
+def _hash_files(files: list[Path], root: Path) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(root)).encode() + b"\0")
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+# ---- config -------------------------------------------------------------------------------
+
+
+def config_reads(cfg: PipelineConfig, name: str) -> dict[str, Any]:
+    """The config values a stage reads, by dotted path (``storage`` always: outputs move with
+    it; a section means all of its fields)."""
+    data = cfg.model_dump(mode="json")
+    values: dict[str, Any] = {}
+    for path in ("storage", *stage(name).reads):
+        value: Any = data
+        for part in path.split("."):
+            value = value[part]
+        values[path] = value
+    return values
+
+
+def config_hash(cfg: PipelineConfig, name: str) -> str:
+    return _stable_hash(config_reads(cfg, name))
+
+
+def _stable_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# ---- lineage ------------------------------------------------------------------------------
+
+
+def manifest_uri(storage: Storage, name: str) -> str:
+    return storage.uri("_manifests", f"{name}.json")
+
+
+def read_manifest(storage: Storage, name: str) -> dict[str, Any] | None:
+    uri = manifest_uri(storage, name)
+    return storage.read_json(uri) if storage.exists(uri) else None
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """What a downstream manifest records of an upstream one: a digest of all of it, so a
+    rerun (new timings, counts or outputs) is a different upstream."""
+    return _stable_hash(manifest)[:16]
+
+
+def upstream_of(cfg: PipelineConfig, name: str) -> tuple[str, ...]:
+    """The stages whose outputs ``name`` reads under this config."""
+    record = stage(name)
+    if record.standalone_when and _field(cfg, record.standalone_when) is not None:
+        return ()
+    return record.upstream
+
+
+def _field(cfg: PipelineConfig, path: str) -> Any:
+    value: Any = cfg
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def upstream_digests(storage: Storage, cfg: PipelineConfig, name: str) -> dict[str, str | None]:
+    """Digest of each upstream manifest on storage now (None: that stage has not finished)."""
+    digests: dict[str, str | None] = {}
+    for up in upstream_of(cfg, name):
+        manifest = read_manifest(storage, up)
+        digests[up] = None if manifest is None else manifest_digest(manifest)
+    return digests
+
+
+@dataclass(frozen=True)
+class Status:
+    """A stage's state: ``done``, ``stale`` or ``not run``, and why, in words."""
+
+    state: str
+    reason: str = ""
+    stale_upstream: str | None = None
+    """The upstream stage that makes this one stale, when that is the reason."""
+
+    @property
+    def done(self) -> bool:
+        return self.state == "done"
+
+
+def stage_status(storage: Storage, cfg: PipelineConfig, name: str) -> Status:
+    return pipeline_status(storage, cfg)[name]
+
+
+def pipeline_status(storage: Storage, cfg: PipelineConfig) -> dict[str, Status]:
+    """Every stage's status, upstream first (a stage is stale when an upstream one is)."""
+    statuses: dict[str, Status] = {}
+    for record in PIPELINE:
+        statuses[record.name] = _status(storage, cfg, record.name, statuses)
+    return statuses
+
+
+def _status(
+    storage: Storage, cfg: PipelineConfig, name: str, upstream: dict[str, Status]
+) -> Status:
+    manifest = read_manifest(storage, name)
+    if manifest is None:
+        return Status("not run")
+    if manifest.get("config_hash") != config_hash(cfg, name):
+        changed = _changed_fields(manifest.get("config", {}), config_reads(cfg, name))
+        return Status("stale", f"config changed: {', '.join(changed) or 'fields it reads'}")
+    if manifest.get("code_version") != code_version(name):
+        return Status("stale", "its code changed")
+    recorded = manifest.get("upstream", {})
+    for up, digest in upstream_digests(storage, cfg, name).items():
+        if not upstream[up].done:
+            return Status("stale", f"because {up} is {upstream[up].state}", up)
+        if recorded.get(up) != digest:
+            return Status("stale", f"because {up} was rerun since", up)
+    return Status("done")
+
+
+def _changed_fields(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    changed: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += _changed_fields(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changed.append(f"{prefix}{key}")
+    return changed
+
+
+class StaleUpstream(RuntimeError):
+    """A stage asked to run on an upstream output that is missing or out of date."""
+
+    def __init__(self, name: str, upstream: str, status: Status, rerun: list[str]) -> None:
+        self.stage, self.upstream, self.rerun = name, upstream, rerun
+        what = "has not finished" if status.state == "not run" else f"is stale ({status.reason})"
+        super().__init__(
+            f"{name}: upstream stage {upstream!r} {what}; run "
+            f"`clipflow run CONFIG --stages {','.join(rerun)}` "
+            f"(or add --with-upstream to rerun what is stale first)"
+        )
+
+
+def stale_upstream(storage: Storage, cfg: PipelineConfig, names: list[str]) -> list[str]:
+    """The stages, outside ``names``, that must run before ``names`` can: every upstream
+    stage (transitively) that is not up to date, in pipeline order."""
+    statuses = pipeline_status(storage, cfg)
+    needed: set[str] = set()
+    todo = list(names)
+    while todo:
+        for up in upstream_of(cfg, todo.pop()):
+            if up not in names and up not in needed and not statuses[up].done:
+                needed.add(up)
+            if up not in names:
+                todo.append(up)
+    return [s for s in STAGES if s in needed]
+
+
+def check_upstream(storage: Storage, cfg: PipelineConfig, names: list[str]) -> None:
+    """Refuse (StaleUpstream, naming the stage and the command to run) when a stage in
+    ``names`` reads from a stage outside ``names`` that is not up to date."""
+    statuses = pipeline_status(storage, cfg)
+    for name in [s for s in STAGES if s in names]:
+        for up in upstream_of(cfg, name):
+            if up not in names and not statuses[up].done:
+                rerun = [
+                    s for s in STAGES if s in names or s in stale_upstream(storage, cfg, names)
+                ]
+                raise StaleUpstream(name, up, statuses[up], rerun)
