@@ -43,7 +43,7 @@ from model.train_checkpoint import (
     set_rng_state,
     write_atomic,
 )
-from model.train_config import TrainConfig, load_train_config
+from model.train_config import TrainRun, load_train_config
 from model.train_metrics import MetricsLog
 from model.transforms import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
@@ -119,7 +119,7 @@ def warmup_cosine(warmup: int, total: int) -> Any:
     return multiplier
 
 
-def build_state(cfg: TrainConfig, env: Distributed, total_steps: int) -> TrainState:
+def build_state(cfg: TrainRun, env: Distributed, total_steps: int) -> TrainState:
     """Model (same initial weights on every rank), DDP wrapper, AdamW, scaler, schedule."""
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, device=env.device, grad_checkpointing=cfg.grad_checkpointing)
@@ -141,7 +141,7 @@ def build_state(cfg: TrainConfig, env: Distributed, total_steps: int) -> TrainSt
     return TrainState(model, ddp, optimizer, scaler, schedule)
 
 
-def checkpoint_dict(state: TrainState, cfg: TrainConfig, loader: TrainLoader) -> dict[str, Any]:
+def checkpoint_dict(state: TrainState, cfg: TrainRun, loader: TrainLoader) -> dict[str, Any]:
     """Every rank's loader position and RNG state (a collective), plus rank 0's model."""
     mine = {"loader": loader.position.to_dict(), "rng": rng_state()}
     everyone = [mine]
@@ -181,7 +181,7 @@ def restore(
 
 
 def train_step(
-    state: TrainState, loader: TrainLoader, cfg: TrainConfig, env: Distributed, loss_fn: ClipLoss
+    state: TrainState, loader: TrainLoader, cfg: TrainRun, env: Distributed, loss_fn: ClipLoss
 ) -> tuple[Tensor, float]:
     """One optimizer step over ``accum_steps`` micro-batches; returns (mean loss, seconds
     spent waiting for data). Each micro-batch is its own contrastive batch."""
@@ -214,7 +214,7 @@ def train_step(
 
 
 def make_loader(
-    cfg: TrainConfig, env: Distributed, model: CLIP, position: LoaderPosition | None
+    cfg: TrainRun, env: Distributed, model: CLIP, position: LoaderPosition | None
 ) -> tuple[TrainLoader, int]:
     """The rank's loader and the dataset size (samples in ``sizes.json``)."""
     shards, sizes = read_shard_list(cfg.shards, cfg.storage_options)
@@ -274,7 +274,7 @@ def log_step(
     return record, due > 0
 
 
-def train(cfg: TrainConfig, env: Distributed) -> dict[str, Any]:
+def train(cfg: TrainRun, env: Distributed) -> dict[str, Any]:
     """Run (or resume) training to the configured number of samples; returns the summary."""
     global_batch = cfg.batch_size * env.world * cfg.accum_steps
     total_steps = max(1, cfg.samples // global_batch)
@@ -329,7 +329,7 @@ def train(cfg: TrainConfig, env: Distributed) -> dict[str, Any]:
 
 def finish(
     state: TrainState,
-    cfg: TrainConfig,
+    cfg: TrainRun,
     env: Distributed,
     loader: TrainLoader,
     metrics: MetricsLog | None,

@@ -1,14 +1,16 @@
-"""The training run's typed config: the pipeline's ``train:`` section plus where data lives.
+"""The training config: the pipeline's ``train:`` section, and one run of it.
 
-``python -m model.train --config FILE`` reads either
+``TrainConfig`` is the ``train:`` section, defined once: the pipeline's ``PipelineConfig``
+embeds this dataclass (pydantic validates it there), and ``TrainRun`` adds where the data
+lives for ``model/train.py``. ``python -m model.train --config FILE`` reads either
 
 - the resolved ``{root}/train/config.yaml`` that the train stage writes: the ``train:`` keys
   at the top level plus ``shards``, ``output`` and ``storage_options``; or
 - a whole pipeline YAML (``storage:`` and ``train:`` sections): shards are then
   ``{storage.root}/shards`` and outputs go to ``{storage.root}/train``.
 
-This module never imports the pipeline's pydantic config (``model/`` stands alone), so the
-keys are checked here: an unknown key is an error that names it.
+This module never imports the pipeline's config, pydantic or Prefect (``model/`` stands
+alone), so values are checked here: an unknown key or a bad value is an error naming it.
 """
 
 from __future__ import annotations
@@ -16,28 +18,60 @@ from __future__ import annotations
 import dataclasses
 import os
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import fsspec
 import yaml
 
-PRECISIONS = ("fp32", "amp_bf16", "amp_fp16")
-SAMPLING = ("auto", "split", "resampled")
-# Keys of the train section that only the launcher (torchrun) reads.
-LAUNCH_KEYS = ("nproc_per_node", "nnodes", "rdzv_endpoint", "rdzv_port")
+Precision = Literal["fp32", "amp_bf16", "amp_fp16"]
+Sampling = Literal["auto", "split", "resampled"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+SAMPLING: tuple[str, ...] = get_args(Sampling)
 
 
-@dataclass(frozen=True)
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+_AT_LEAST_ONE = (
+    "batch_size", "samples", "accum_steps", "checkpoint_every_steps", "log_every_steps",
+    "keep_checkpoints", "nproc_per_node", "nnodes",
+)  # fmt: skip
+# What each checked field of the train section must be: (rule as the error states it, test).
+_RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    **{name: ("an integer >= 1", lambda v: _integer(v) and v >= 1) for name in _AT_LEAST_ONE},
+    **{
+        name: ("an integer >= 0", lambda v: _integer(v) and v >= 0)
+        for name in ("warmup", "workers", "shuffle_buffer")
+    },
+    **{
+        name: ("a number > 0", lambda v: _number(v) and v > 0)
+        for name in ("lr", "checkpoint_every_minutes", "timeout_minutes")
+    },
+    "weight_decay": ("a number >= 0", lambda v: _number(v) and v >= 0),
+    "crop_scale_min": ("a number in (0, 1]", lambda v: _number(v) and 0 < v <= 1),
+    "rdzv_port": ("a port number (1-65535)", lambda v: _integer(v) and 0 < v < 65536),
+    "precision": (f"one of {PRECISIONS}", lambda v: v in PRECISIONS),
+    "sampling": (f"one of {SAMPLING}", lambda v: v in SAMPLING),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """One training run. Sizes are per rank unless named global; ``samples`` is the total
+    """The ``train:`` section. Sizes are per rank unless named global; ``samples`` is the total
     number of training samples seen over all ranks; ``warmup`` is in optimizer steps."""
 
-    shards: str
-    """Folder (local path or fsspec URI) holding ``sizes.json`` and the ``.tar`` shards."""
-    output: str
-    """Folder receiving ``checkpoints/``, ``metrics.jsonl`` and ``loss_curve.png``."""
+    # Read by pydantic where PipelineConfig embeds this class: a typo is an error there too.
+    __pydantic_config__ = {"extra": "forbid"}
+
     model: str = "clipflow-tiny"
+    """Architecture name in model/configs, or the path of an OpenCLIP-format config JSON."""
     batch_size: int = 256
     samples: int = 1_000_000
     lr: float = 5.0e-4
@@ -46,42 +80,67 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.98
     eps: float = 1.0e-6
-    precision: str = "amp_bf16"
+    precision: Precision = "amp_bf16"
     grad_checkpointing: bool = False
     compile: bool = False
     accum_steps: int = 1
     local_loss: bool = True
     seed: int = 0
+    nproc_per_node: int = 1
+    """Launcher only (torchrun): processes per node. ``model/train.py`` ignores it."""
+    nnodes: int = 1
+    """Launcher only: nodes in the run."""
+    rdzv_endpoint: str | None = None
+    """Launcher only: host:port of the c10d rendezvous; None means this host's, at rdzv_port."""
+    rdzv_port: int = 29500
+    """Launcher only: rendezvous port on the first node when nnodes > 1 and rdzv_endpoint
+    is unset."""
     workers: int = 2
     resume: str | None = "latest"
     checkpoint_every_steps: int = 1000
     checkpoint_every_minutes: float = 30.0
     log_every_steps: int = 10
     vocab: str | None = None
-    sampling: str = "auto"
+    """Path to a trained BPE vocabulary; None means CLIP's own 49,152-merge vocabulary."""
+    sampling: Sampling = "auto"
+    """split: each epoch's shards are divided among ranks x workers (fewer shards than readers
+    is an error); resampled: shards drawn with replacement; auto: split, or resampled when
+    there are fewer shards than readers."""
     shuffle_buffer: int = 2000
+    """Samples held per data-loader worker for shuffling (0: shard order only)."""
     crop_scale_min: float = 0.8
+    """Smallest image area fraction a training random-resized crop keeps."""
     hflip: bool = True
+    """Random horizontal flips (off for data where left and right differ, e.g. text)."""
     keep_checkpoints: int = 2
+    """step_N.pt files kept (latest.pt aside); older ones are deleted."""
     timeout_minutes: float = 30.0
+    """Collective timeout: a rank that waits longer on its peers fails instead of hanging."""
+
+    def __post_init__(self) -> None:
+        for name, (rule, fits) in _RULES.items():
+            value = getattr(self, name)
+            if not fits(value):
+                raise ValueError(f"train.{name} must be {rule}, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainRun(TrainConfig):
+    """One training run: the ``train:`` section plus where its data and outputs live."""
+
+    shards: str
+    """Folder (local path or fsspec URI) holding ``sizes.json`` and the ``.tar`` shards."""
+    output: str
+    """Folder receiving ``checkpoints/``, ``metrics.jsonl`` and ``loss_curve.png``."""
     storage_options: dict[str, Any] = field(default_factory=dict)
     """fsspec options for ``shards`` and ``output`` (e.g. an S3 endpoint URL)."""
     data_fingerprint: str | None = None
     """What the shards were made from (the shard stage's manifest digest), for the record."""
 
-    def __post_init__(self) -> None:
-        positive = ("batch_size", "samples", "accum_steps", "checkpoint_every_steps")
-        for name in positive + ("log_every_steps", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"train.precision {self.precision!r}: must be one of {PRECISIONS}")
-        if self.sampling not in SAMPLING:
-            raise ValueError(f"train.sampling {self.sampling!r}: must be one of {SAMPLING}")
-        if not 0 < self.crop_scale_min <= 1:
-            raise ValueError(f"train.crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
-        if self.workers < 0 or self.warmup < 0 or self.shuffle_buffer < 0:
-            raise ValueError("train.workers, train.warmup and train.shuffle_buffer must be >= 0")
+    @classmethod
+    def of(cls, section: TrainConfig, **where: Any) -> TrainRun:
+        """The run of ``section`` with ``where`` (``shards``, ``output``, ...) added."""
+        return cls(**dataclasses.asdict(section), **where)
 
     @property
     def checkpoint_dir(self) -> str:
@@ -92,18 +151,17 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainRun:
         """Build from a resolved flat dict or a pipeline dict with ``storage`` and ``train``."""
         if "train" in data and isinstance(data["train"], dict):
             data = _flatten_pipeline(data, source)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known - set(LAUNCH_KEYS))
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(f"{source}: unknown train keys {unknown}")
         missing = [k for k in ("shards", "output") if not data.get(k)]
         if missing:
             raise ValueError(f"{source}: missing {missing} (or give a pipeline config)")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**data)
 
 
 def _flatten_pipeline(data: dict[str, Any], source: str) -> dict[str, Any]:
@@ -124,7 +182,7 @@ def _flatten_pipeline(data: dict[str, Any], source: str) -> dict[str, Any]:
     return {**flat, "storage_options": options, **data["train"]}
 
 
-def load_train_config(path: str, **overrides: Any) -> TrainConfig:
+def load_train_config(path: str, **overrides: Any) -> TrainRun:
     """Read a YAML config (local path or fsspec URI); ``overrides`` replace keys that are set."""
     try:
         with fsspec.open(path, "rt", encoding="utf-8") as f:
@@ -136,4 +194,4 @@ def load_train_config(path: str, **overrides: Any) -> TrainConfig:
     if "train" in data and isinstance(data["train"], dict):
         data = _flatten_pipeline(data, path)
     data.update({k: v for k, v in overrides.items() if v is not None})
-    return TrainConfig.from_dict(data, source=path)
+    return TrainRun.from_dict(data, source=path)

@@ -11,7 +11,7 @@ import torch
 
 from model.loss import ClipLoss
 from model.train import Distributed, build_state, make_loader, train, train_step
-from model.train_config import TrainConfig
+from model.train_config import TrainRun
 from tests.train.conftest import read_metrics
 
 
@@ -22,7 +22,7 @@ def test_precisions_and_accumulation_train(
     fashion_shards: Path, tmp_path: Path, precision: str, accum_steps: int
 ) -> None:
     torch.set_num_threads(1)
-    cfg = TrainConfig(
+    cfg = TrainRun(
         shards=str(fashion_shards), output=str(tmp_path), batch_size=16, samples=16 * 3 * accum_steps,
         precision=precision, accum_steps=accum_steps, workers=0, log_every_steps=1, warmup=1,
         lr=1e-3, resume=None, checkpoint_every_steps=100,
@@ -39,7 +39,7 @@ def test_precisions_and_accumulation_train(
 
 
 def test_logit_scale_is_clamped_at_100(fashion_shards: Path, tmp_path: Path) -> None:
-    cfg = TrainConfig(
+    cfg = TrainRun(
         shards=str(fashion_shards), output=str(tmp_path), batch_size=8, samples=8, workers=0,
         resume=None, precision="fp32",
     )  # fmt: skip
