@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from tasks.core.config import PipelineConfig, load_config
-from tasks.core.manifest import run_stage
+from tasks.core.runner import run_stage
 from tasks.core.stage import RunContext, load_object
 from tasks.core.storage import Storage
 from tasks.stages import stage

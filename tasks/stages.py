@@ -50,6 +50,7 @@ PIPELINE: tuple[Stage, ...] = (
         upstream=("shard",),
         reads=("train", "name"),  # the run id torchrun's rendezvous uses
         body="tasks.train.launcher:train",
+        runs=("model.train",),  # torchrun -m model.train
         publish="flows.artifacts:publish_train",
         artifacts=("train-final-metrics", "train-loss-curve"),
     ),

@@ -19,14 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core.config import PipelineConfig
+from tasks.core.manifest import manifest_digest, read_manifest
 from tasks.core.storage import Storage
 from tasks.stages import PIPELINE, STAGES, stage
 
 REPO = Path(__file__).resolve().parents[2]
 FIRST_PARTY = ("tasks", "model")
 """Packages whose modules count as a stage's code; third-party code is pinned by the lock."""
-PACKAGE_DATA = {"model": ("model/configs",)}
-"""Data folders a package reads at run time; a stage's SQL is ``sql/<stage>/``."""
+PACKAGE_DATA = {"model.config": ("model/configs",)}
+"""Data folders a module reads at run time; a stage's SQL is ``sql/<stage>/``."""
 
 
 # ---- code ---------------------------------------------------------------------------------
@@ -43,8 +44,13 @@ def _module_file(module: str, root: Path) -> Path | None:
 def _imported_modules(path: Path, module: str) -> set[str]:
     """First-party modules ``path`` imports anywhere (top level or inside functions)."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    return _imports_in(path.read_text(encoding="utf-8"), package)
+
+
+@cache
+def _imports_in(source: str, package: str) -> frozenset[str]:
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -54,42 +60,37 @@ def _imported_modules(path: Path, module: str) -> set[str]:
                 base = ".".join([*parts, base] if base else parts)
             names.add(base)
             names.update(f"{base}.{alias.name}" for alias in node.names)  # submodules
-    return {n for n in names if n.split(".")[0] in FIRST_PARTY}
+    return frozenset(n for n in names if n.split(".")[0] in FIRST_PARTY)
 
 
 def code_files(name: str, root: Path = REPO) -> list[Path]:
-    """Every file a stage's output depends on: its package, the first-party modules they
-    import (transitively, with their parent packages' ``__init__``), their data folders and
-    the stage's SQL."""
-    todo = [f"tasks.{name}"]
-    todo += [
-        f"tasks.{name}.{p.stem}"
-        for p in (root / "tasks" / name).glob("*.py")
-        if p.name != "__init__.py"
-    ]
+    """Every file a stage's output depends on: the modules of ``tasks/<name>/`` and of
+    ``Stage.runs``, every first-party module they import (transitively), the data folders those modules read
+    and the stage's SQL (``sql/<name>/``).
+
+    A parent package's ``__init__`` is hashed but its own imports are not followed unless a
+    module imports a name from it: ``model.train_config`` does not make a stage depend on
+    the whole ``model`` package.
+    """
+    todo = [(f"tasks.{name}", True), *((m, True) for m in stage(name).runs)]
+    todo += [(f"tasks.{name}.{p.stem}", True) for p in sorted((root / "tasks" / name).glob("*.py"))]
     seen: dict[str, Path] = {}
+    followed: set[str] = set()
     while todo:
-        module = todo.pop()
-        if module in seen:
-            continue
+        module, follow = todo.pop()
         path = _module_file(module, root)
-        if path is None:
-            continue  # a name imported from a module, not a module itself
+        if path is None or (module in followed) or (module in seen and not follow):
+            continue  # a name imported from a module, not a module; or done already
         seen[module] = path
-        parents = [".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 1)]
-        todo += parents + sorted(_imported_modules(path, module))
+        parts = module.split(".")
+        todo += [(".".join(parts[:i]), False) for i in range(1, len(parts))]
+        if follow:
+            followed.add(module)
+            todo += [(m, True) for m in sorted(_imported_modules(path, module))]
     files = set(seen.values())
-    data_dirs = [f"sql/{name}"]
-    data_dirs += [
-        d
-        for pkg, dirs in PACKAGE_DATA.items()
-        if pkg in {m.split(".")[0] for m in seen}
-        for d in dirs
-    ]
-    for folder in data_dirs:
-        files.update(
-            p for p in (root / folder).rglob("*") if p.is_file() and "__pycache__" not in p.parts
-        )
+    folders = [f"sql/{name}", *(d for m, dirs in PACKAGE_DATA.items() if m in seen for d in dirs)]
+    for folder in folders:
+        files.update(p for p in (root / folder).rglob("*") if p.is_file() and p.suffix != ".pyc")
     return sorted(files)
 
 
@@ -97,7 +98,12 @@ def code_files(name: str, root: Path = REPO) -> list[Path]:
 def code_version(name: str) -> str:
     """sha256 over a stage's code files (paths and bytes). Cached: code does not change
     while a process runs."""
-    return _hash_files(code_files(name), REPO)
+    return code_version_at(name, REPO)
+
+
+def code_version_at(name: str, root: Path) -> str:
+    """``code_version`` of the source tree at ``root`` (a checkout, or a copy in a test)."""
+    return _hash_files(code_files(name, root), root)
 
 
 def _hash_files(files: list[Path], root: Path) -> str:
@@ -114,7 +120,11 @@ def _hash_files(files: list[Path], root: Path) -> str:
 def config_reads(cfg: PipelineConfig, name: str) -> dict[str, Any]:
     """The config values a stage reads, by dotted path (``storage`` always: outputs move with
     it; a section means all of its fields)."""
-    data = cfg.model_dump(mode="json")
+    return reads_of(cfg.model_dump(mode="json"), name)
+
+
+def reads_of(data: dict[str, Any], name: str) -> dict[str, Any]:
+    """``config_reads`` of a config already dumped to plain data."""
     values: dict[str, Any] = {}
     for path in ("storage", *stage(name).reads):
         value: Any = data
@@ -133,21 +143,6 @@ def _stable_hash(obj: Any) -> str:
 
 
 # ---- lineage ------------------------------------------------------------------------------
-
-
-def manifest_uri(storage: Storage, name: str) -> str:
-    return storage.uri("_manifests", f"{name}.json")
-
-
-def read_manifest(storage: Storage, name: str) -> dict[str, Any] | None:
-    uri = manifest_uri(storage, name)
-    return storage.read_json(uri) if storage.exists(uri) else None
-
-
-def manifest_digest(manifest: dict[str, Any]) -> str:
-    """What a downstream manifest records of an upstream one: a digest of all of it, so a
-    rerun (new timings, counts or outputs) is a different upstream."""
-    return _stable_hash(manifest)[:16]
 
 
 def upstream_of(cfg: PipelineConfig, name: str) -> tuple[str, ...]:

@@ -68,6 +68,9 @@ class Stage:
     ``storage.root`` is always read (outputs move with it)."""
     body: str
     """``module:function``, imported only when the stage runs (``status`` stays light)."""
+    runs: tuple[str, ...] = ()
+    """Modules it runs outside its own imports (a subprocess entry point such as
+    ``python -m model.train``): fingerprinted like the package, with what they import."""
     standalone_when: str | None = None
     """A config field that, when set, means the stage reads no upstream output (evaluate
     with a given checkpoint)."""

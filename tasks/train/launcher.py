@@ -32,8 +32,7 @@ import yaml
 
 from model.train_config import TrainConfig, TrainRun
 from tasks.core.config import PipelineConfig
-from tasks.core.lineage import upstream_digests
-from tasks.core.manifest import StageResult
+from tasks.core.manifest import StageResult, manifest_digest, read_manifest
 from tasks.core.stage import PLAIN_RUN, RunContext
 from tasks.core.storage import Storage
 
@@ -65,7 +64,7 @@ def resolved_config(cfg: PipelineConfig, storage: Storage) -> dict[str, Any]:
         shards=storage.uri("shards"),
         output=storage.uri("train"),
         storage_options=storage.storage_options(),
-        data_fingerprint=upstream_digests(storage, cfg, "train").get("shard"),
+        data_fingerprint=_shards_digest(storage),
     )
     return run.to_dict()
 
@@ -156,6 +155,12 @@ def stream_process(
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def _shards_digest(storage: Storage) -> str | None:
+    """The shard manifest the run trains on (what the train manifest records as upstream)."""
+    shards = read_manifest(storage, "shard")
+    return None if shards is None else manifest_digest(shards)
 
 
 def prepare_run(cfg: PipelineConfig, storage: Storage, fresh: bool = False) -> dict[str, Any]:

@@ -7,8 +7,9 @@ import yaml
 
 from flows.cli import build_parser, main
 from tasks.core.config import load_config
+from tasks.core.manifest import StageResult
+from tasks.core.runner import run_stage
 from tasks.stages import STAGES
-from tasks.core.manifest import StageResult, run_stage
 
 
 def write_config(tmp_path, data) -> str:

@@ -6,7 +6,8 @@ import pytest
 
 from tasks.core.config import PipelineConfig
 from tasks.core.lineage import StaleUpstream, stage_status, upstream_digests
-from tasks.core.manifest import StageResult, read_manifest, run_stage
+from tasks.core.manifest import StageResult, read_manifest
+from tasks.core.runner import run_stage
 from tasks.core.storage import Storage
 
 

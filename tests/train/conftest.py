@@ -16,7 +16,7 @@ import yaml
 
 from demo.train_shards import write_fashion_shards
 from tasks.core.config import load_config
-from tasks.core.manifest import run_stage
+from tasks.core.runner import run_stage
 from tasks.shard.stage import shard
 
 REPO = Path(__file__).resolve().parents[2]

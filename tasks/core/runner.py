@@ -1,0 +1,63 @@
+"""Run a stage under its manifest: skip it when up to date, refuse it on a stale upstream,
+retract its manifest before its body writes, and write the manifest last."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from tasks.core.config import PipelineConfig
+from tasks.core.lineage import (
+    check_upstream,
+    code_version,
+    config_hash,
+    config_reads,
+    pipeline_status,
+    upstream_digests,
+)
+from tasks.core.manifest import StageResult, invalidate, manifest_uri, read_manifest
+from tasks.core.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+def run_stage(
+    name: str,
+    config: PipelineConfig,
+    body: Callable[[Storage], StageResult],
+    force: bool = False,
+) -> dict[str, Any]:
+    """Run ``body`` unless the stage is up to date; write its manifest last; return it."""
+    storage = Storage(config.storage)
+    status = pipeline_status(storage, config)[name]
+    if not force and status.done:
+        manifest = read_manifest(storage, name)
+        assert manifest is not None
+        log.info("%s: up to date (manifest %s), skipped", name, manifest_uri(storage, name))
+        return {**manifest, "skipped": True}
+    check_upstream(storage, config, [name])
+    consumed = upstream_digests(storage, config, name)
+    # Retract first: once the body starts writing, the old manifest no longer describes what
+    # is on storage, and a kill -9 must leave the stage "not run", never "done".
+    invalidate(storage, name)
+    started = time.time()
+    result = body(storage)
+    finished = time.time()
+    manifest = {
+        "stage": name,
+        "config": config_reads(config, name),
+        "config_hash": config_hash(config, name),
+        "code_version": code_version(name),
+        "upstream": consumed,
+        "counts": result.counts,
+        "outputs": result.outputs,
+        "extra": result.extra,
+        "timings": {"started": started, "finished": finished, "seconds": finished - started},
+        "finished_at": datetime.fromtimestamp(finished, UTC).isoformat(),
+    }
+    storage.write_json(manifest_uri(storage, name), manifest)
+    log.info("%s: done in %.1fs, counts %s", name, finished - started, result.counts)
+    return {**manifest, "skipped": False}
