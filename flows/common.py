@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 from prefect import task
@@ -39,10 +40,10 @@ def load_flow(name: str) -> Any:
     return getattr(importlib.import_module(f"flows.{name}"), f"{name}_flow")
 
 
-def map_as_tasks(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
-    """Run ``fn`` over ``items`` as mapped Prefect tasks (so the flow's task runner spreads
-    them) and wait for every result."""
-    mapped = task(name=f"{fn.__name__}", cache_policy=NO_CACHE, retries=1)(fn)
+def map_as_tasks(stage_name: str, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """Run ``fn`` over ``items`` as mapped Prefect tasks named ``<stage>-<fn>`` (so the
+    flow's task runner spreads them) and wait for every result."""
+    mapped = task(name=f"{stage_name}-{fn.__name__}", cache_policy=NO_CACHE, retries=1)(fn)
     return [future.result() for future in mapped.map(list(items))]
 
 
@@ -60,7 +61,7 @@ def run_stage_flow(name: str, config: ConfigParam, force: bool = False) -> dict[
     cfg = as_config(config)
     logger = _logger()
     body = record.load_body()
-    ctx = RunContext(force=force, log_line=logger.info, map_tasks=map_as_tasks)
+    ctx = RunContext(force=force, log_line=logger.info, map_tasks=partial(map_as_tasks, name))
     publish = load_object(record.publish) if record.publish else None
     try:
         manifest = run_stage(name, cfg, lambda storage: body(cfg, storage, ctx), force=force)

@@ -1,6 +1,8 @@
-"""Typed pipeline configuration: one pydantic model per stage, composed into PipelineConfig.
+"""Typed pipeline configuration: one typed section per stage, composed into PipelineConfig.
 
-Every model forbids unknown keys, so a typo in YAML fails before any work starts with a
+The sections are pydantic models, except ``train``, which is ``model.train_config``'s
+dataclass embedded as it is (``model/`` owns its schema and stays free of the pipeline).
+Every section forbids unknown keys, so a typo in YAML fails before any work starts with a
 message naming the field (``crawl.max_pagse: Extra inputs are not permitted``).
 """
 

@@ -44,7 +44,7 @@ def _module_file(module: str, root: Path) -> Path | None:
 def _imported_modules(path: Path, module: str) -> set[str]:
     """First-party modules ``path`` imports anywhere (top level or inside functions)."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    return _imports_in(path.read_text(encoding="utf-8"), package)
+    return set(_imports_in(path.read_text(encoding="utf-8"), package))
 
 
 @cache

@@ -15,21 +15,18 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from flows.curate import curate_flow
-from tasks.core.manifest import manifest_uri, read_manifest
+from tasks.core.manifest import read_manifest
 from tasks.core.storage import Storage
 from tests.curate.conftest import DownloadedWeb
+from tests.finished_stages import record_finished
 
 
 def _mark_download_done(root: Path, cfg) -> Storage:
     """The download stage's manifest, as that stage writes it last (the test web was
     downloaded with img2dataset directly)."""
-    storage = Storage(cfg.storage)
     shards = sorted(p.name for p in (root / "download").glob("0*.tar"))
-    storage.write_json(
-        manifest_uri(storage, "download"),
-        {"stage": "download", "counts": {"shards": len(shards)}, "outputs": {"shards": shards}},
-    )
-    return storage
+    record_finished(cfg, download={"shards": len(shards)})
+    return Storage(cfg.storage)
 
 
 def _run_records(flow_run_id: UUID) -> tuple[list, list]:

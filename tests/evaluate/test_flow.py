@@ -13,6 +13,7 @@ from tasks.core.config import load_config
 from tasks.core.manifest import manifest_uri
 from tasks.core.storage import Storage
 from tasks.evaluate.stage import load_model
+from tests.finished_stages import record_finished
 
 
 def _config(root, datasets, **storage):
@@ -28,10 +29,11 @@ def _datasets(fashion, emoji):
     ]
 
 
-def _finish_train_stage(storage: Storage, checkpoint) -> None:
+def _finish_train_stage(cfg, checkpoint) -> None:
     """What the train stage leaves behind: latest.pt and its manifest."""
+    storage = Storage(cfg.storage)
     storage.write_bytes(storage.uri("train", "checkpoints", "latest.pt"), checkpoint.read_bytes())
-    storage.write_json(manifest_uri(storage, "train"), {"stage": "train", "counts": {"steps": 30}})
+    record_finished(cfg, train={"steps": 30})
 
 
 def _artifacts(key: str):
@@ -49,8 +51,7 @@ def test_flow_writes_results_publishes_artifacts_and_skips(
     prefect_harness, tmp_root, fashion_small, emoji_retrieval_small, trained_checkpoint
 ):
     cfg = load_config(_config(tmp_root, _datasets(fashion_small, emoji_retrieval_small)))
-    storage = Storage(cfg.storage)
-    _finish_train_stage(storage, trained_checkpoint)
+    _finish_train_stage(cfg, trained_checkpoint)
     manifest = evaluate_flow(config=cfg.model_dump(mode="json"))
     assert manifest["skipped"] is False
     assert manifest["counts"] == {"fashion/test": 240, "emoji_ret/test": 160,
@@ -91,7 +92,6 @@ def test_cli_evaluates_any_openclip_checkpoint(
     datasets = [{"name": "fashion", "path": str(fashion_small)}]
     config_path.write_text(yaml.safe_dump(_config(tmp_root, datasets)))
     storage = Storage(load_config(config_path).storage)
-    storage.write_json(manifest_uri(storage, "train"), {"stage": "train"})
     args = ["evaluate", str(config_path), "--model", str(openclip_tiny)]
     assert main([*args, "--checkpoint", str(random_checkpoint)]) == 0
     first = storage.read_json(manifest_uri(storage, "evaluate"))
@@ -117,7 +117,7 @@ def test_flow_on_an_s3_root_with_s3_dataset_and_checkpoint(
                  "task": "zeroshot_retrieval"}]  # fmt: skip
     root = f"s3://{s3_bucket}/run"
     cfg = load_config(_config(root, datasets, s3_endpoint_url=s3_server.endpoint_url))
-    _finish_train_stage(Storage(cfg.storage), trained_checkpoint)
+    _finish_train_stage(cfg, trained_checkpoint)
     manifest = evaluate_flow(config=cfg.model_dump(mode="json"))
     assert manifest["counts"] == {"emoji/test": 160}
     results = Storage(cfg.storage).read_json(f"{root}/eval/results.json")["results"]

@@ -30,3 +30,22 @@ def test_every_stage_and_the_pipeline_are_deployed():
     names = {d["name"] for d in DEPLOYMENTS}
     assert {"pipeline", "crawl", "download", "curate", "shard", "train", "evaluate"} <= names
     assert any(s.get("cron") for d in DEPLOYMENTS for s in d.get("schedules", []))
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=[d["name"] for d in DEPLOYMENTS])
+def test_the_ui_form_is_the_typed_pipeline_config(deployment):
+    """The Prefect UI builds its run form from the flow's parameter schema: ``config`` is
+    the typed PipelineConfig (every section, every train field with its default), or a path."""
+    from tasks.core.config import PipelineConfig
+
+    path, name = deployment["entrypoint"].split(":")
+    spec = importlib.util.spec_from_file_location(Path(path).stem, REPO / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    schema = getattr(module, name).parameters.model_dump()
+    choices = schema["properties"]["config"]["anyOf"]
+    assert {"$ref": "#/definitions/PipelineConfig"} in choices and {"type": "string"} in choices
+    form = schema["definitions"]["PipelineConfig"]["properties"]
+    assert set(form) == set(PipelineConfig.model_fields)
+    train = schema["definitions"]["TrainConfig"]["properties"]
+    assert train["batch_size"]["default"] == PipelineConfig().train.batch_size

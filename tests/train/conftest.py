@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -18,6 +19,7 @@ from demo.train_shards import write_fashion_shards
 from tasks.core.config import load_config
 from tasks.core.runner import run_stage
 from tasks.shard.stage import shard
+from tests.finished_stages import record_finished
 
 REPO = Path(__file__).resolve().parents[2]
 # The tiny model, 2 ranks x batch 32 for 24 steps: seconds of training on two cores.
@@ -67,14 +69,14 @@ def _curate_outputs(root: Path, samples: int, per_download_shard: int) -> None:
                 {"key": sample["__key__"], "url": f"http://127.0.0.1/{i}.jpg",
                  "caption": sample["txt"].decode(),
                  "page_url": "http://127.0.0.1/", "source": "site",
-                 "download_shard": tar.name, "keep": i % 10 != 9}
+                 "download_shard": tar.name, "keep": i % 10 != 9,
+                 "image_sha256": hashlib.sha256(sample["jpg"]).hexdigest()}
             )  # fmt: skip
     frame = pd.DataFrame(rows)
     (root / "curate").mkdir()
     frame.to_parquet(root / "curate" / "samples.parquet", index=False)
-    manifest = {"stage": "curate", "counts": {"input": len(frame), "kept": int(frame.keep.sum())}}
-    (root / "_manifests").mkdir()
-    (root / "_manifests" / "curate.json").write_text(json.dumps(manifest))
+    counts = {"input": len(frame), "kept": int(frame.keep.sum())}
+    record_finished(load_config(pipeline_config(root)), curate=counts)
 
 
 def pipeline_config(root: Path, **train: object) -> dict:
