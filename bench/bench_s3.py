@@ -2,7 +2,7 @@
 
 The same local files go to the same moto_server on 127.0.0.1, alternating ours and the
 peer each round; the median of the rounds is reported. Ours is ``Storage.write_file``
-(``tasks.core.s3``: SHA-256-checksummed parts, parallel, verified, retried); the peer is boto3's
+(``model.s3``: SHA-256-checksummed parts, parallel, verified, retried); the peer is boto3's
 ``S3Transfer`` with its defaults (8 MiB parts, 10 threads, CRC32 checksums). Target: >= 0.9x.
 
     .venv/bin/python bench/bench_s3.py [--quick]

@@ -14,13 +14,12 @@ Writes bench/results/shard.json.
 from __future__ import annotations
 
 import argparse
-import io
+import hashlib
 import json
 import os
 import re
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from model.tario import SampleWriter  # noqa: E402
 from tasks.core.config import PipelineConfig  # noqa: E402
 from tasks.core.storage import Storage  # noqa: E402
 from tasks.shard.stage import shard, verify_shards  # noqa: E402
@@ -39,20 +39,20 @@ PER_INPUT_TAR = 500
 
 
 def make_inputs(root: Path, samples: int) -> None:
-    """download/NNNNN.tar with {key}.jpg/.txt/.json, curate/samples.parquet, curate manifest."""
+    """download/NNNNN.tar with {key}.jpg/.txt, curate/samples.parquet (with each image's
+    sha256, as curate records it), curate manifest."""
     (root / "download").mkdir(parents=True)
     rows = []
     for start in range(0, samples, PER_INPUT_TAR):
         tar_name = f"{start // PER_INPUT_TAR:05d}.tar"
-        with tarfile.open(root / "download" / tar_name, "w") as tar:
+        with open(root / "download" / tar_name, "wb") as stream, SampleWriter(stream) as tar:
             for i in range(start, min(start + PER_INPUT_TAR, samples)):
-                key = f"{i:09d}"
-                for ext, data in (("jpg", os.urandom(IMAGE_BYTES)), ("txt", b"a caption")):
-                    info = tarfile.TarInfo(f"{key}.{ext}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-                rows.append((key, f"http://example.com/{key}.jpg", "a caption", tar_name))
-    frame = pd.DataFrame(rows, columns=["key", "url", "caption", "download_shard"])
+                key, image = f"{i:09d}", os.urandom(IMAGE_BYTES)
+                tar.write(key, {"jpg": image, "txt": b"a caption"})
+                sha256 = hashlib.sha256(image).hexdigest()
+                rows.append((key, f"http://example.com/{key}.jpg", "a caption", tar_name, sha256))
+    columns = ["key", "url", "caption", "download_shard", "image_sha256"]
+    frame = pd.DataFrame(rows, columns=columns)
     frame = frame.assign(page_url="http://example.com/", source="bench", keep=True, clip_score=0.3)
     (root / "curate").mkdir()
     frame.to_parquet(root / "curate" / "samples.parquet", index=False)

@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import argparse
 import functools
-import io
 import itertools
 import json
 import logging
-import shutil
 import struct
-import tarfile
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -32,6 +29,8 @@ import numpy as np
 from PIL import Image
 
 from demo import offline_data
+from model.atomic import atomic_folder
+from model.tario import SampleWriter
 
 log = logging.getLogger(__name__)
 
@@ -202,12 +201,6 @@ def emoji_retrieval_set() -> BenchmarkSet:
     return BenchmarkSet("retrieval", [Split("test", samples)])
 
 
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o644, "", ""
-    tar.addfile(info, io.BytesIO(data))
-
-
 def write_split(folder: Path, split: Split, samples_per_shard: int) -> int:
     """Write ``{folder}/{split}/{i}.tar`` and ``nshards.txt``; returns the sample count."""
     split_dir = folder / split.name
@@ -215,11 +208,9 @@ def write_split(folder: Path, split: Split, samples_per_shard: int) -> int:
     samples = iter(split.samples)
     count = shard = 0
     while chunk := list(itertools.islice(samples, samples_per_shard)):
-        path = split_dir / f"{shard}.tar"
-        with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        with open(split_dir / f"{shard}.tar", "wb") as stream, SampleWriter(stream) as tar:
             for key, image, label_ext, label in chunk:
-                _add_member(tar, f"{key}.png", image)
-                _add_member(tar, f"{key}.{label_ext}", label)
+                tar.write(key, {"png": image, label_ext: label})
         count += len(chunk)
         shard += 1
     (split_dir / "nshards.txt").write_text(f"{shard}\n")
@@ -228,21 +219,17 @@ def write_split(folder: Path, split: Split, samples_per_shard: int) -> int:
 
 def write_set(out: Path, bench: BenchmarkSet, samples_per_shard: int = SAMPLES_PER_SHARD) -> dict:
     """Write a set to ``out`` atomically (a temporary sibling, then a rename)."""
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    (tmp / "dataset_type.txt").write_text(bench.dataset_type + "\n")
-    if bench.classnames is not None:
-        (tmp / "classnames.txt").write_text("".join(f"{c}\n" for c in bench.classnames))
-    if bench.templates is not None:
-        templates = "".join(f"{t}\n" for t in bench.templates)
-        (tmp / "zeroshot_classification_templates.txt").write_text(templates)
-    counts = {s.name: write_split(tmp, s, samples_per_shard) for s in bench.splits}
-    summary = {"format_version": FORMAT_VERSION, "dataset_type": bench.dataset_type,
-               "samples": counts, "classes": len(bench.classnames or [])}  # fmt: skip
-    (tmp / "build.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with atomic_folder(out) as tmp:
+        (tmp / "dataset_type.txt").write_text(bench.dataset_type + "\n")
+        if bench.classnames is not None:
+            (tmp / "classnames.txt").write_text("".join(f"{c}\n" for c in bench.classnames))
+        if bench.templates is not None:
+            templates = "".join(f"{t}\n" for t in bench.templates)
+            (tmp / "zeroshot_classification_templates.txt").write_text(templates)
+        counts = {s.name: write_split(tmp, s, samples_per_shard) for s in bench.splits}
+        summary = {"format_version": FORMAT_VERSION, "dataset_type": bench.dataset_type,
+                   "samples": counts, "classes": len(bench.classnames or [])}  # fmt: skip
+        (tmp / "build.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
 
 

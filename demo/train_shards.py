@@ -8,10 +8,10 @@ import json
 from collections.abc import Collection
 from pathlib import Path
 
-import webdataset as wds
 from PIL import Image
 
 from demo.offline_data import FASHION_MNIST_CLASSES, fashion_mnist
+from model.tario import SampleWriter
 
 TEMPLATES = ("a photo of a {}", "a {}", "a picture of a {}", "a product photo of a {}")
 
@@ -37,7 +37,7 @@ def write_fashion_shards(
     for start in range(0, samples, per_shard):
         name = f"{start // per_shard:06d}.tar"
         count = min(per_shard, samples - start)
-        with wds.TarWriter(str(folder / name)) as sink:
+        with open(folder / name, "wb") as stream, SampleWriter(stream) as sink:
             for i in range(start, start + count):
                 buf = io.BytesIO()
                 image = Image.fromarray(images[offset + i])
@@ -47,12 +47,12 @@ def write_fashion_shards(
                 data = b"\xff\xd8 not really a jpeg" if i in corrupt else buf.getvalue()
                 label = int(labels[offset + i])
                 sink.write(
+                    f"{i:09d}",
                     {
-                        "__key__": f"{i:09d}",
                         "jpg": data,
-                        "txt": caption(label, i),
+                        "txt": caption(label, i).encode(),
                         "json": json.dumps({"label": label}).encode(),
-                    }
+                    },
                 )
         sizes[name] = count
     (folder / "sizes.json").write_text(json.dumps(sizes))

@@ -28,7 +28,7 @@ import posixpath
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -36,13 +36,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from model.tario import IMAGE_EXTENSIONS, image_extension, open_samples
 from model.tokenizer import get_tokenizer
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 RawSample = tuple[str, dict[str, bytes]]  # (shard/key, {extension: bytes})
-_ZERO_BLOCK = bytes(512)
+_MEMBERS = (*IMAGE_EXTENSIONS, "txt")
 
 
 @dataclass(frozen=True)
@@ -123,74 +123,11 @@ def resolve_sampling(requested: str, n_shards: int, world: int, workers: int) ->
     return "split"
 
 
-def _tar_members(f: IO[bytes], uri: str) -> Iterator[tuple[str, int, IO[bytes]]]:
-    """(name, size, file) of each regular member of a ustar / pax / GNU tar stream; the
-    caller reads ``size`` bytes or fewer, the rest is skipped. ``tarfile`` spends most of a
-    small-sample loader's time parsing headers; these are the few fields a shard needs."""
-    long_name: str | None = None
-    while True:
-        header = f.read(512)
-        if len(header) < 512 or header == _ZERO_BLOCK:
-            if header and header != _ZERO_BLOCK:
-                raise RuntimeError(f"shard {uri} is truncated (a partial tar header)")
-            return
-        try:
-            size = int(header[124:136].rstrip(b"\0 ") or b"0", 8)
-        except ValueError as e:
-            raise RuntimeError(f"shard {uri} is not a tar (bad header at a member)") from e
-        kind = header[156:157]
-        padded = (size + 511) & ~511
-        if kind in (b"x", b"L"):  # pax extended header / GNU long name: the next name
-            data = f.read(padded)[:size]
-            long_name = _long_name(data, kind)
-            continue
-        name = long_name or _header_name(header)
-        long_name = None
-        start = f.tell()
-        if kind in (b"0", b"\0"):
-            yield name, size, f
-        f.seek(start + padded)
-
-
-def _header_name(header: bytes) -> str:
-    name = header[0:100].split(b"\0", 1)[0].decode("utf-8", "replace")
-    prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "replace")
-    return f"{prefix}/{name}" if prefix else name
-
-
-def _long_name(data: bytes, kind: bytes) -> str | None:
-    if kind == b"L":
-        return data.split(b"\0", 1)[0].decode("utf-8", "replace")
-    for record in data.decode("utf-8", "replace").splitlines():
-        _, _, entry = record.partition(" ")
-        key, _, value = entry.partition("=")
-        if key == "path":
-            return value
-    return None
-
-
 def _tar_samples(uri: str, storage_options: dict[str, Any]) -> Iterator[RawSample]:
-    """Samples of one tar, members grouped by key (the name before the basename's first dot)."""
-    key: str | None = None
-    members: dict[str, bytes] = {}
-    with fsspec.open(uri, "rb", **storage_options) as f:
-        for name, size, handle in _tar_members(f, uri):
-            folder, base = posixpath.split(name)
-            stem, _, ext = base.partition(".")
-            ext = ext.lower()
-            if ext not in IMAGE_EXTENSIONS and ext != "txt":
-                continue
-            sample_key = posixpath.join(folder, stem)
-            if sample_key != key and members:
-                yield f"{uri}/{key}", members
-                members = {}
-            key = sample_key
-            data = handle.read(size)
-            if len(data) < size:
-                raise RuntimeError(f"shard {uri} is truncated inside member {name}")
-            members[ext] = data
-    if members:
-        yield f"{uri}/{key}", members
+    """Samples of one tar with their image and caption members (``model.tario``)."""
+    for sample in open_samples(uri, storage_options, _MEMBERS):
+        members = {ext: data for ext, data in sample.items() if not ext.startswith("__")}
+        yield f"{uri}/{sample['__key__']}", members
 
 
 def _crop_box(
@@ -262,7 +199,7 @@ class ShardStream(IterableDataset):
     def _decode(self, sample: RawSample, rng: random.Random) -> tuple[np.ndarray, str]:
         """(S, S, 3) uint8 crop and the caption; raises ValueError on a bad sample."""
         name, members = sample
-        ext = next((e for e in IMAGE_EXTENSIONS if e in members), None)
+        ext = image_extension(members)
         if ext is None or "txt" not in members:
             raise ValueError(f"{name}: needs an image and a .txt, has {sorted(members)}")
         caption = members["txt"].decode("utf-8").strip()

@@ -21,8 +21,6 @@ from __future__ import annotations
 import io
 import logging
 import posixpath
-import tarfile
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -32,9 +30,16 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import IterableDataset, get_worker_info
 
+from model.tario import (
+    CLIP_BENCHMARK_IMAGE_ORDER,
+    Sample,
+    TarReadError,
+    image_extension,
+    open_samples,
+)
+
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")  # CLIP_benchmark's order of preference
 CLASSIFICATION, RETRIEVAL = "classification", "retrieval"
 
 
@@ -149,45 +154,22 @@ def _decode_image(data: bytes, where: str) -> Image.Image:
         raise EvalDataError(f"{where}: not a readable image ({e})") from e
 
 
-def _tar_samples(url: str, storage_options: dict[str, Any] | None) -> Iterator[dict[str, bytes]]:
-    """Samples of one tar: members grouped by key (path up to the basename's first dot)."""
-    current: dict[str, bytes] = {}
-    key: str | None = None
+def _tar_samples(url: str, storage_options: dict[str, Any] | None) -> Iterator[Sample]:
+    """Samples of one tar (``model.tario``); a tar that does not read to its end raises."""
     try:
-        with (
-            fsspec.open(url, "rb", **(storage_options or {})) as fh,
-            tarfile.open(fileobj=fh, mode="r|*") as tar,
-        ):
-            for member in tar:
-                if not member.isfile():
-                    continue
-                directory, base = posixpath.split(member.name)
-                if "." not in base:
-                    continue
-                stem, ext = base.split(".", 1)
-                member_key = posixpath.join(directory, stem)
-                if member_key != key and current:
-                    yield current
-                    current = {}
-                key = member_key
-                extracted = tar.extractfile(member)
-                assert extracted is not None  # regular files always extract
-                current["__key__"] = member_key.encode()
-                current[ext.lower()] = extracted.read()
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        yield from open_samples(url, storage_options)
+    except (TarReadError, OSError) as e:
         raise EvalDataError(f"{url}: corrupt or unreadable tar ({type(e).__name__}: {e})") from e
-    if current:
-        yield current
 
 
-def _image_of(sample: dict[str, bytes], where: str) -> Image.Image:
-    for ext in IMAGE_EXTENSIONS:
-        if ext in sample:
-            return _decode_image(sample[ext], f"{where}.{ext}")
-    raise EvalDataError(f"{where}: no image member (.{'/.'.join(IMAGE_EXTENSIONS)})")
+def _image_of(sample: Sample, where: str) -> Image.Image:
+    ext = image_extension(sample, CLIP_BENCHMARK_IMAGE_ORDER)
+    if ext is None:
+        raise EvalDataError(f"{where}: no image member (.{'/.'.join(CLIP_BENCHMARK_IMAGE_ORDER)})")
+    return _decode_image(sample[ext], f"{where}.{ext}")
 
 
-def _label_of(sample: dict[str, bytes], where: str, num_classes: int, classnames_path: str) -> int:
+def _label_of(sample: Sample, where: str, num_classes: int, classnames_path: str) -> int:
     if "cls" not in sample:
         raise EvalDataError(f"{where}: no .cls label member")
     text = sample["cls"].decode("utf-8", errors="replace").strip()
@@ -202,7 +184,7 @@ def _label_of(sample: dict[str, bytes], where: str, num_classes: int, classnames
     return label
 
 
-def _captions_of(sample: dict[str, bytes], where: str) -> list[str]:
+def _captions_of(sample: Sample, where: str) -> list[str]:
     if "txt" not in sample:
         raise EvalDataError(f"{where}: no .txt captions member")
     captions = sample["txt"].decode("utf-8").splitlines()  # CLIP_benchmark: str.splitlines
@@ -242,7 +224,7 @@ class WdsEvalDataset(IterableDataset):
         for url in urls:
             before = self.samples_read
             for sample in _tar_samples(url, self.storage_options):
-                where = f"{url}:{sample['__key__'].decode()}"
+                where = f"{url}:{sample['__key__']}"
                 image = self.transform(_image_of(sample, where))
                 target: Any = (
                     _captions_of(sample, where)

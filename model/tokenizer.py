@@ -35,6 +35,7 @@ import regex
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
+from model.atomic import AtomicWriter
 from model.config import CONFIG_DIR, get_model_config, list_models
 
 log = logging.getLogger(__name__)
@@ -317,16 +318,9 @@ def train_tokenizer(
     backend.train_from_iterator(words, trainer=trainer)
     merges = _trained_merges(backend)[:n_merges]
     out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with gzip.open(tmp, "wt", encoding="utf-8") as f:
-        # No trailing newline: OpenAI's reader would turn it into an empty merge.
-        f.write(
-            "\n".join(
-                ["#version: 0.2 (clipflow train_tokenizer)"] + [f"{a} {b}" for a, b in merges]
-            )
-        )
-    tmp.replace(out)
+    # No trailing newline: OpenAI's reader would turn it into an empty merge.
+    text = "\n".join(["#version: 0.2 (clipflow train_tokenizer)"] + [f"{a} {b}" for a, b in merges])
+    AtomicWriter().write_bytes(gzip.compress(text.encode("utf-8")), str(out))
     log.info("trained BPE vocabulary: %d merges from the corpus -> %s", len(merges), out)
     return out
 

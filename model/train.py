@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from model.atomic import write_atomic
 from model.clip import CLIP, MAX_LOGIT_SCALE, create_model
 from model.data import LoaderConfig, LoaderPosition, TrainLoader, read_shard_list, resolve_sampling
 from model.loss import ClipLoss
@@ -41,7 +42,6 @@ from model.train_checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
-    write_atomic,
 )
 from model.train_config import TrainRun, load_train_config
 from model.train_metrics import MetricsLog

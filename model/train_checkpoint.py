@@ -7,25 +7,25 @@ A checkpoint is one ``torch.save``'d dict::
      "rng_state": one entry per rank, "config": the resolved train config}
 
 ``step_N.pt`` is written first, then ``latest.pt`` becomes a copy of it, so a reader sees
-either the previous complete checkpoint or the new one, never a partial file. Locally the
-file goes to a temporary name and is renamed; on S3 an object appears only once its upload
-completes, so writing the final key directly is already atomic.
+either the previous complete checkpoint or the new one, never a partial file (both through
+``model.atomic``: a temporary name renamed locally, a checksummed upload or server-side copy
+on S3, where an object appears only once complete).
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import os
 import posixpath
 import random
 import re
-import uuid
 from typing import Any
 
 import fsspec
 import numpy as np
 import torch
+
+from model.atomic import AtomicWriter
 
 log = logging.getLogger(__name__)
 
@@ -40,37 +40,6 @@ def filesystem(uri: str, storage_options: dict[str, Any]) -> tuple[Any, str]:
 
 def is_local(fs: Any) -> bool:
     return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
-
-
-def write_atomic(data: bytes, uri: str, storage_options: dict[str, Any]) -> None:
-    """Put ``data`` at ``uri`` so that readers see all of it or the old content."""
-    fs, path = filesystem(uri, storage_options)
-    if not is_local(fs):
-        fs.pipe_file(path, data)
-        return
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def copy_atomic(source: str, target: str, storage_options: dict[str, Any]) -> None:
-    """Make ``target`` a copy of ``source`` (a hard link locally, a server-side copy on S3)."""
-    fs, source_path = filesystem(source, storage_options)
-    target_path = filesystem(target, storage_options)[1]
-    if not is_local(fs):
-        fs.copy(source_path, target_path)
-        return
-    tmp = f"{target_path}.tmp-{uuid.uuid4().hex}"
-    os.link(source_path, tmp)
-    os.replace(tmp, target_path)
 
 
 def rng_state() -> dict[str, Any]:
@@ -106,8 +75,9 @@ def save_checkpoint(
     torch.save(checkpoint, buffer)
     data = buffer.getvalue()
     step_uri = posixpath.join(folder, f"step_{checkpoint['step']}.pt")
-    write_atomic(data, step_uri, storage_options)
-    copy_atomic(step_uri, posixpath.join(folder, LATEST), storage_options)
+    writer = AtomicWriter.for_options(storage_options)
+    writer.write_bytes(data, step_uri)
+    writer.copy(step_uri, posixpath.join(folder, LATEST))
     _prune(folder, storage_options, keep)
     log.info("checkpoint step %d -> %s (%.1f MB)", checkpoint["step"], step_uri, len(data) / 1e6)
     return step_uri

@@ -16,7 +16,8 @@ from typing import Any
 
 import fsspec
 
-from model.train_checkpoint import filesystem, is_local, write_atomic
+from model.atomic import write_atomic
+from model.train_checkpoint import filesystem, is_local
 
 log = logging.getLogger(__name__)
 

@@ -2,20 +2,27 @@
 
 For every row of ``{root}/download/NNNNN.parquet`` this decodes the caption (flagging
 invalid UTF-8), normalises it, identifies its language, and, for the images in the shard's
-tar, records whether the image is usable, its decoded size and its 64-bit pHash. Nothing is
-decided here: rules run later, in SQL, on the whole table.
+tar, records whether the image is usable, its decoded size, its 64-bit pHash and the sha256
+of its bytes (``image_sha256``: what the shard stage checks every image it copies against).
+Nothing is decided here: rules run later, in SQL, on the whole table.
+
+img2dataset's ``sha256`` column is the hash of the file as fetched, before it was resized and
+re-encoded, so it cannot be checked against the tar's bytes; it is checked against the
+``sha256`` in the tar's own ``.json`` for the sample instead, which catches a tar and a
+parquet from different download runs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import logging
 import posixpath
 import re
-import tarfile
 import unicodedata
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
+from model.tario import IMAGE_EXTENSIONS, TarReadError, iter_members, split_name
 from tasks.core.config import PipelineConfig
 from tasks.core.storage import Storage
 from tasks.curate.clip_score import BATCH, ClipScorer, clip_scorer
@@ -33,7 +41,6 @@ from tasks.curate.phash import flatten_alpha, phash64
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 REQUIRED_COLUMNS = ("key", "url", "status")
 PASSTHROUGH_COLUMNS = {
     "key": pa.string(),
@@ -66,11 +73,16 @@ FEATURE_SCHEMA = pa.schema(
         pa.field("image_width", pa.int64()),
         pa.field("image_height", pa.int64()),
         pa.field("phash", pa.int64()),
+        pa.field("image_sha256", pa.string()),
         pa.field("clip_score", pa.float64()),
     ]
 )
 _SPACES = re.compile(r"\s+")
 _EDGE_PUNCTUATION = re.compile(r"^[\W_]+|[\W_]+$")
+
+
+class DownloadMismatchError(ValueError):
+    """A download tar and its parquet that disagree about a sample; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +126,19 @@ class ImageInfo:
     width: int | None = None
     height: int | None = None
     phash: int | None = None
+    sha256: str | None = None
+
+
+@dataclass
+class TarImages:
+    """What one download tar holds, as far as it could be read."""
+
+    infos: dict[str, ImageInfo] = field(default_factory=dict)
+    """key -> its image."""
+    recorded_sha256: dict[str, str] = field(default_factory=dict)
+    """key -> the ``sha256`` its ``.json`` member records (img2dataset's hash of the fetch)."""
+    problem: str | None = None
+    """None, 'missing' (no tar) or 'truncated' (members after the cut are lost)."""
 
 
 def normalise_caption(caption: str | None) -> str | None:
@@ -148,51 +173,70 @@ def decode_caption(raw: bytes | None) -> tuple[str | None, bool]:
 def inspect_image(data: bytes, on_image: OnImage | None = None) -> ImageInfo:
     """Decode one image fully (a truncated JPEG fails here, not later in training);
     ``on_image`` sees every decodable image."""
+    sha256 = hashlib.sha256(data).hexdigest()
     if not data:
-        return ImageInfo("empty", 0)
+        return ImageInfo("empty", 0, sha256=sha256)
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             width, height = image.size
             if width == 0 or height == 0:
-                return ImageInfo("empty", len(data))
+                return ImageInfo("empty", len(data), sha256=sha256)
             if on_image is not None:
                 on_image(image)
-            return ImageInfo("ok", len(data), width, height, phash64(image))
+            return ImageInfo("ok", len(data), width, height, phash64(image), sha256)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        return ImageInfo("undecodable", len(data))
+        return ImageInfo("undecodable", len(data), sha256=sha256)
 
 
 def read_tar_images(
     storage: Storage, tar_uri: str, embedder: ImageEmbedder | None = None
-) -> tuple[dict[str, ImageInfo], str | None]:
-    """Inspect every image member of a shard tar, streaming. Returns ({key: info}, problem)
-    where problem is None, 'missing' (no tar) or 'truncated' (members after the cut are lost)."""
-    infos: dict[str, ImageInfo] = {}
+) -> TarImages:
+    """Inspect every image member of a shard tar, streaming, and note each sample's recorded
+    sha256; a missing or truncated tar is a ``problem``, not an error."""
+    found = TarImages()
     if not storage.exists(tar_uri):
         log.warning("%s: shard tar missing; its downloaded images count as missing", tar_uri)
-        return infos, "missing"
+        found.problem = "missing"
+        return found
     try:
-        with storage.open(tar_uri, "rb") as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
-            for key, data in _image_members(tar):
-                on_image = partial(embedder.add, key) if embedder is not None else None
-                infos[key] = inspect_image(data, on_image)
-    except (tarfile.TarError, EOFError, OSError) as e:
-        log.warning("%s: truncated or corrupt after %d images (%s)", tar_uri, len(infos), e)
-        return infos, "truncated"
-    return infos, None
+        with storage.open(tar_uri, "rb") as fh:
+            for name, data in iter_members(fh, tar_uri):
+                key, ext = split_name(name) or (name, "")
+                if ext in IMAGE_EXTENSIONS:
+                    on_image = partial(embedder.add, key) if embedder is not None else None
+                    found.infos[key] = inspect_image(data, on_image)
+                elif ext == "json":
+                    found.recorded_sha256 |= _recorded_sha256(key, data)
+    except (TarReadError, OSError) as e:
+        log.warning("%s: truncated or corrupt after %d images (%s)", tar_uri, len(found.infos), e)
+        found.problem = "truncated"
+    return found
 
 
-def _image_members(tar: tarfile.TarFile) -> Iterator[tuple[str, bytes]]:
-    for member in tar:
-        base, ext = posixpath.splitext(posixpath.basename(member.name))
-        if not member.isfile() or ext.lower() not in IMAGE_EXTENSIONS:
-            continue
-        fobj = tar.extractfile(member)
-        data = fobj.read() if fobj is not None else b""
-        if len(data) != member.size:
-            raise tarfile.ReadError(f"member {member.name}: {len(data)} of {member.size} bytes")
-        yield base, data
+def _recorded_sha256(key: str, data: bytes) -> dict[str, str]:
+    """{key: sha256} from a sample's img2dataset ``.json``, empty when it records none."""
+    try:
+        sha256 = json.loads(data).get("sha256")
+    except (ValueError, AttributeError):
+        return {}
+    return {key: sha256} if isinstance(sha256, str) else {}
+
+
+def check_recorded_sha256(
+    parquet_uri: str, tar_uri: str, columns: dict[str, list[Any]], recorded: dict[str, str]
+) -> None:
+    """Refuse a sample whose parquet ``sha256`` differs from its tar ``.json``'s: the two
+    files come from different download runs (keys are positional, so images would be paired
+    with other URLs' captions)."""
+    for key, url, sha256 in zip(columns["key"], columns["url"], columns["sha256"], strict=True):
+        in_tar = recorded.get(key)
+        if sha256 is not None and in_tar is not None and sha256 != in_tar:
+            raise DownloadMismatchError(
+                f"{tar_uri}: sample {key!r} ({url}): its .json records sha256 {in_tar}, "
+                f"{parquet_uri} records {sha256}: the tar and the parquet come from different "
+                "download runs; rerun download"
+            )
 
 
 def read_shard_rows(storage: Storage, parquet_uri: str) -> pa.Table:
@@ -223,10 +267,11 @@ def shard_features(
     shard_name = posixpath.basename(parquet_uri).removesuffix(".parquet")
     tar_uri = parquet_uri.removesuffix(".parquet") + ".tar"
     embedder = ImageEmbedder(scorer) if scorer is not None else None
-    images, problem = read_tar_images(storage, tar_uri, embedder)
+    images = read_tar_images(storage, tar_uri, embedder)
     columns: dict[str, list[Any]] = {
         name: _column(table, name, kind) for name, kind in PASSTHROUGH_COLUMNS.items()
     }
+    check_recorded_sha256(parquet_uri, tar_uri, columns, images.recorded_sha256)
     raw_captions = _column(table, "caption", pa.binary())
     decoded = [decode_caption(raw) for raw in raw_captions]
     columns["caption"] = [text for text, _ in decoded]
@@ -241,7 +286,7 @@ def shard_features(
     columns["download_shard"] = [f"{shard_name}.tar"] * table.num_rows
     columns["row_in_shard"] = list(range(table.num_rows))
     infos = [
-        _row_image(key, status, images, problem)
+        _row_image(key, status, images.infos, images.problem)
         for key, status in zip(columns["key"], columns["status"], strict=True)
     ]
     columns["image_state"] = [info.state if info else "not_downloaded" for info in infos]
@@ -249,6 +294,7 @@ def shard_features(
     columns["image_width"] = [info.width if info else None for info in infos]
     columns["image_height"] = [info.height if info else None for info in infos]
     columns["phash"] = [info.phash if info else None for info in infos]
+    columns["image_sha256"] = [info.sha256 if info else None for info in infos]
     columns["clip_score"], embeddings = _clip_columns(embedder, columns, infos)
     return pa.table(columns, schema=FEATURE_SCHEMA), embeddings
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import posixpath
-import tarfile
 from typing import Any
 
 import duckdb
@@ -17,9 +15,9 @@ matplotlib.use("Agg")  # no display on workers; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from model.tario import TarReadError, is_image, iter_members  # noqa: E402
 from tasks.core.sql import run_sql  # noqa: E402
 from tasks.core.storage import Storage  # noqa: E402
-from tasks.curate.features import IMAGE_EXTENSIONS  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -120,15 +118,16 @@ def read_members(storage: Storage, shard_tar: str, keys: set[str]) -> dict[str, 
     """Image bytes of ``keys`` from one download shard tar (stops at a truncated end)."""
     found: dict[str, bytes] = {}
     uri = storage.uri("download", shard_tar)
+
+    def wanted(name: str) -> bool:
+        return is_image(name) and name.partition(".")[0] in keys
+
     try:
-        with storage.open(uri, "rb") as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
-            for member in tar:
-                base, ext = posixpath.splitext(posixpath.basename(member.name))
-                if base in keys and ext.lower() in IMAGE_EXTENSIONS:
-                    fobj = tar.extractfile(member)
-                    found[base] = fobj.read() if fobj is not None else b""
+        with storage.open(uri, "rb") as fh:
+            for name, data in iter_members(fh, uri, wanted):
+                found[name.partition(".")[0]] = data
                 if len(found) == len(keys):
                     break
-    except (tarfile.TarError, EOFError, OSError) as e:
+    except (TarReadError, OSError) as e:
         log.warning("%s: could not read example images (%s)", uri, e)
     return found

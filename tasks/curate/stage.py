@@ -14,7 +14,6 @@ import logging
 import os
 import posixpath
 import re
-import tarfile
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from model.tario import is_image, iter_members
 from tasks.core.config import PipelineConfig
 from tasks.core.manifest import StageResult
 from tasks.core.sql import bind, run_sql
@@ -40,7 +40,6 @@ from tasks.curate.rules import apply_rules, combine
 log = logging.getLogger(__name__)
 
 _SHARD_NAME = re.compile(r"^\d+\.parquet$")
-_EVAL_IMAGE_EXTENSIONS = (".webp", ".png", ".jpg", ".jpeg")
 
 
 def list_download_shards(storage: Storage) -> list[str]:
@@ -131,15 +130,11 @@ def eval_image_hashes(cfg: PipelineConfig, storage: Storage) -> tuple[np.ndarray
                 f"evaluate.datasets[{dataset.name!r}]: no tars at {pattern} to decontaminate against"
             )
         for of in files:
-            with of as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
-                for member in tar:
-                    base, ext = posixpath.splitext(member.name)
-                    if not member.isfile() or ext.lower() not in _EVAL_IMAGE_EXTENSIONS:
-                        continue
-                    data = tar.extractfile(member).read()  # type: ignore[union-attr]
+            with of as fh:
+                for name, data in iter_members(fh, of.path, is_image):
                     with Image.open(io.BytesIO(data)) as image:
                         hashes.append(phash64(image))
-                    labels.append(f"{dataset.name}/{base}")
+                    labels.append(f"{dataset.name}/{name.rsplit('.', 1)[0]}")
     return np.asarray(hashes, dtype=np.int64), labels
 
 

@@ -3,9 +3,14 @@
 The kept rows of ``curate/samples.parquet`` are shuffled (seeded) and cut into shards of
 ``shard.samples_per_shard``: ``000000.tar, ...``, each sample ``{key}.jpg`` (the image bytes
 exactly as downloaded, with the download's extension), ``{key}.txt`` (caption) and
-``{key}.json`` (key, url, page_url, source, scores). ``sizes.json`` (OpenCLIP's format) and
-``manifest.json`` (count, bytes, sha256 per shard; the curate manifest it came from) are
+``{key}.json`` (key, url, page_url, source, scores, ``image_sha256``: the sha256 of the image
+member, and img2dataset's ``sha256`` of the fetched file). ``sizes.json`` (OpenCLIP's format)
+and ``manifest.json`` (count, bytes, sha256 per shard; the curate manifest it came from) are
 written after every shard, so neither ever names a missing shard.
+
+Every image is checked against the ``image_sha256`` curate recorded before its sample is
+written: a download that changed after curate ran (img2dataset keys are positional) is
+refused, naming the sample, rather than pairing a caption with another URL's image.
 
 Each shard is written atomically and checked (its sha256, read back locally or confirmed
 by the S3 server's checksum), then a record ``shards/_progress/NNNNNN.json`` marks it done:
@@ -19,7 +24,6 @@ import json
 import logging
 import os
 import posixpath
-import tarfile
 import tempfile
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -28,19 +32,22 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
+from model.atomic import TEMP_MARK
+from model.s3 import UploadPolicy
+from model.tario import IndexedTar, SampleWriter, TarReadError, image_extension
 from tasks.core.config import PipelineConfig, ShardConfig
 from tasks.core.manifest import StageResult, invalidate, manifest_uri, read_manifest
-from tasks.core.s3 import UploadPolicy
 from tasks.core.stage import PLAIN_RUN, RunContext
 from tasks.core.storage import Storage
-from tasks.shard.verify import check_member_name, verify_shards
+from tasks.shard.verify import verify_shards
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Bumped when the bytes of a shard would change for the same input (resets resume)."""
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-REQUIRED_COLUMNS = ("key", "url", "caption", "page_url", "source", "download_shard", "keep")
+REQUIRED_COLUMNS = (
+    "key", "url", "caption", "page_url", "source", "download_shard", "image_sha256", "keep"
+)  # fmt: skip
 _READ_CHUNK = 1024 * 1024
 
 
@@ -97,6 +104,12 @@ def read_kept(storage: Storage, kept_expected: int) -> pd.DataFrame:
     null_caption = kept["key"][kept["caption"].isna()].tolist()
     if null_caption:
         raise ShardInputError(f"{uri}: kept samples without a caption: {null_caption[:5]}")
+    unhashed = kept["key"][kept["image_sha256"].isna()].tolist()
+    if unhashed:
+        raise ShardInputError(
+            f"{uri}: kept samples without a sha256 of their image (image_sha256), so their "
+            f"bytes cannot be checked: {unhashed[:5]}; rerun curate"
+        )
     return kept
 
 
@@ -129,6 +142,7 @@ def sample_metadata(row: dict[str, Any], score_columns: list[str]) -> dict[str, 
         "page_url": _present(row["page_url"]),
         "source": _present(row["source"]),
         "scores": scores,
+        "image_sha256": row["image_sha256"],
     }
     if isinstance(row.get("sha256"), str):
         meta["sha256"] = row["sha256"]
@@ -146,44 +160,48 @@ def _fingerprint(name: str, rows: pd.DataFrame, metas: list[dict[str, Any]]) -> 
 
 
 class InputTars:
-    """Random access to the download tars' samples; S3 tars are fetched once to a temp dir.
+    """The download tars' images, by sample, each checked against its recorded sha256.
 
-    Each tar's headers are read once (and every member name checked); images are then read
-    by offset from a plain file handle.
+    Tars are opened once (``IndexedTar``: headers read, every member name checked); S3 tars
+    are fetched once to a temporary folder.
     """
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
         self._tmp = tempfile.TemporaryDirectory(prefix="clipflow-shard-")
-        self._tars: dict[str, tuple[IO[bytes], dict[str, dict[str, tuple[int, int]]]]] = {}
+        self._tars: dict[str, IndexedTar] = {}
 
     def __enter__(self) -> InputTars:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for handle, _ in self._tars.values():
-            handle.close()
+        for tar in self._tars.values():
+            tar.close()
         self._tmp.cleanup()
 
-    def sample(self, download_shard: str, key: str) -> tuple[str, bytes]:
-        """(image extension, image bytes) of one sample, exactly as downloaded."""
-        uri, handle, index = self._open(download_shard)
-        members = index.get(key)
-        ext = next((e for e in IMAGE_EXTENSIONS if members and e in members), None)
-        if members is None or ext is None:
-            raise ShardInputError(f"{uri}: kept sample {key!r} has no image in this tar")
-        offset, size = members[ext]
-        handle.seek(offset)
-        data = handle.read(size)
-        if len(data) != size:
-            raise ShardInputError(f"{uri}: truncated at sample {key!r}")
+    def image(self, download_shard: str, meta: dict[str, Any]) -> tuple[str, bytes]:
+        """(extension, bytes) of a sample's image exactly as downloaded; raises
+        ShardInputError unless they hash to ``meta["image_sha256"]``."""
+        tar, key = self._open(download_shard), meta["key"]
+        ext = image_extension(tar.index.get(key, {}))
+        if ext is None:
+            raise ShardInputError(f"{tar.uri}: kept sample {key!r} has no image in this tar")
+        try:
+            data = tar.read(key, ext)
+        except TarReadError as error:
+            raise ShardInputError(str(error)) from error
+        found = hashlib.sha256(data).hexdigest()
+        if found != meta["image_sha256"]:
+            raise ShardInputError(
+                f"{tar.uri}: sample {key!r} ({meta['url']}): its image {key}.{ext} has sha256 "
+                f"{found}, curate recorded {meta['image_sha256']}: the download changed after "
+                "curate ran; rerun curate, then shard"
+            )
         return ext, data
 
-    def _open(
-        self, download_shard: str
-    ) -> tuple[str, IO[bytes], dict[str, dict[str, tuple[int, int]]]]:
-        uri = self.storage.uri("download", download_shard)
+    def _open(self, download_shard: str) -> IndexedTar:
         if download_shard not in self._tars:
+            uri = self.storage.uri("download", download_shard)
             if posixpath.basename(download_shard) != download_shard or download_shard in {"", ".."}:
                 raise ShardInputError(f"download_shard {download_shard!r}: not a plain file name")
             if not self.storage.exists(uri):
@@ -193,67 +211,29 @@ class InputTars:
                 path = os.path.join(self._tmp.name, download_shard)
                 self.storage.fs.get_file(uri, path)
             try:
-                with tarfile.open(path, "r:") as tar:
-                    index = _index_members(uri, tar)
-            except (tarfile.TarError, EOFError) as error:
-                raise ShardInputError(f"{uri}: unreadable tar: {error}") from error
-            # Stays open for reads by offset until __exit__ closes it.
-            self._tars[download_shard] = (open(path, "rb"), index)  # noqa: SIM115
-        handle, index = self._tars[download_shard]
-        return uri, handle, index
-
-
-def _index_members(uri: str, tar: tarfile.TarFile) -> dict[str, dict[str, tuple[int, int]]]:
-    """key -> extension -> (data offset, size) of every member, each name checked."""
-    index: dict[str, dict[str, tuple[int, int]]] = {}
-    for member in tar.getmembers():
-        check_member_name(uri, member)
-        key, _, ext = member.name.partition(".")
-        index.setdefault(key, {})[ext.lower()] = (member.offset_data, member.size)
-    return index
-
-
-class _TarWriter:
-    """A minimal tar writer: GNU headers from ``tarfile``, data written straight through and
-    hashed on the way (``tarfile``'s stream layer costs more than the disk here). Fixed
-    metadata, so the same samples always give the same bytes and sha256."""
-
-    def __init__(self, target: IO[bytes]) -> None:
-        self.target, self.sha256, self.bytes = target, hashlib.sha256(), 0
-
-    def _write(self, data: bytes) -> None:
-        self.sha256.update(data)
-        self.bytes += len(data)
-        self.target.write(data)
-
-    def add(self, name: str, data: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size, info.mtime, info.mode = len(data), 0, 0o644
-        self._write(info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape"))
-        self._write(data)
-        if len(data) % tarfile.BLOCKSIZE:
-            self._write(tarfile.NUL * (tarfile.BLOCKSIZE - len(data) % tarfile.BLOCKSIZE))
-
-    def close(self) -> None:
-        """End-of-archive: two zero blocks, then zeros to a whole record, as ``tarfile``."""
-        end = self.bytes + 2 * tarfile.BLOCKSIZE
-        self._write(tarfile.NUL * (2 * tarfile.BLOCKSIZE + (-end) % tarfile.RECORDSIZE))
+                self._tars[download_shard] = IndexedTar(path, uri)
+            except TarReadError as error:
+                raise ShardInputError(str(error)) from error
+        return self._tars[download_shard]
 
 
 def write_shard_tar(
     target: IO[bytes], rows: pd.DataFrame, metas: list[dict[str, Any]], inputs: InputTars
 ) -> tuple[int, str]:
-    """Write one shard's samples, in row order, as a tar to ``target``; (bytes, sha256)."""
-    tar = _TarWriter(target)
-    for meta, caption, source_tar in zip(
-        metas, rows["caption"], rows["download_shard"], strict=True
-    ):
-        ext, image = inputs.sample(source_tar, meta["key"])
-        tar.add(f"{meta['key']}.{ext}", image)
-        tar.add(f"{meta['key']}.txt", str(caption).encode("utf-8"))
-        tar.add(f"{meta['key']}.json", json.dumps(meta, sort_keys=True).encode())
-    tar.close()
-    return tar.bytes, tar.sha256.hexdigest()
+    """Write one shard's samples, in row order, as a tar to ``target``; (bytes, sha256).
+    An image is checked before its sample is written (``InputTars.image``)."""
+    with SampleWriter(target) as tar:
+        for meta, caption, source_tar in zip(
+            metas, rows["caption"], rows["download_shard"], strict=True
+        ):
+            ext, image = inputs.image(source_tar, meta)
+            members = {
+                ext: image,
+                "txt": str(caption).encode("utf-8"),
+                "json": json.dumps(meta, sort_keys=True).encode(),
+            }
+            tar.write(meta["key"], members)
+    return tar.bytes, tar.sha256
 
 
 def _file_sha256(path: str) -> str:
@@ -315,7 +295,7 @@ def _retract_published(storage: Storage) -> None:
     invalidate(storage, "shard")
     for name in ("manifest.json", "sizes.json"):
         storage.remove(storage.uri("shards", name))
-    for leftover in storage.glob("shards/*.tmp-*"):
+    for leftover in storage.glob(f"shards/*{TEMP_MARK}*"):
         storage.remove(leftover)
 
 

@@ -2,8 +2,8 @@
 
 ``verify_shards`` names each missing, corrupt (tar error, wrong sha256 or size), miscounted
 or unlisted shard and each sample found in two shards; ``clipflow verify CONFIG`` and the
-end of the shard stage run it. ``check_member_name`` is the tar-member rule that both the
-stage's input reading and this check apply.
+end of the shard stage run it. Shards are read with ``model.tario.IndexedTar``, which applies
+the same member-name rule as the stage's reading of its input.
 """
 
 from __future__ import annotations
@@ -11,28 +11,14 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
-import tarfile
 import tempfile
 from dataclasses import dataclass
 from typing import Any
 
+from model.tario import IndexedTar, TarReadError, UnsafeTarMember
 from tasks.core.storage import Storage
 
 _READ_CHUNK = 1024 * 1024
-
-
-class UnsafeTarMember(ValueError):
-    """A tar member that is not a regular file with a plain name; the message names both."""
-
-
-def check_member_name(tar_uri: str, member: tarfile.TarInfo) -> None:
-    """Refuse a tar member that is not a regular file with a plain name (``../../x``, ``/etc``,
-    ``a/b``, links): img2dataset writes only flat names, anything else is tampering."""
-    name = member.name
-    if not name or name.startswith("/") or "/" in name or "\\" in name or name in {".", ".."}:
-        raise UnsafeTarMember(f"{tar_uri}: refusing tar member {name!r}: not a plain file name")
-    if not member.isreg():
-        raise UnsafeTarMember(f"{tar_uri}: refusing tar member {name!r}: not a regular file")
 
 
 @dataclass
@@ -68,13 +54,8 @@ def _read_shard(storage: Storage, uri: str) -> tuple[list[str], int, str]:
             path = os.path.join(tmp, posixpath.basename(uri))
             storage.fs.get_file(uri, path)
         sha256, size = _sha256_and_size(path)
-        keys: list[str] = []
-        with tarfile.open(path, "r:") as tar:
-            for member in tar:
-                check_member_name(uri, member)
-                key = member.name.partition(".")[0]
-                if not keys or keys[-1] != key:
-                    keys.append(key)
+        with IndexedTar(path, uri) as tar:
+            keys = list(tar.index)
     return keys, size, sha256
 
 
@@ -85,7 +66,7 @@ def _check_entry(storage: Storage, entry: dict[str, Any], seen: set[str]) -> lis
         return [f"{name}: missing"]
     try:
         keys, size, sha256 = _read_shard(storage, uri)
-    except (tarfile.TarError, EOFError, OSError, UnsafeTarMember) as error:
+    except (TarReadError, OSError, UnsafeTarMember) as error:
         return [f"{name}: corrupt ({error})"]
     problems = []
     if sha256 != entry["sha256"] or size != entry["bytes"]:

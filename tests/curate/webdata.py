@@ -21,10 +21,10 @@ from unittest import mock
 
 import numpy as np
 import pandas as pd
-import webdataset as wds
 from PIL import Image
 
 from demo.offline_data import clipart, fashion_mnist
+from model.tario import SampleWriter
 from tasks.curate.phash import flatten_alpha
 
 DISTINCT = 36
@@ -175,10 +175,10 @@ def write_eval_dataset(path: Path, split: str = "test") -> None:
     """A CLIP_benchmark-layout WebDataset of Fashion-MNIST test images: {path}/{split}/0.tar."""
     images, labels = fashion_mnist("test")
     (path / split).mkdir(parents=True, exist_ok=True)
-    with wds.TarWriter(str(path / split / "0.tar")) as sink:
+    with open(path / split / "0.tar", "wb") as stream, SampleWriter(stream) as sink:
         for j in range(EVAL_IMAGES):
-            sink.write({"__key__": f"s{j:04d}", "png": _png(Image.fromarray(images[j])),
-                        "cls": str(int(labels[j])).encode()})  # fmt: skip
+            sink.write(f"s{j:04d}", {"png": _png(Image.fromarray(images[j])),
+                                     "cls": str(int(labels[j])).encode()})  # fmt: skip
 
 
 def download(rows: list[dict[str, Any]], out_dir: Path, work_dir: Path, per_shard: int) -> None:

@@ -114,6 +114,6 @@ def test_shard_rerun_on_a_stale_curate_is_refused_then_runs_with_upstream(
     downloaded = _download_images(tmp_path / "root")
     for meta, image in samples:
         assert image == downloaded[meta["url"]], meta["url"]  # bytes as downloaded
-        assert meta["sha256"] == hashlib.sha256(image).hexdigest()
+        assert meta["image_sha256"] == hashlib.sha256(image).hexdigest()  # checked on copy
         served = Image.open(site / meta["url"].removeprefix(url + "/"))
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(image))), np.asarray(served))

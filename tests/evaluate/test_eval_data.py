@@ -37,7 +37,7 @@ def _write_tar(path, members: dict[str, bytes]) -> None:
 
 
 def test_reads_every_sample_of_every_shard(fashion_small):
-    from tasks import offline_data
+    from demo import offline_data
 
     _, expected = offline_data.fashion_mnist("test")
     assert _read(fashion_small) == expected[:240].tolist()  # 3 shards, in order

@@ -5,6 +5,7 @@ shape and a curate manifest. Built once per session, copied per test (local or S
 from __future__ import annotations
 
 import functools
+import hashlib
 import http.server
 import io
 import json
@@ -20,6 +21,7 @@ import pytest
 from PIL import Image
 
 from demo.offline_data import FASHION_MNIST_CLASSES, fashion_mnist
+from model.tario import IMAGE_EXTENSIONS, image_extension, open_samples
 from tasks.core.config import PipelineConfig
 
 N_IMAGES = 48
@@ -47,14 +49,16 @@ def _write_site(site: Path) -> list[tuple[str, str]]:
 
 
 def _curate_outputs(root: Path) -> int:
-    """samples.parquet from img2dataset's per-shard parquet (every 4th sample dropped) and a
-    curate manifest; returns the kept count."""
+    """samples.parquet from img2dataset's per-shard parquet (every 4th sample dropped, the
+    sha256 of each image as curate records it) and a curate manifest; returns the kept count."""
+    images = image_bytes_of(root)
     frames = []
     for parquet in sorted((root / "download").glob("[0-9]*.parquet")):
         rows = pd.read_parquet(parquet)
         rows = rows[rows["status"] == "success"].assign(download_shard=parquet.stem + ".tar")
         frames.append(rows)
     samples = pd.concat(frames, ignore_index=True)
+    samples["image_sha256"] = [hashlib.sha256(images[k]).hexdigest() for k in samples["key"]]
     dropped = samples.index % 4 == 3
     samples["keep"] = ~dropped
     samples["reasons"] = [["too_small"] if d else [] for d in dropped]
@@ -152,17 +156,10 @@ def s3_root(shard_inputs: Path, s3_server, s3_bucket: str) -> Iterator[str]:
 
 def image_bytes_of(root: Path) -> dict[str, bytes]:
     """key -> image bytes, as img2dataset stored them in the download tars."""
-    import tarfile
-
     out = {}
     for tar_path in sorted((root / "download").glob("*.tar")):
-        with tarfile.open(tar_path) as tar:
-            for member in tar.getmembers():
-                key, _, ext = member.name.partition(".")
-                if ext in {"jpg", "png", "webp", "jpeg"}:
-                    handle = tar.extractfile(member)
-                    assert handle is not None
-                    out[key] = handle.read()
+        for sample in open_samples(str(tar_path), extensions=IMAGE_EXTENSIONS):
+            out[sample["__key__"]] = sample[image_extension(sample)]
     return out
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from flows.cli import main as clipflow
@@ -160,7 +162,12 @@ def test_path_traversal_member_is_refused(local_root: Path) -> None:
 
 def test_other_image_extensions_are_kept(local_root: Path) -> None:
     """A sample downloaded as PNG stays ``{key}.png``."""
+    samples_path = local_root / "curate" / "samples.parquet"
+    samples = pd.read_parquet(samples_path)
     kept = load_kept(local_root)
+    png_sha256 = hashlib.sha256(png_bytes()).hexdigest()  # as curate records the PNG it read
+    samples.loc[samples["key"] == kept.iloc[0]["key"], "image_sha256"] = png_sha256
+    samples.to_parquet(samples_path, index=False)
     key, tar_name = kept.iloc[0]["key"], kept.iloc[0]["download_shard"]
     tar_path = local_root / "download" / tar_name
     with tarfile.open(tar_path) as tar:
@@ -210,8 +217,6 @@ def test_verify_checks_the_total_against_curate(local_root: Path) -> None:
 
 
 def test_nothing_kept_is_an_error(local_root: Path) -> None:
-    import pandas as pd
-
     samples_path = local_root / "curate" / "samples.parquet"
     pd.read_parquet(samples_path).assign(keep=False).to_parquet(samples_path)
     manifest_path = local_root / "_manifests" / "curate.json"

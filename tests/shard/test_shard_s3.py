@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from model.s3 import S3UploadError, make_client
 from tasks.core.config import PipelineConfig
-from tasks.core.s3 import S3UploadError, make_client
 from tasks.core.storage import Storage
 from tasks.shard.stage import shard
 from tasks.shard.verify import verify_shards
@@ -59,7 +59,7 @@ def test_shards_on_s3_are_exact_and_leak_no_credentials(
     assert secret not in caplog.text.encode()
     ours = [r.getMessage() for r in caplog.records if r.name.startswith(("tasks", "clipflow"))]
     assert not any(key_id.decode() in m for m in ours)
-    client = make_client(cfg.storage)
+    client = make_client(cfg.storage.s3_endpoint_url)
     bucket = s3_root.removeprefix("s3://").split("/")[0]
     objects = client.list_objects_v2(Bucket=bucket)["Contents"]
     assert any(o["Key"].endswith("shards/manifest.json") for o in objects)
@@ -86,9 +86,7 @@ def fault_server(s3_server: MotoServer, shard_inputs: Path):
     """A private moto_server holding the shard inputs (s3_server provides the credentials)."""
     server = MotoServer(port=free_port())
     server.start()
-    make_client(s3_config(f"s3://{BUCKET}/root", server.endpoint_url).storage).create_bucket(
-        Bucket=BUCKET
-    )
+    make_client(server.endpoint_url).create_bucket(Bucket=BUCKET)
     upload_tree(shard_inputs, server.endpoint_url, BUCKET, "root")
     yield server
     server.stop()
@@ -97,7 +95,7 @@ def fault_server(s3_server: MotoServer, shard_inputs: Path):
 def kill_at_third_shard(server: MotoServer, restart: bool) -> tuple[FaultProxy, dict]:
     """A proxy that, when the upload of shards/000002.tar starts, snapshots what the server
     durably holds, kills it, and (if ``restart``) brings it back with that data."""
-    direct = make_client(s3_config(f"s3://{BUCKET}/root", server.endpoint_url).storage)
+    direct = make_client(server.endpoint_url)
     state: dict = {}
 
     def bring_back() -> None:
@@ -135,8 +133,7 @@ def test_server_killed_mid_upload_fails_clearly_and_a_rerun_completes(
         "root/shards/_progress/000001.tar.json",
     ]
     fault_server.start()
-    direct = s3_config(f"s3://{BUCKET}/root", fault_server.endpoint_url)
-    restore(make_client(direct.storage), state["objects"])
+    restore(make_client(fault_server.endpoint_url), state["objects"])
     proxy.down.clear()
     storage = Storage(cfg.storage)
     result = shard(cfg, storage)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from model.s3 import S3UploadError, UploadPolicy, make_client, upload_file
 from tasks.core.config import StorageConfig
-from tasks.core.s3 import S3UploadError, UploadPolicy, make_client, upload_file
 from tasks.core.storage import Storage
 from tests.fixtures_s3 import MotoServer, free_port
 
@@ -83,7 +83,7 @@ def test_upload_retries_with_backoff_until_the_server_is_back(
     private_server: MotoServer, tmp_path: Path
 ) -> None:
     config = StorageConfig(root="s3://retry-bucket/", s3_endpoint_url=private_server.endpoint_url)
-    client = make_client(config)
+    client = make_client(config.s3_endpoint_url)
     client.create_bucket(Bucket="retry-bucket")
     local = tmp_path / "f.bin"
     local.write_bytes(os.urandom(6 * 1024 * 1024))

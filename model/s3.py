@@ -23,8 +23,6 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tasks.core.config import StorageConfig
-
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -71,8 +69,9 @@ def split_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def make_client(config: StorageConfig) -> Any:
-    """A boto3 S3 client for ``config``'s endpoint and region; credentials from boto3's chain.
+def make_client(endpoint_url: str | None = None, region: str | None = None) -> Any:
+    """A boto3 S3 client for an endpoint (None: AWS) and region; credentials from boto3's
+    chain.
 
     botocore retries each call a few times on transient errors; ``upload_file`` adds retries
     of the whole object on top, for outages longer than a few hundred milliseconds.
@@ -80,8 +79,8 @@ def make_client(config: StorageConfig) -> Any:
     session = boto3.session.Session()
     return session.client(
         "s3",
-        endpoint_url=config.s3_endpoint_url,
-        region_name=config.s3_region,
+        endpoint_url=endpoint_url,
+        region_name=region,
         config=Config(
             retries={"mode": "standard", "max_attempts": 3},
             max_pool_connections=32,
