@@ -23,7 +23,7 @@ from typing import IO, Any, NamedTuple
 
 import fsspec
 from webdataset import TarWriter
-from webdataset.tariterators import base_plus_ext, group_by_keys
+from webdataset.tariterators import group_by_keys
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 """Image members a sample may hold, as written by img2dataset and our shard stage; when a
@@ -48,10 +48,18 @@ class UnsafeTarMember(ValueError):
 
 
 def split_name(name: str) -> tuple[str, str] | None:
-    """(key, lower-case extension) of a member name, as webdataset groups it; None without
-    an extension."""
-    key, ext = base_plus_ext(name)
-    return None if key is None else (key, ext.lower())
+    """(key, lower-case extension) of a member name: the key ends at the basename's first
+    dot, as in webdataset's ``base_plus_ext``; None without an extension (or for a dot-file).
+    String methods rather than its regular expression: this runs for every member read."""
+    folder, slash, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    if not (stem and dot):
+        return None
+    return folder + slash + stem, ext.lower()
+
+
+def _key_and_ext(name: str) -> tuple[str | None, str | None]:
+    return split_name(name) or (None, None)  # group_by_keys' ``keys`` contract
 
 
 def is_image(name: str) -> bool:
@@ -201,7 +209,7 @@ def iter_samples(
 
     files = ({"fname": n, "data": d, "__url__": uri} for n, d in iter_members(stream, uri, wanted))
     try:
-        yield from group_by_keys(files)
+        yield from group_by_keys(files, keys=_key_and_ext)
     except ValueError as error:  # webdataset's: a member name twice in one sample
         raise TarReadError(f"{uri} is corrupt: {error.args[0]}") from error
 
