@@ -17,9 +17,9 @@ from prefect.client.schemas.filters import (
 from demo.benchmark_sets import build_set
 from flows.pipeline import pipeline_flow
 from tasks.core.config import PipelineConfig
-from tasks.stages import STAGES
 from tasks.core.manifest import read_manifest
 from tasks.core.storage import Storage
+from tasks.stages import STAGES
 
 
 @pytest.fixture(scope="module")
