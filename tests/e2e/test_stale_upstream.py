@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from PIL import Image
 
 from demo.server import serve
 from flows.cli import main
+from model.tario import open_samples
 
 
 def _write_site(site: Path, names: list[str]) -> None:
@@ -38,31 +38,13 @@ def _write_site(site: Path, names: list[str]) -> None:
     (site / "index.html").write_text("<html><body>" + "\n".join(tags) + "</body></html>")
 
 
-def _shard_samples(root: Path) -> list[tuple[dict, bytes]]:
-    samples = []
-    for tar_path in sorted((root / "shards").glob("*.tar")):
-        with tarfile.open(tar_path) as tar:
-            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
-        for name, data in members.items():
-            if name.endswith(".json"):
-                stem = name[: -len(".json")]
-                image = next(members[f"{stem}.{e}"] for e in ("png", "jpg", "webp")
-                             if f"{stem}.{e}" in members)  # fmt: skip
-                samples.append((json.loads(data), image))
-    return samples
-
-
-def _download_images(root: Path) -> dict[str, bytes]:
-    """URL -> image bytes over every download tar (img2dataset re-encodes what it fetches)."""
-    images = {}
-    for tar_path in sorted((root / "download").glob("*.tar")):
-        with tarfile.open(tar_path) as tar:
-            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
-        for name, data in members.items():
-            if name.endswith(".json"):
-                stem = name[: -len(".json")]
-                images[json.loads(data)["url"]] = members[f"{stem}.png"]
-    return images
+def _samples(folder: Path) -> list[tuple[dict, bytes]]:
+    """(json, png bytes) of every sample in the tars of a folder."""
+    return [
+        (json.loads(sample["json"]), sample["png"])
+        for tar in sorted(folder.glob("*.tar"))
+        for sample in open_samples(str(tar))
+    ]
 
 
 @pytest.fixture
@@ -109,9 +91,9 @@ def test_shard_rerun_on_a_stale_curate_is_refused_then_runs_with_upstream(
     assert "upstream stage 'curate' is stale" in capsys.readouterr().err
 
     assert main(["run", str(path), "--stages", "shard", "--with-upstream"]) == 0
-    samples = _shard_samples(tmp_path / "root")
+    samples = _samples(tmp_path / "root" / "shards")
     assert len(samples) == 70
-    downloaded = _download_images(tmp_path / "root")
+    downloaded = {meta["url"]: image for meta, image in _samples(tmp_path / "root" / "download")}
     for meta, image in samples:
         assert image == downloaded[meta["url"]], meta["url"]  # bytes as downloaded
         assert meta["image_sha256"] == hashlib.sha256(image).hexdigest()  # checked on copy
