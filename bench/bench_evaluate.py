@@ -33,10 +33,10 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from demo import benchmark_sets, offline_data  # noqa: E402
 from model import create_model, get_tokenizer, image_transform, load_checkpoint  # noqa: E402
 from model.eval_data import WdsEvalDataset, make_loader, read_dataset_info  # noqa: E402
 from model.zeroshot import classification_report, classify, zeroshot_classifier  # noqa: E402
-from tasks import benchmark_sets, offline_data  # noqa: E402
 
 TINY = "clipflow-tiny-bench"
 

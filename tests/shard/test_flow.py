@@ -6,11 +6,16 @@ import json
 from pathlib import Path
 
 from flows.shard import shard_flow
+from tests.finished_stages import record_finished
 from tests.shard.conftest import load_kept, local_config
 
 
 def test_shard_flow_runs_then_skips(prefect_harness, local_root: Path) -> None:
-    config = local_config(local_root).model_dump(mode="json")
+    cfg = local_config(local_root)
+    # The copied curate outputs, recorded as a finished curate stage at this root.
+    curate = json.loads((local_root / "_manifests" / "curate.json").read_text())
+    record_finished(cfg, curate=curate["counts"])
+    config = cfg.model_dump(mode="json")
     first = shard_flow(config=config)
     kept = len(load_kept(local_root))
     assert first["skipped"] is False and first["counts"]["samples"] == kept
