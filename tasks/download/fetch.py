@@ -28,9 +28,11 @@ from typing import Any
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset's import would phone home
 
 from img2dataset import downloader as i2d_downloader  # noqa: E402
+from img2dataset import logger as i2d_logger  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from tasks.core.safe_http import check_url
+from tasks.download.process_tree import die_with_parent
 
 _CHUNK = 64 * 1024
 
@@ -158,6 +160,14 @@ def guarded_download_image(
         return key, None, str(err)
 
 
+class MortalLoggerProcess(i2d_logger.LoggerProcess):
+    """img2dataset's logger process, which exits when the process that started it dies."""
+
+    def run(self) -> None:
+        die_with_parent()
+        super().run()
+
+
 class GuardedDownloader(i2d_downloader.Downloader):
     """img2dataset's Downloader, fetching with ``guarded_download_image`` under ``policy``."""
 
@@ -171,6 +181,7 @@ class GuardedDownloader(i2d_downloader.Downloader):
         self.instance_policy: FetchPolicy = policy  # pickled with the instance into workers
 
     def __call__(self, row: Any) -> Any:
+        die_with_parent()  # a worker must not finish its shard after the stage died
         policy: FetchPolicy = self.instance_policy
 
         def fetch(row, timeout, user_agent_token, disallowed_header_directives):

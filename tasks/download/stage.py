@@ -31,7 +31,8 @@ from tasks.core.manifest import StageResult
 from tasks.core.safe_http import check_url
 from tasks.core.stage import PLAIN_RUN, RunContext
 from tasks.core.storage import Storage
-from tasks.download.fetch import FetchPolicy, GuardedDownloader
+from tasks.download.fetch import FetchPolicy, GuardedDownloader, MortalLoggerProcess
+from tasks.download.process_tree import run_in_process_tree
 
 log = logging.getLogger(__name__)
 # The package's `main` attribute is the function of that name, not the module.
@@ -103,11 +104,14 @@ def input_fingerprint(candidates: pd.DataFrame, cfg: PipelineConfig) -> str:
 
 @contextmanager
 def _guarded_img2dataset(policy: FetchPolicy, s3_endpoint: str | None) -> Iterator[None]:
-    """Make img2dataset fetch through ``GuardedDownloader`` and reach our S3 endpoint."""
+    """Make img2dataset fetch through ``GuardedDownloader``, start a logger process that dies
+    with it, and reach our S3 endpoint."""
     saved_downloader, saved_env = i2d_main.Downloader, os.environ.get("FSSPEC_S3_ENDPOINT_URL")
+    saved_logger = i2d_main.LoggerProcess
     saved_conf = fsspec.config.conf.get("s3")
     GuardedDownloader.policy = policy
     i2d_main.Downloader = GuardedDownloader
+    i2d_main.LoggerProcess = MortalLoggerProcess
     if s3_endpoint:
         os.environ["FSSPEC_S3_ENDPOINT_URL"] = s3_endpoint  # fsspec config, inherited by workers
         # fsspec read the environment when it was imported: this process needs it set here.
@@ -116,6 +120,7 @@ def _guarded_img2dataset(policy: FetchPolicy, s3_endpoint: str | None) -> Iterat
         yield
     finally:
         i2d_main.Downloader = saved_downloader
+        i2d_main.LoggerProcess = saved_logger
         GuardedDownloader.policy = None
         if saved_conf is None:
             fsspec.config.conf.pop("s3", None)
@@ -139,7 +144,12 @@ def _prepare_output(storage: Storage, fingerprint: str, force: bool) -> None:
 
 
 def run_img2dataset(cfg: PipelineConfig, storage: Storage, url_list: str) -> None:
-    """Run img2dataset on one parquet list of candidates into ``{root}/download``."""
+    """Run img2dataset on one parquet list of candidates into ``{root}/download``, in a
+    process tree that dies with this process (no orphan may write after the stage died)."""
+    run_in_process_tree(_img2dataset, cfg, storage.uri("download"), url_list)
+
+
+def _img2dataset(cfg: PipelineConfig, output_folder: str, url_list: str) -> None:
     d = cfg.download
     policy = FetchPolicy(
         deadline_s=d.timeout,
@@ -150,7 +160,7 @@ def run_img2dataset(cfg: PipelineConfig, storage: Storage, url_list: str) -> Non
     with _guarded_img2dataset(policy, cfg.storage.s3_endpoint_url):
         img2dataset.download(
             url_list=url_list,
-            output_folder=storage.uri("download"),
+            output_folder=output_folder,
             input_format="parquet",
             url_col="url",
             caption_col="caption",

@@ -329,13 +329,6 @@ def test_kill_during_a_forced_rerun_retracts_the_stage(
     rerun_and_compare(ref, stage, point)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="img2dataset's children outlive a SIGKILLed download stage: its pool worker "
-    "finishes the shard in hand into {root}/download after the stage died (racing a rerun, "
-    "which rewrites that unfinished shard in place); its LoggerProcess and multiprocessing's "
-    "resource tracker never exit",
-)
 def test_a_killed_download_leaves_nothing_running_or_writing(
     reference: Reference, tmp_path: Path
 ) -> None:
