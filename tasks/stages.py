@@ -16,6 +16,7 @@ PIPELINE: tuple[Stage, ...] = (
         upstream=(),
         reads=("crawl",),
         body="tasks.crawl.stage:crawl",
+        outputs=("crawl",),
     ),
     Stage(
         name="download",
@@ -25,6 +26,7 @@ PIPELINE: tuple[Stage, ...] = (
         # once it is back on.
         reads=("download", "crawl.allow_private_networks"),
         body="tasks.download.stage:download",
+        outputs=("download",),
     ),
     Stage(
         name="curate",
@@ -32,6 +34,7 @@ PIPELINE: tuple[Stage, ...] = (
         upstream=("download",),
         reads=("curate", "evaluate.datasets"),  # decontamination compares with eval images
         body="tasks.curate.stage:curate",
+        outputs=("curate",),
         publish="flows.artifacts:publish_curate",
         artifacts=("curate-funnel", "curate-summary", "curate-data-docs"),
     ),
@@ -43,6 +46,7 @@ PIPELINE: tuple[Stage, ...] = (
         upstream=("curate", "download"),
         reads=("shard",),
         body="tasks.shard.stage:shard",
+        outputs=("shards",),
     ),
     Stage(
         name="train",
@@ -50,6 +54,7 @@ PIPELINE: tuple[Stage, ...] = (
         upstream=("shard",),
         reads=("train", "name"),  # the run id torchrun's rendezvous uses
         body="tasks.train.launcher:train",
+        outputs=("train",),
         runs=("model.train",),  # torchrun -m model.train
         publish="flows.artifacts:publish_train",
         artifacts=("train-final-metrics", "train-loss-curve"),
@@ -61,6 +66,7 @@ PIPELINE: tuple[Stage, ...] = (
         # Without evaluate.model / evaluate.vocab the train stage's choice is used.
         reads=("evaluate", "train.model", "train.vocab"),
         body="tasks.evaluate.stage:run_evaluate",
+        outputs=("eval",),
         standalone_when="evaluate.checkpoint",
         options=(
             CliOption("--checkpoint", "evaluate.checkpoint", "any OpenCLIP-format checkpoint"),

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from model.atomic import TEMP_MARK
 from tasks.core.config import PipelineConfig
 from tasks.core.lineage import (
     check_upstream,
@@ -20,6 +21,7 @@ from tasks.core.lineage import (
 )
 from tasks.core.manifest import StageResult, invalidate, manifest_uri, read_manifest
 from tasks.core.storage import Storage
+from tasks.stages import stage
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ def run_stage(
     # Retract first: once the body starts writing, the old manifest no longer describes what
     # is on storage, and a kill -9 must leave the stage "not run", never "done".
     invalidate(storage, name)
+    sweep_temporary_files(storage, name)
     started = time.time()
     result = body(storage)
     finished = time.time()
@@ -61,3 +64,12 @@ def run_stage(
     storage.write_json(manifest_uri(storage, name), manifest)
     log.info("%s: done in %.1fs, counts %s", name, finished - started, result.counts)
     return {**manifest, "skipped": False}
+
+
+def sweep_temporary_files(storage: Storage, name: str) -> None:
+    """Remove what a killed run of the stage left half-written in its output folders (local
+    roots; on S3 an unfinished upload is never visible)."""
+    for folder in stage(name).outputs:
+        for leftover in storage.glob(f"{folder}/**/*{TEMP_MARK}*"):
+            log.info("%s: removing %s, left by a run that did not finish", name, leftover)
+            storage.remove(leftover, recursive=True)

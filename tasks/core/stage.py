@@ -68,6 +68,9 @@ class Stage:
     ``storage.root`` is always read (outputs move with it)."""
     body: str
     """``module:function``, imported only when the stage runs (``status`` stays light)."""
+    outputs: tuple[str, ...] = ()
+    """Folders under ``storage.root`` it writes; a rerun sweeps the temporary files a killed
+    run left in them (``model.atomic.TEMP_MARK``)."""
     runs: tuple[str, ...] = ()
     """Modules it runs outside its own imports (a subprocess entry point such as
     ``python -m model.train``): fingerprinted like the package, with what they import."""

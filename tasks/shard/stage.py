@@ -290,8 +290,8 @@ def write_or_reuse_shard(
 
 def _retract_published(storage: Storage) -> None:
     """Before any shard changes, unpublish: no manifest may point at a shard being rewritten.
-    Also drop the temporary files of a run that was killed (local roots; on S3 an unfinished
-    multipart upload is never visible, and a bucket lifecycle rule reclaims its parts)."""
+    (The runner already swept the temporary files of a killed run; this is also called by
+    ``shard`` outside the runner, as the tests and benchmarks do.)"""
     invalidate(storage, "shard")
     for name in ("manifest.json", "sizes.json"):
         storage.remove(storage.uri("shards", name))

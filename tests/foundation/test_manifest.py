@@ -73,3 +73,29 @@ def test_evaluating_a_given_checkpoint_needs_no_train_stage(tmp_root):
     assert not run_stage("evaluate", cfg, counting_body([], "evaluate"))["skipped"]
     with pytest.raises(StaleUpstream, match="upstream stage 'shard'"):
         run_stage("train", cfg, counting_body([], "train"))
+
+
+def test_a_rerun_sweeps_what_a_killed_run_left_half_written(tmp_root):
+    """Temporary files (``model.atomic.TEMP_MARK``) in the stage's output folders are a
+    killed run's; the rerun removes them before its body runs, and nothing else."""
+    cfg = cfg_at(tmp_root)
+    left = [
+        tmp_root / "crawl" / "candidates-00000.parquet.tmp-1f2e",
+        tmp_root / "crawl" / "a" / "b.tmp-9",
+    ]
+    for path in left:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+    kept = tmp_root / "crawl" / "candidates-00001.parquet"
+    kept.write_bytes(b"whole")
+    elsewhere = tmp_root / "download" / "x.tmp-3"
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(b"not crawl's")
+    seen: list[bool] = []
+
+    def body(storage: Storage) -> StageResult:
+        seen.append(any(p.exists() for p in left))
+        return StageResult(counts={"n": 1})
+
+    run_stage("crawl", cfg, body)
+    assert seen == [False] and kept.exists() and elsewhere.exists()
