@@ -10,7 +10,7 @@ from prefect.logging import get_run_logger
 
 from flows.common import ConfigParam, as_config, load_flow
 from tasks.core.config import PipelineConfig
-from tasks.core.lineage import check_upstream, read_manifest, stale_upstream
+from tasks.core.lineage import check_upstream, pipeline_status, read_manifest, stale_upstream
 from tasks.core.storage import Storage
 from tasks.stages import STAGES, downstream, stage
 
@@ -28,10 +28,10 @@ def plan(
         stage(name)  # an unknown name is an error that lists the stages
     if stages is None:
         return list(STAGES)
-    storage = Storage(cfg.storage)
+    statuses = pipeline_status(Storage(cfg.storage), cfg)
     if not with_upstream:
-        check_upstream(storage, cfg, stages)
-    stale = stale_upstream(storage, cfg, stages)
+        check_upstream(statuses, cfg, stages)
+    stale = stale_upstream(statuses, cfg, stages)
     return [s for s in STAGES if s in stages or s in stale]
 
 

@@ -72,8 +72,11 @@ def code_files(name: str, root: Path = REPO) -> list[Path]:
     module imports a name from it: ``model.train_config`` does not make a stage depend on
     the whole ``model`` package.
     """
-    todo = [(f"tasks.{name}", True), *((m, True) for m in stage(name).runs)]
-    todo += [(f"tasks.{name}.{p.stem}", True) for p in sorted((root / "tasks" / name).glob("*.py"))]
+    record = stage(name)
+    todo = [(record.package, True), *((m, True) for m in record.runs)]
+    todo += [
+        (f"{record.package}.{p.stem}", True) for p in sorted((root / "tasks" / name).glob("*.py"))
+    ]
     seen: dict[str, Path] = {}
     followed: set[str] = set()
     while todo:
@@ -175,8 +178,6 @@ class Status:
 
     state: str
     reason: str = ""
-    stale_upstream: str | None = None
-    """The upstream stage that makes this one stale, when that is the reason."""
 
     @property
     def done(self) -> bool:
@@ -209,9 +210,9 @@ def _status(
     recorded = manifest.get("upstream", {})
     for up, digest in upstream_digests(storage, cfg, name).items():
         if not upstream[up].done:
-            return Status("stale", f"because {up} is {upstream[up].state}", up)
+            return Status("stale", f"because {up} is {upstream[up].state}")
         if recorded.get(up) != digest:
-            return Status("stale", f"because {up} was rerun since", up)
+            return Status("stale", f"because {up} was rerun since")
     return Status("done")
 
 
@@ -239,10 +240,9 @@ class StaleUpstream(RuntimeError):
         )
 
 
-def stale_upstream(storage: Storage, cfg: PipelineConfig, names: list[str]) -> list[str]:
+def stale_upstream(statuses: dict[str, Status], cfg: PipelineConfig, names: list[str]) -> list[str]:
     """The stages, outside ``names``, that must run before ``names`` can: every upstream
     stage (transitively) that is not up to date, in pipeline order."""
-    statuses = pipeline_status(storage, cfg)
     needed: set[str] = set()
     todo = list(names)
     while todo:
@@ -254,14 +254,12 @@ def stale_upstream(storage: Storage, cfg: PipelineConfig, names: list[str]) -> l
     return [s for s in STAGES if s in needed]
 
 
-def check_upstream(storage: Storage, cfg: PipelineConfig, names: list[str]) -> None:
+def check_upstream(statuses: dict[str, Status], cfg: PipelineConfig, names: list[str]) -> None:
     """Refuse (StaleUpstream, naming the stage and the command to run) when a stage in
     ``names`` reads from a stage outside ``names`` that is not up to date."""
-    statuses = pipeline_status(storage, cfg)
     for name in [s for s in STAGES if s in names]:
         for up in upstream_of(cfg, name):
             if up not in names and not statuses[up].done:
-                rerun = [
-                    s for s in STAGES if s in names or s in stale_upstream(storage, cfg, names)
-                ]
+                stale = stale_upstream(statuses, cfg, names)
+                rerun = [s for s in STAGES if s in names or s in stale]
                 raise StaleUpstream(name, up, statuses[up], rerun)

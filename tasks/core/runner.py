@@ -34,13 +34,13 @@ def run_stage(
 ) -> dict[str, Any]:
     """Run ``body`` unless the stage is up to date; write its manifest last; return it."""
     storage = Storage(config.storage)
-    status = pipeline_status(storage, config)[name]
-    if not force and status.done:
+    statuses = pipeline_status(storage, config)
+    if not force and statuses[name].done:
         manifest = read_manifest(storage, name)
         assert manifest is not None
         log.info("%s: up to date (manifest %s), skipped", name, manifest_uri(storage, name))
         return {**manifest, "skipped": True}
-    check_upstream(storage, config, [name])
+    check_upstream(statuses, config, [name])
     consumed = upstream_digests(storage, config, name)
     # Retract first: once the body starts writing, the old manifest no longer describes what
     # is on storage, and a kill -9 must leave the stage "not run", never "done".
