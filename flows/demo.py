@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from flows.pipeline import pipeline_flow, pipeline_summary
-from tasks.core.config import PipelineConfig, load_config
+from tasks.core.config import ALLOW_PRIVATE_ENV, PipelineConfig, load_config
 from tasks.core.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,9 @@ def run_demo(config_path: str, with_moto: bool = False) -> int:
     """Serve the demo web, run the pipeline on it, print the summary."""
     from demo.web import serve
 
+    # The demo web is served on loopback: the demo (and only the demo) opens the SSRF guard
+    # for the configs that ask, which production configs do not.
+    os.environ[ALLOW_PRIVATE_ENV] = "1"
     cfg = load_config(config_path)
     seed = urlsplit(cfg.crawl.seeds[0])
     ensure_benchmark_sets(cfg)

@@ -7,7 +7,7 @@ sub-commands, the Prefect flows and the fingerprints all derive from these recor
 
 from __future__ import annotations
 
-from tasks.core.stage import CliOption, Stage
+from tasks.core.stage import CliOption, Identity, Stage
 
 PIPELINE: tuple[Stage, ...] = (
     Stage(
@@ -24,9 +24,10 @@ PIPELINE: tuple[Stage, ...] = (
         upstream=("crawl",),
         # The SSRF guard's switch lives in crawl: downloads made with it off are not reused
         # once it is back on.
-        reads=("download", "crawl.allow_private_networks"),
+        reads=("download", "crawl.allow_private_networks", "crawl.allow_private_hosts"),
         body="tasks.download.stage:download",
         outputs=("download",),
+        accounting=(Identity("candidates", ("successes", "failed_*")),),
     ),
     Stage(
         name="curate",
@@ -35,6 +36,7 @@ PIPELINE: tuple[Stage, ...] = (
         reads=("curate", "evaluate.datasets"),  # decontamination compares with eval images
         body="tasks.curate.stage:curate",
         outputs=("curate",),
+        accounting=(Identity("input", ("kept", "dropped_*")),),
         publish="flows.artifacts:publish_curate",
         artifacts=("curate-funnel", "curate-summary", "curate-data-docs"),
     ),
@@ -47,6 +49,7 @@ PIPELINE: tuple[Stage, ...] = (
         reads=("shard",),
         body="tasks.shard.stage:shard",
         outputs=("shards",),
+        accounting=(Identity("kept", ("samples",)),),
     ),
     Stage(
         name="train",

@@ -12,6 +12,9 @@ for _var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROX
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# The tests' webs are on loopback: let configs that say allow_private_networks reach them
+# (tests/foundation/test_config.py checks that a config alone cannot).
+os.environ["CLIPFLOW_ALLOW_PRIVATE_NETWORKS"] = "1"
 
 pytest_plugins = [
     "tests.fixtures_prefect",

@@ -9,7 +9,7 @@ from typing import Any
 from tasks.core.config import PipelineConfig
 from tasks.core.manifest import StageResult
 from tasks.core.runner import run_stage
-from tasks.stages import STAGES, upstream_closure
+from tasks.stages import STAGES, stage, upstream_closure
 
 
 def record_finished(cfg: PipelineConfig, **counts: dict[str, Any]) -> None:
@@ -17,5 +17,21 @@ def record_finished(cfg: PipelineConfig, **counts: dict[str, Any]) -> None:
     finished, with the given counts."""
     names = [*upstream_closure(list(counts)), *counts]
     for name in [s for s in STAGES if s in names]:
-        result = StageResult(counts=counts.get(name, {}))
+        result = StageResult(counts=balanced(name, counts.get(name, {})))
         run_stage(name, cfg, lambda storage, result=result: result, force=True)
+
+
+def balanced(name: str, counts: dict[str, Any]) -> dict[str, Any]:
+    """``counts`` completed so that the stage's accounting identities hold: a missing named
+    part counts 0 and a missing total is the sum of the parts (the runner checks them)."""
+    counts = dict(counts)
+    for identity in stage(name).accounting:
+        for part in identity.parts:
+            if not part.endswith("*"):
+                counts.setdefault(part, 0)
+        if identity.total not in counts:
+            counts[identity.total] = sum(
+                v for k, v in counts.items()
+                if any(k.startswith(p[:-1]) if p.endswith("*") else k == p for p in identity.parts)
+            )  # fmt: skip
+    return counts

@@ -8,6 +8,7 @@ message naming the field (``crawl.max_pagse: Extra inputs are not permitted``).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -25,6 +26,14 @@ from pydantic import (
 # The train section's schema belongs to model/ (a dataclass this module embeds, never copies).
 from model.train_config import TrainConfig
 
+ALLOW_PRIVATE_ENV = "CLIPFLOW_ALLOW_PRIVATE_NETWORKS"
+"""Private-network access needs this set to 1 in the environment of the process that loads
+the config, as well as the config switch: a parameter edited in a UI alone cannot open it."""
+
+
+def private_networks_permitted() -> bool:
+    return os.environ.get(ALLOW_PRIVATE_ENV) == "1"
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -40,6 +49,20 @@ class StorageConfig(_Section):
     @property
     def is_s3(self) -> bool:
         return self.root.startswith("s3://")
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _no_credentials_in_endpoint(cls, v: str | None) -> str | None:
+        if v is not None:
+            parts = urlsplit(v)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("must be an http(s) URL with a host")
+            if parts.username is not None or parts.password is not None:
+                raise ValueError(
+                    "must not carry credentials (user:password@): they would be copied into "
+                    "manifests and logs; use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+                )
+        return v
 
 
 class CrawlConfig(_Section):
@@ -74,6 +97,25 @@ class CrawlConfig(_Section):
             if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
                 raise ValueError(f"{seed!r} is not an http(s) URL with a host")
         return v
+
+    @model_validator(mode="after")
+    def _private_access_needs_the_environment(self) -> CrawlConfig:
+        opened = [
+            name
+            for name, on in (
+                ("allow_private_networks", self.allow_private_networks),
+                ("allow_private_hosts", bool(self.allow_private_hosts)),
+            )
+            if on
+        ]
+        if opened and not private_networks_permitted():
+            raise ValueError(
+                f"{' and '.join(opened)} would let the crawl and the download reach private "
+                f"and loopback addresses; that needs {ALLOW_PRIVATE_ENV}=1 in the environment "
+                "of the process running the pipeline as well (the demo and the tests set it), "
+                "so that a config edited in a UI alone cannot open it"
+            )
+        return self
 
     @field_validator("allow_private_hosts")
     @classmethod

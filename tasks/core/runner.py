@@ -20,6 +20,7 @@ from tasks.core.lineage import (
     upstream_digests,
 )
 from tasks.core.manifest import StageResult, invalidate, manifest_uri, read_manifest
+from tasks.core.redact import redact
 from tasks.core.storage import Storage
 from tasks.stages import stage
 
@@ -49,7 +50,11 @@ def run_stage(
     started = time.time()
     result = body(storage)
     finished = time.time()
-    manifest = {
+    for identity in stage(name).accounting:
+        identity.check(name, result.counts)  # raises: no manifest for counts that lose samples
+    # Secrets riding in URLs (userinfo, presigned queries) never reach a manifest, and so
+    # never the artifacts and the UI built from it. The config hash is of the real values.
+    manifest = redact({
         "stage": name,
         "config": config_reads(config, name),
         "config_hash": config_hash(config, name),
@@ -60,7 +65,7 @@ def run_stage(
         "extra": result.extra,
         "timings": {"started": started, "finished": finished, "seconds": finished - started},
         "finished_at": datetime.fromtimestamp(finished, UTC).isoformat(),
-    }
+    })  # fmt: skip
     storage.write_json(manifest_uri(storage, name), manifest)
     log.info("%s: done in %.1fs, counts %s", name, finished - started, result.counts)
     return {**manifest, "skipped": False}

@@ -39,6 +39,39 @@ class RunContext:
     map_tasks: MapTasks = map_in_process
 
 
+class AccountingError(RuntimeError):
+    """A stage's counts do not add up: some input was lost or counted twice."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A stage's accounting identity: ``counts[total] == sum of counts[part]``, where a part
+    ending in ``*`` sums every count with that prefix (``failed_*``). The runner asserts it
+    before it writes the manifest, so a stage whose counts do not add up fails."""
+
+    total: str
+    parts: tuple[str, ...]
+
+    def check(self, stage: str, counts: dict[str, Any]) -> None:
+        terms = {
+            key: int(value)
+            for part in self.parts
+            for key, value in counts.items()
+            if (key.startswith(part[:-1]) if part.endswith("*") else key == part)
+        }
+        missing = [p for p in (self.total, *self.parts) if not p.endswith("*") and p not in counts]
+        if missing:
+            raise AccountingError(f"{stage}: counts lack {missing} (have {sorted(counts)})")
+        if sum(terms.values()) != int(counts[self.total]):
+            shown = " + ".join(f"{k} {v}" for k, v in terms.items())
+            raise AccountingError(
+                f"{stage}: {self.total} {counts[self.total]} != {shown} = {sum(terms.values())}"
+            )
+
+    def __str__(self) -> str:
+        return f"{self.total} == {' + '.join(self.parts)}"
+
+
 @dataclass(frozen=True)
 class CliOption:
     """A ``clipflow <stage>`` option that sets one config field for this run, so it takes
@@ -78,6 +111,8 @@ class Stage:
     """A config field that, when set, means the stage reads no upstream output (evaluate
     with a given checkpoint)."""
     options: tuple[CliOption, ...] = ()
+    accounting: tuple[Identity, ...] = ()
+    """Identities its counts must satisfy; checked before its manifest is written."""
     publish: str | None = None
     """``module:function(cfg, manifest)`` publishing Prefect artifacts after a run."""
     artifacts: tuple[str, ...] = field(default=())

@@ -208,7 +208,10 @@ def read_tar_images(
                     found.infos[key] = inspect_image(data, on_image)
                 elif ext == "json":
                     found.recorded_sha256 |= _recorded_sha256(key, data)
-    except (TarReadError, OSError) as e:
+    except TarReadError as e:
+        # Only a tar whose bytes end early or are not a tar is a data problem. Any other
+        # OSError (a reset connection, an S3 error) propagates, so the task is retried
+        # instead of dropping the shard's samples for good.
         log.warning("%s: truncated or corrupt after %d images (%s)", tar_uri, len(found.infos), e)
         found.problem = "truncated"
     return found

@@ -4,24 +4,27 @@ img2dataset's ``download_image`` gives a socket timeout (a server that dribbles 
 second never trips it), decodes any image however many pixels it claims, and follows
 redirects anywhere. ``guarded_download_image`` keeps its contract and output, and adds:
 
-- a total deadline per image, connect to last byte (``download.timeout``);
-- a byte cap, a decoded-pixel cap read from the image header before any decoding, and
-  refusal of empty and cut-short (truncated) JPEG / PNG bodies;
-- the SSRF guard (``tasks.core.safe_http.check_url``) on the URL and on every redirect hop.
+- one deadline per image covering DNS, connect, headers, body and every redirect hop
+  (``download.timeout``), and connections pinned to the addresses the SSRF guard checked,
+  on every hop (``tasks.download.pinned_http``);
+- a byte cap, refusal of empty and cut-short (truncated) JPEG / PNG bodies, and a
+  decoded-pixel cap that fails closed: only formats whose size is read from the header
+  before any decoding are accepted (``HEADER_SIZED_FORMATS``); anything else is refused as
+  ``unsupported_format`` before OpenCV, which decodes many more formats, can see it.
 
 ``GuardedDownloader`` carries the policy to img2dataset's worker processes (it is pickled
 with the downloader, so it works under the multiprocessing, pyspark and ray distributors).
+``opencv_pixel_limit`` sets OpenCV's own decode cap for the processes img2dataset spawns.
 """
 
 from __future__ import annotations
 
-import functools
 import io
 import os
 import struct
 import time
-import urllib.error
-import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,10 +34,17 @@ from img2dataset import downloader as i2d_downloader  # noqa: E402
 from img2dataset import logger as i2d_logger  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from tasks.core.safe_http import check_url
-from tasks.download.process_tree import die_with_parent
+from tasks.download import pinned_http  # noqa: E402
+from tasks.download.pinned_http import Destination, FetchRefused  # noqa: E402
+from tasks.download.process_tree import die_with_parent  # noqa: E402
 
-_CHUNK = 64 * 1024
+HEADER_SIZED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+"""Formats whose pixel size Pillow reads from the header without decoding, and OpenCV
+decodes; anything else (Radiance HDR, PNM, JPEG 2000, OpenEXR, ...) is refused."""
+
+OPENCV_PIXEL_LIMIT_ENV = "OPENCV_IO_MAX_IMAGE_PIXELS"
+
+Image.init()  # register every plugin, so that Image.open(formats=...) knows each name
 
 
 @dataclass(frozen=True)
@@ -43,77 +53,76 @@ class FetchPolicy:
     max_bytes: int
     max_pixels: int
     allow_private_networks: bool
+    allow_private_hosts: tuple[str, ...] = ()
+    """"host:port" or "address:port" entries reachable though private."""
+    max_redirects: int = 10
 
-
-class FetchRefused(Exception):
-    """A fetch stopped by a guard; the message starts with the failure reason."""
-
-
-class _GuardedRedirects(urllib.request.HTTPRedirectHandler):
-    def __init__(self, policy: FetchPolicy) -> None:
-        self.policy = policy
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        reason = check_url(newurl, self.policy.allow_private_networks)
-        if reason is not None:
-            raise FetchRefused(f"{reason}: redirect to {newurl}")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-@functools.cache
-def _opener(policy: FetchPolicy) -> urllib.request.OpenerDirector:
-    """One opener per policy and process: building one costs ~0.5 ms, more than a fetch from
-    a fast server. Openers are stateless across requests, so threads share it."""
-    return urllib.request.build_opener(_GuardedRedirects(policy))
-
-
-def _read_with_deadline(response: Any, policy: FetchPolicy, deadline: float) -> bytes:
-    buf = io.BytesIO()
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise FetchRefused(f"deadline_exceeded: no complete image after {policy.deadline_s}s")
-        sock = getattr(getattr(getattr(response, "fp", None), "raw", None), "_sock", None)
-        if sock is not None:
-            sock.settimeout(max(0.05, min(remaining, policy.deadline_s)))
-        try:
-            chunk = response.read1(_CHUNK) if hasattr(response, "read1") else response.read(_CHUNK)
-        except TimeoutError:
-            if time.monotonic() >= deadline - 0.1:
-                raise FetchRefused(
-                    f"deadline_exceeded: no complete image after {policy.deadline_s}s"
-                ) from None
-            raise
-        if not chunk:
-            return buf.getvalue()
-        buf.write(chunk)
-        if buf.tell() > policy.max_bytes:
-            raise FetchRefused(f"too_large: more than {policy.max_bytes} bytes")
+    @property
+    def destination(self) -> Destination:
+        return Destination(self.allow_private_networks, frozenset(self.allow_private_hosts))
 
 
 def check_image(data: bytes, max_pixels: int) -> None:
-    """Refuse, without decoding: an empty body, a JPEG or PNG cut short (no end marker), and
-    an image whose header declares more than ``max_pixels``."""
+    """Refuse, without decoding: an empty body, a JPEG or PNG cut short (no end marker), a
+    format whose size is not read from its header, and an image whose header declares more
+    than ``max_pixels``."""
     if not data:
-        raise FetchRefused("empty: 0 bytes")
+        raise FetchRefused("empty", "0 bytes")
     if data.startswith(b"\xff\xd8") and not data.rstrip(b"\0\r\n").endswith(b"\xff\xd9"):
-        raise FetchRefused(f"truncated: JPEG of {len(data)} bytes has no end-of-image marker")
+        raise FetchRefused("truncated", f"JPEG of {len(data)} bytes has no end-of-image marker")
     if data.startswith(b"\x89PNG") and b"IEND" not in data[-64:]:
-        raise FetchRefused(f"truncated: PNG of {len(data)} bytes has no IEND chunk")
+        raise FetchRefused("truncated", f"PNG of {len(data)} bytes has no IEND chunk")
     size = png_or_gif_size(data)
     if size is None:
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                size = img.size
-        except Image.DecompressionBombError as e:
-            raise FetchRefused(f"too_many_pixels: {e}") from e
-        except Exception:
-            return  # not an image PIL can read: the resizer reports it as a decode failure
+        size = _header_size(data)
     width, height = size
     if width * height > max_pixels:
         raise FetchRefused(
-            f"too_many_pixels: {width}x{height} = {width * height} px exceeds {max_pixels}"
+            "too_many_pixels", f"{width}x{height} = {width * height} px exceeds {max_pixels}"
         )
+
+
+def _header_size(data: bytes) -> tuple[int, int]:
+    """The size Pillow reads from the header of an allowed format (it decodes nothing)."""
+    try:
+        with Image.open(io.BytesIO(data), formats=HEADER_SIZED_FORMATS) as img:
+            return img.size
+    except Image.DecompressionBombError as e:
+        raise FetchRefused("too_many_pixels", str(e)) from e
+    except Exception as e:
+        kind = other_image_format(data)
+        if kind is None:
+            raise FetchRefused("not_an_image", f"{_shown_start(data)}: no image header") from e
+        raise FetchRefused(
+            "unsupported_format", f"{kind}: only {', '.join(HEADER_SIZED_FORMATS)} are accepted"
+        ) from e
+
+
+# Image formats OpenCV (or another decoder) reads that are refused: (magic prefix, name).
+_OTHER_IMAGE_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"#?RADIANCE", "Radiance HDR"), (b"#?RGBE", "Radiance HDR"),
+    (b"v/1\x01", "OpenEXR"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000 codestream"), (b"\x59\xa6\x6a\x95", "Sun raster"),
+    (b"8BPS", "Photoshop"), (b"\x00\x00\x01\x00", "ICO"), (b"DDS ", "DDS"),
+    (b"qoif", "QOI"), (b"\x80\x2a\x5f\xd7", "Cineon"), (b"SDPX", "DPX"), (b"XPDS", "DPX"),
+)  # fmt: skip
+
+
+def other_image_format(data: bytes) -> str | None:
+    """The name of a recognised image format outside HEADER_SIZED_FORMATS, or None."""
+    for magic, name in _OTHER_IMAGE_MAGIC:
+        if data.startswith(magic):
+            return name
+    if len(data) > 2 and data[0:1] == b"P" and data[1:2] in b"1234567" and data[2:3].isspace():
+        return "PNM"
+    if data[4:8] == b"ftyp" and data[8:12] in (b"avif", b"avis", b"heic", b"heix", b"mif1"):
+        return "AVIF/HEIF"
+    return None
+
+
+def _shown_start(data: bytes) -> str:
+    printable = "".join(chr(b) if 32 <= b < 127 else "." for b in data[:12])
+    return f"body starts {printable!r}"
 
 
 def png_or_gif_size(data: bytes) -> tuple[int, int] | None:
@@ -126,6 +135,21 @@ def png_or_gif_size(data: bytes) -> tuple[int, int] | None:
         width, height = struct.unpack("<HH", data[6:10])
         return width, height
     return None
+
+
+@contextmanager
+def opencv_pixel_limit(max_pixels: int) -> Iterator[None]:
+    """Set OpenCV's decode cap for the processes started inside this block (OpenCV reads
+    it once, when it is imported, so it must be in the environment of a new process)."""
+    saved = os.environ.get(OPENCV_PIXEL_LIMIT_ENV)
+    os.environ[OPENCV_PIXEL_LIMIT_ENV] = str(max_pixels)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(OPENCV_PIXEL_LIMIT_ENV, None)
+        else:
+            os.environ[OPENCV_PIXEL_LIMIT_ENV] = saved
 
 
 def guarded_download_image(
@@ -142,22 +166,25 @@ def guarded_download_image(
     if user_agent_token:
         agent += f" (compatible; {user_agent_token}; +https://github.com/rom1504/img2dataset)"
     try:
-        reason = check_url(url, policy.allow_private_networks)
-        if reason is not None:
-            raise FetchRefused(f"{reason}: {url}")
-        request = urllib.request.Request(url, headers={"User-Agent": agent})
-        with _opener(policy).open(request, timeout=min(timeout, policy.deadline_s)) as response:
+        with pinned_http.get(
+            url,
+            policy.destination,
+            deadline,
+            {"User-Agent": agent},
+            io_timeout=min(timeout, policy.deadline_s),
+            max_redirects=policy.max_redirects,
+        ) as response:
             if disallowed_header_directives and i2d_downloader.is_disallowed(
                 response.headers, user_agent_token, disallowed_header_directives
             ):
                 return key, None, "Use of image disallowed by X-Robots-Tag directive"
-            data = _read_with_deadline(response, policy, deadline)
+            data = response.read_capped(policy.max_bytes)
         check_image(data, policy.max_pixels)
         return key, io.BytesIO(data), None
     except TimeoutError as err:
         return key, None, f"timeout: {err}"
     except Exception as err:
-        return key, None, str(err)
+        return key, None, str(err) or type(err).__name__
 
 
 class MortalLoggerProcess(i2d_logger.LoggerProcess):

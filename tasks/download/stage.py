@@ -28,10 +28,15 @@ import pandas as pd  # noqa: E402
 
 from tasks.core.config import PipelineConfig  # noqa: E402
 from tasks.core.manifest import StageResult
-from tasks.core.safe_http import check_url
 from tasks.core.stage import PLAIN_RUN, RunContext
 from tasks.core.storage import Storage
-from tasks.download.fetch import FetchPolicy, GuardedDownloader, MortalLoggerProcess
+from tasks.download.fetch import (
+    FetchPolicy,
+    GuardedDownloader,
+    MortalLoggerProcess,
+    opencv_pixel_limit,
+)
+from tasks.download.pinned_http import check_destinations
 from tasks.download.process_tree import run_in_process_tree
 
 log = logging.getLogger(__name__)
@@ -40,26 +45,29 @@ i2d_main: Any = importlib.import_module("img2dataset.main")
 
 CANDIDATE_COLUMNS = ["url", "caption", "page_url", "source"]
 
-# img2dataset error messages -> stable failure reasons, first match wins.
+# Reasons our fetch names itself: its messages start with "<reason>: ".
+GUARD_REASONS = (
+    "ssrf_refused", "invalid_url", "unsupported_scheme", "dns_error", "deadline_exceeded",
+    "redirect_loop", "too_many_pixels", "too_large", "truncated", "empty",
+    "unsupported_format", "not_an_image",
+)  # fmt: skip
+
+# img2dataset's (and the stdlib's) error messages -> stable failure reasons, first match wins.
 _REASONS: tuple[tuple[str, str], ...] = (
-    (r"^(ssrf_refused|[a-z_]+_refused)\b", r"\1"),
-    (r"^deadline_exceeded", "deadline_exceeded"),
-    (r"^too_many_pixels", "too_many_pixels"),
-    (r"^too_large", "too_large"),
-    (r"^truncated", "truncated"),
-    (r"^empty", "empty"),
+    (rf"^({'|'.join(GUARD_REASONS)}):", r"\1"),
     (r"^timeout|timed out", "timeout"),
     (r"X-Robots-Tag", "opted_out"),
-    (r"infinite loop|redirect", "redirect_loop"),
     (r"HTTP Error 404", "http_404"),
     (r"HTTP Error 4\d\d", "http_4xx"),
     (r"HTTP Error 5\d\d", "http_5xx"),
+    (r"HTTP Error 3\d\d", "http_3xx"),
     (r"Connection refused|Name or service not known|Temporary failure|URLError", "unreachable"),
-    (r"Remote end closed|IncompleteRead|Connection reset", "connection_broken"),
+    (r"Remote end closed|RemoteDisconnected|IncompleteRead|Connection reset|BadStatusLine",
+     "connection_broken"),
     (r"image smaller than|image too small", "too_small"),
     (r"aspect ratio", "bad_aspect_ratio"),
-    (r"image area", "too_many_pixels"),
-)
+    (r"image area|CV_IO_MAX_IMAGE_PIXELS", "too_many_pixels"),
+)  # fmt: skip
 
 
 def failure_reason(status: str, error_message: str | None) -> str:
@@ -81,16 +89,27 @@ def read_candidates(storage: Storage) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)[CANDIDATE_COLUMNS]
 
 
+def fetch_policy(cfg: PipelineConfig) -> FetchPolicy:
+    d = cfg.download
+    return FetchPolicy(
+        deadline_s=d.timeout,
+        max_bytes=d.max_image_bytes,
+        max_pixels=d.max_image_pixels,
+        allow_private_networks=cfg.crawl.allow_private_networks,
+        allow_private_hosts=tuple(cfg.crawl.allow_private_hosts),
+    )
+
+
 def split_refused(
-    candidates: pd.DataFrame, allow_private: bool
+    candidates: pd.DataFrame, policy: FetchPolicy
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Candidates the SSRF guard refuses before any request, and the rest."""
-    verdicts: dict[str, str | None] = {}
-    reasons = []
-    for url in candidates["url"]:
-        if url not in verdicts:
-            verdicts[url] = check_url(url, allow_private)
-        reasons.append(verdicts[url])
+    """Candidates the SSRF guard refuses before any request, and the rest. Hosts are
+    looked up once each, in parallel, each within the per-image deadline; a host that does
+    not answer in time is refused (``dns_error``), as its images could not be fetched."""
+    verdicts = check_destinations(
+        candidates["url"].unique(), policy.destination, timeout=policy.deadline_s
+    )
+    reasons = [None if (v := verdicts[url]) is None else v.reason for url in candidates["url"]]
     refused_mask = pd.Series([r is not None for r in reasons], index=candidates.index)
     refused = candidates[refused_mask].assign(reason=[r for r in reasons if r is not None])
     return candidates[~refused_mask].reset_index(drop=True), refused.reset_index(drop=True)
@@ -146,18 +165,13 @@ def _prepare_output(storage: Storage, fingerprint: str, force: bool) -> None:
 def run_img2dataset(cfg: PipelineConfig, storage: Storage, url_list: str) -> None:
     """Run img2dataset on one parquet list of candidates into ``{root}/download``, in a
     process tree that dies with this process (no orphan may write after the stage died)."""
-    run_in_process_tree(_img2dataset, cfg, storage.uri("download"), url_list)
+    with opencv_pixel_limit(cfg.download.max_image_pixels):  # inherited by the workers
+        run_in_process_tree(_img2dataset, cfg, storage.uri("download"), url_list)
 
 
 def _img2dataset(cfg: PipelineConfig, output_folder: str, url_list: str) -> None:
     d = cfg.download
-    policy = FetchPolicy(
-        deadline_s=d.timeout,
-        max_bytes=d.max_image_bytes,
-        max_pixels=d.max_image_pixels,
-        allow_private_networks=cfg.crawl.allow_private_networks,
-    )
-    with _guarded_img2dataset(policy, cfg.storage.s3_endpoint_url):
+    with _guarded_img2dataset(fetch_policy(cfg), cfg.storage.s3_endpoint_url):
         img2dataset.download(
             url_list=url_list,
             output_folder=output_folder,
@@ -202,10 +216,19 @@ def shard_results(storage: Storage) -> pd.DataFrame:
     return rows
 
 
+def download_counts(candidates: int, *reasons: pd.Series) -> dict[str, int]:
+    """``candidates``, ``successes`` and ``failed_<reason>``, each reason *summed* over
+    every series (one reason can be counted both before and inside img2dataset)."""
+    by_reason = pd.concat(reasons, ignore_index=True).value_counts()
+    counts = {"candidates": candidates, "successes": int(by_reason.get("success", 0))}
+    counts |= {f"failed_{k}": int(v) for k, v in sorted(by_reason.items()) if k != "success"}
+    return counts
+
+
 def download(cfg: PipelineConfig, storage: Storage, ctx: RunContext = PLAIN_RUN) -> StageResult:
     """The download stage: candidates in, img2dataset shards out, every candidate counted."""
     candidates = read_candidates(storage)
-    to_fetch, refused = split_refused(candidates, cfg.crawl.allow_private_networks)
+    to_fetch, refused = split_refused(candidates, fetch_policy(cfg))
     _prepare_output(storage, input_fingerprint(candidates, cfg), ctx.force)
     input_dir = storage.uri("download", "_input")
     with storage.atomic_local_path(f"{input_dir}/refused.parquet") as (fh, _):
@@ -221,10 +244,7 @@ def download(cfg: PipelineConfig, storage: Storage, ctx: RunContext = PLAIN_RUN)
             f"download: {len(rows)} rows in shard metadata for {len(to_fetch)} candidates; "
             f"a shard failed (see img2dataset's log), rerun to resume"
         )
-    by_reason = rows["reason"].value_counts().to_dict() | refused["reason"].value_counts().to_dict()
-    successes = int(by_reason.pop("success", 0))
-    counts = {"candidates": len(candidates), "successes": successes}
-    counts |= {f"failed_{k}": int(v) for k, v in sorted(by_reason.items())}
+    counts = download_counts(len(candidates), rows["reason"], refused["reason"])
     stats = storage.glob("download/*_stats.json")
     return StageResult(
         counts=counts,

@@ -40,6 +40,7 @@ from model.zeroshot import ClassificationReport, classification_report, classify
 from model.zeroshot import zeroshot_classifier as build_classifier
 from tasks.core.config import EvalDataset, PipelineConfig
 from tasks.core.manifest import StageResult
+from tasks.core.redact import redact_url
 from tasks.core.stage import PLAIN_RUN, RunContext
 from tasks.core.storage import Storage
 
@@ -165,13 +166,13 @@ def write_outputs(storage: Storage, results: list[DatasetResult], lm: LoadedMode
         storage.write_json(
             f"{folder}/metrics.json",
             {"task": r.task, "metrics": _json_safe(r.metrics), "samples": r.samples,
-             "checkpoint": lm.checkpoint, "architecture": lm.architecture},
+             "checkpoint": redact_url(lm.checkpoint), "architecture": lm.architecture},
         )  # fmt: skip
         files = [f"{folder}/metrics.json"]
         if r.report is not None:
             files += _write_classification(storage, folder, r)
         outputs["datasets"][r.name] = files
-    markdown = results_markdown(rows, lm.checkpoint, lm.architecture)
+    markdown = results_markdown(rows, redact_url(lm.checkpoint), lm.architecture)
     storage.write_bytes(markdown_uri, markdown.encode())
     storage.write_json(results_uri, {"results": rows})
     return outputs
@@ -320,7 +321,7 @@ def run_evaluate(cfg: PipelineConfig, storage: Storage, ctx: RunContext = PLAIN_
     outputs = write_outputs(storage, results, lm)
     counts = {f"{r.name}/{split}": n for r in results for split, n in r.samples.items()}
     extra = {
-        "checkpoint": lm.checkpoint,
+        "checkpoint": redact_url(lm.checkpoint),
         "architecture": lm.architecture,
         "metrics": {r.name: _json_safe(r.metrics) for r in results},
     }

@@ -56,6 +56,19 @@ def test_every_prefect_yaml_deployment_is_registered(deployed):
     assert nightly["schedules"] and nightly["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
 
 
+def test_deploying_creates_no_active_schedule(deployed):
+    """Schedules ship off: nothing runs until someone turns a schedule on in the UI."""
+    deployments = _api(deployed, "POST", "/deployments/filter", {})
+    schedules = [(d["name"], s) for d in deployments for s in d["schedules"]]
+    assert schedules, "prefect.yaml defines schedules; none were registered"
+    assert [name for name, s in schedules if s["active"]] == []
+    scheduled = _api(
+        deployed, "POST", "/flow_runs/filter",
+        {"flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}},
+    )  # fmt: skip
+    assert scheduled == []
+
+
 def test_worker_runs_a_deployment_and_the_ui_shows_the_quality_report(deployed, demo_web, tmp_path):
     config = {
         "storage": {"root": str(tmp_path / "root")},

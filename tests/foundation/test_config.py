@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
 from tasks.core.config import ConfigError, PipelineConfig, load_config
+
+REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def write(tmp_path, data) -> str:
@@ -19,6 +23,13 @@ def test_demo_configs_validate(path):
     cfg = load_config(path)
     assert cfg.train.model == "clipflow-tiny"
     assert cfg.crawl.allow_private_networks is True
+
+
+def test_production_config_has_every_guard_on():
+    cfg = load_config(REPO_CONFIGS / "production.yaml")
+    assert not cfg.crawl.allow_private_networks and not cfg.crawl.allow_private_hosts
+    assert cfg.crawl.respect_robots and cfg.crawl.per_host_delay >= 1.0
+    assert cfg.curate.decontaminate
 
 
 @pytest.mark.parametrize(
@@ -63,3 +74,30 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("crawl: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize(
+    "crawl",
+    [{"allow_private_networks": True}, {"allow_private_hosts": ["10.0.0.5:8080"]}],
+)
+def test_private_networks_need_the_environment_too(monkeypatch, crawl):
+    """A config (a UI parameter) alone cannot open the SSRF guard: the process must also run
+    with CLIPFLOW_ALLOW_PRIVATE_NETWORKS=1, which the demo and the tests set themselves."""
+    monkeypatch.delenv("CLIPFLOW_ALLOW_PRIVATE_NETWORKS", raising=False)
+    with pytest.raises(ConfigError, match="needs CLIPFLOW_ALLOW_PRIVATE_NETWORKS=1"):
+        load_config({"crawl": crawl})
+    monkeypatch.setenv("CLIPFLOW_ALLOW_PRIVATE_NETWORKS", "true")  # only "1" opens it
+    with pytest.raises(ConfigError, match="CLIPFLOW_ALLOW_PRIVATE_NETWORKS"):
+        load_config({"crawl": crawl})
+    monkeypatch.setenv("CLIPFLOW_ALLOW_PRIVATE_NETWORKS", "1")
+    load_config({"crawl": crawl})
+    monkeypatch.delenv("CLIPFLOW_ALLOW_PRIVATE_NETWORKS")
+    load_config(REPO_CONFIGS / "production.yaml")  # the guard on needs nothing
+
+
+def test_credentials_in_the_s3_endpoint_are_refused():
+    with pytest.raises(ConfigError, match="s3_endpoint_url: .*must not carry credentials"):
+        load_config({"storage": {"s3_endpoint_url": "http://key:secret@127.0.0.1:9000"}})
+    with pytest.raises(ConfigError, match="s3_endpoint_url: .*http\\(s\\) URL"):
+        load_config({"storage": {"s3_endpoint_url": "127.0.0.1:9000"}})
+    load_config({"storage": {"s3_endpoint_url": "http://127.0.0.1:9000"}})

@@ -9,6 +9,7 @@ from tasks.core.lineage import StaleUpstream, stage_status, upstream_digests
 from tasks.core.manifest import StageResult, read_manifest
 from tasks.core.runner import run_stage
 from tasks.core.storage import Storage
+from tests.finished_stages import balanced
 
 
 def cfg_at(root, **sections) -> PipelineConfig:
@@ -19,7 +20,8 @@ def counting_body(calls: list[str], name: str):
     def body(storage: Storage) -> StageResult:
         calls.append(name)
         storage.write_bytes(storage.uri(name, "out.txt"), b"x")
-        return StageResult(counts={"n": len(calls)}, outputs={"out": storage.uri(name)})
+        counts = balanced(name, {"n": len(calls)})
+        return StageResult(counts=counts, outputs={"out": storage.uri(name)})
 
     return body
 
@@ -99,3 +101,44 @@ def test_a_rerun_sweeps_what_a_killed_run_left_half_written(tmp_root):
 
     run_stage("crawl", cfg, body)
     assert seen == [False] and kept.exists() and elsewhere.exists()
+
+
+@pytest.mark.parametrize(
+    ("counts", "problem"),
+    [
+        ({"candidates": 13, "successes": 3, "failed_http_404": 4, "failed_ssrf_refused": 3},
+         "candidates 13 != successes 3 \\+ failed_http_404 4 \\+ failed_ssrf_refused 3 = 10"),
+        ({"successes": 3}, "counts lack \\['candidates'\\]"),
+    ],
+)  # fmt: skip
+def test_counts_that_do_not_add_up_fail_the_stage_before_its_manifest(tmp_root, counts, problem):
+    """Each stage declares its accounting identity (download: candidates == successes +
+    failed_*); the runner refuses to write a manifest for counts that lose samples."""
+    from tasks.core.stage import AccountingError
+    from tests.finished_stages import record_finished
+
+    cfg = cfg_at(tmp_root)
+    record_finished(cfg, crawl={})
+    with pytest.raises(AccountingError, match=problem):
+        run_stage("download", cfg, lambda storage: StageResult(counts=counts))
+    assert read_manifest(Storage(cfg.storage), "download") is None
+    balanced = {"candidates": 10, "successes": 3, "failed_http_404": 4, "failed_ssrf_refused": 3}
+    run_stage("download", cfg, lambda storage: StageResult(counts=balanced))
+    assert read_manifest(Storage(cfg.storage), "download")["counts"] == balanced
+
+
+def test_secrets_in_urls_never_reach_the_manifest(tmp_root):
+    """A presigned checkpoint URL (query signature) and userinfo are redacted in what the
+    manifest records: its config, outputs and extra (the artifacts are built from it)."""
+    secret_url = "https://alice:hunter2@models.example/ckpt.pt?X-Amz-Signature=deadbeef&x=1"
+    cfg = cfg_at(tmp_root, evaluate={"checkpoint": secret_url})
+    run_stage(
+        "evaluate", cfg,
+        lambda storage: StageResult(outputs={"from": secret_url}, extra={"checkpoint": secret_url}),
+    )  # fmt: skip
+    text = Storage(cfg.storage).read_bytes(Storage(cfg.storage).uri("_manifests", "evaluate.json"))
+    assert b"hunter2" not in text and b"deadbeef" not in text and b"alice" not in text
+    manifest = read_manifest(Storage(cfg.storage), "evaluate")
+    assert manifest["extra"]["checkpoint"] == "https://***@models.example/ckpt.pt?***"
+    # The hash is of the real value: another signature is another config.
+    assert stage_status(Storage(cfg.storage), cfg, "evaluate").done

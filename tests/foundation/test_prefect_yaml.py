@@ -49,3 +49,20 @@ def test_the_ui_form_is_the_typed_pipeline_config(deployment):
     assert set(form) == set(PipelineConfig.model_fields)
     train = schema["definitions"]["TrainConfig"]["properties"]
     assert train["batch_size"]["default"] == PipelineConfig().train.batch_size
+
+
+def test_every_schedule_ships_inactive():
+    schedules = [s for d in DEPLOYMENTS for s in d.get("schedules", [])]
+    assert schedules and all(s.get("active") is False for s in schedules)
+
+
+def test_only_the_demo_deployment_opens_private_networks():
+    """Every deployment but ``demo`` runs the production config, whose SSRF guard is on."""
+    from tasks.core.config import load_config
+
+    for d in DEPLOYMENTS:
+        config = load_config(REPO / d["parameters"]["config"])
+        opened = config.crawl.allow_private_networks or bool(config.crawl.allow_private_hosts)
+        assert opened == (d["name"] == "demo"), d["name"]
+        if d["name"] != "demo":
+            assert d["parameters"]["config"] == "configs/production.yaml", d["name"]
