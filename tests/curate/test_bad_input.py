@@ -130,3 +130,40 @@ def test_missing_download_is_a_clear_error(downloaded_web, tmp_path):
     cfg = downloaded_web.config(tmp_path)
     with pytest.raises(FileNotFoundError, match="no download shards"):
         curate(cfg, Storage(cfg.storage))
+
+
+def test_an_io_error_while_reading_a_tar_raises_so_the_task_retries(tmp_path, monkeypatch):
+    """Only a tar whose bytes end early is a data drop (``shard_truncated``). A transient
+    I/O error (a reset S3 connection) must raise, so Prefect retries the task, instead of
+    dropping the shard's samples for good."""
+    from PIL import Image
+
+    from tasks.core.config import StorageConfig
+    from tasks.curate.features import read_tar_images
+
+    tar_path = tmp_path / "00000.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        for i in range(4):
+            buf = io.BytesIO()
+            Image.new("RGB", (32, 32), (i * 40, 0, 0)).save(buf, format="PNG")
+            info = tarfile.TarInfo(f"{i:09d}.png")
+            info.size = len(buf.getvalue())
+            tar.addfile(info, io.BytesIO(buf.getvalue()))
+    storage = Storage(StorageConfig(root=str(tmp_path)))
+    assert len(read_tar_images(storage, str(tar_path)).infos) == 4
+
+    class Flaky(io.BytesIO):
+        def read(self, n: int | None = -1) -> bytes:
+            if self.tell() > 2048:
+                raise ConnectionResetError(104, "Connection reset by peer")
+            return super().read(n)
+
+    real_open = storage.open
+    monkeypatch.setattr(storage, "open", lambda uri, mode="rb": Flaky(tar_path.read_bytes()))
+    with pytest.raises(ConnectionResetError):
+        read_tar_images(storage, str(tar_path))
+    monkeypatch.setattr(storage, "open", real_open)
+
+    tar_path.write_bytes(tar_path.read_bytes()[:3000])  # really cut short
+    found = read_tar_images(storage, str(tar_path))
+    assert found.problem == "truncated" and 0 < len(found.infos) < 4

@@ -301,3 +301,106 @@ def test_stage_sums_reasons_counted_before_and_inside_img2dataset(tmp_root):
     assert sorted(public.requests) == ["/big.hdr", "/ok.png", "/to-ftp", "/to-internal"]
     rows = shard_results(storage).set_index("url")
     assert rows.loc[urls[3], "reason"] == "unsupported_format"
+
+
+# -- the pre-check: once per host, in parallel, with a timeout ----------------------------------
+
+
+def test_precheck_looks_each_host_up_once_in_parallel_with_a_timeout():
+    from tasks.download.pinned_http import Destination, check_destinations
+
+    looked_up: list[str] = []
+    release = threading.Event()
+
+    def resolve(host: str) -> list[str]:
+        looked_up.append(host)
+        if host == "hangs.test":
+            release.wait(30)  # a resolver that never answers
+        return ["93.184.216.34"]  # a public address: never connected to here
+
+    urls = [f"http://shop{i % 3}.test/{i}.png" for i in range(30)]
+    urls += ["http://hangs.test/a.png", "http://hangs.test/b.png", "ftp://shop0.test/x.png"]
+    started = time.monotonic()
+    verdicts = check_destinations(urls, Destination(allow_private=False), 0.5, resolve)
+    elapsed = time.monotonic() - started
+    release.set()
+    assert sorted(looked_up) == ["hangs.test", "shop0.test", "shop1.test", "shop2.test"]
+    assert {u: v.reason for u, v in verdicts.items() if v is not None} == {
+        "http://hangs.test/a.png": "dns_error",
+        "http://hangs.test/b.png": "dns_error",
+        "ftp://shop0.test/x.png": "unsupported_scheme",
+    }
+    assert elapsed < 0.5 + 2.0  # bounded by the timeout, not by the hanging lookup (30 s)
+
+
+def test_proxy_settings_are_ignored(monkeypatch):
+    """A fetch connects to the checked address itself; an HTTP(S)_PROXY in the environment
+    (which urllib would follow) never sees the request."""
+    proxy = LoopbackServer("127.0.0.1")
+    target = LoopbackServer("127.0.0.1")
+    target.routes["/img.png"] = lambda h: send(h, png_bytes())
+    for var in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.setenv(var, f"http://127.0.0.1:{proxy.port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    try:
+        data, error = fetch(f"http://127.0.0.1:{target.port}/img.png", policy())
+    finally:
+        proxy.close()
+        target.close()
+    assert error is None and data is not None
+    assert proxy.requests == [] and target.requests == ["/img.png"]
+
+
+def test_https_keeps_the_host_name_for_sni_and_the_host_header(monkeypatch, tmp_path):
+    """Pinned to the checked address, a TLS connection still presents the URL's host name
+    (SNI, certificate check) and sends it as Host."""
+    import datetime
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from tasks.download.pinned_http import Destination, get
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "images.pinned.test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("images.pinned.test")]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                          serialization.NoEncryption())
+    )  # fmt: skip
+    server = LoopbackServer("127.0.0.1")
+    seen: dict[str, str | None] = {}
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    server_ctx.sni_callback = lambda sock, sni, ctx: seen.update(sni=sni)
+    server.server.socket = server_ctx.wrap_socket(server.server.socket, server_side=True)
+
+    def host_header(h: BaseHTTPRequestHandler) -> None:
+        seen["host"] = h.headers["Host"]
+        send(h, png_bytes())
+
+    server.routes["/img.png"] = host_header
+    client_ctx = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+    url = f"https://images.pinned.test:{server.port}/img.png"
+    try:
+        with get(url, Destination(True), time.monotonic() + 5, {}, io_timeout=5,
+                 resolve=lambda host: ["127.0.0.1"], ssl_context=client_ctx) as response:  # fmt: skip
+            body = response.read_capped(1_000_000)
+    finally:
+        server.close()
+    assert body == png_bytes()
+    assert seen == {"sni": "images.pinned.test", "host": f"images.pinned.test:{server.port}"}
