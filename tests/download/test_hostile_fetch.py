@@ -182,7 +182,8 @@ def test_one_deadline_covers_headers_body_and_every_redirect_hop(slow_server, pa
     elapsed = time.monotonic() - started
     assert data is None and error is not None and error.startswith("deadline_exceeded"), error
     # Without the total deadline these take 50 s, 14 s and 3.6 s.
-    assert elapsed < deadline + 0.5, f"{path} held the fetch for {elapsed:.2f}s"
+    # A margin for a loaded 2-core machine; still well under the slow hop chain (3.6 s).
+    assert elapsed < deadline + 1.0, f"{path} held the fetch for {elapsed:.2f}s"
 
 
 def test_watchdog_leaves_no_watched_sockets_behind(slow_server):
