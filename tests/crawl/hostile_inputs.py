@@ -54,7 +54,7 @@ def wat_metadata_json(page: str, images: list[str]) -> bytes:
     return json.dumps({"Envelope": envelope}).encode()
 
 
-def _metadata_record(uri: str, payload: bytes) -> bytes:
+def metadata_record(uri: str, payload: bytes) -> bytes:
     """One uncompressed WARC metadata record (application/json) around ``payload``."""
     out = io.BytesIO()
     writer = WARCWriter(out, gzip=False)
@@ -69,10 +69,10 @@ def _metadata_record(uri: str, payload: bytes) -> bytes:
 def write_wat_with_huge_record(path: Path, record_mib: int) -> None:
     """A gzip WAT file: a good record, one whose JSON payload inflates to ``record_mib`` MiB
     (a string of spaces inside valid JSON), and another good record; one gzip member each."""
-    good_a = _metadata_record(
+    good_a = metadata_record(
         "http://a.example/", wat_metadata_json("http://a.example/", ["http://a.example/1.png"])
     )
-    good_b = _metadata_record(
+    good_b = metadata_record(
         "http://b.example/", wat_metadata_json("http://b.example/", ["http://b.example/2.png"])
     )
     prefix, suffix = b'{"Envelope": {"padding": "', b'"}}'
