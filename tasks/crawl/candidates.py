@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import sys
 from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime
@@ -126,7 +127,9 @@ class CandidateWriter:
         self._candidates = _ParquetFiles(
             storage, "candidates-{n:05d}.parquet", CANDIDATE_SCHEMA, rows_per_file, batch_rows
         )
-        self._errors = _ParquetFiles(storage, "errors.parquet", ERROR_SCHEMA, 2**62, batch_rows)
+        self._errors = _ParquetFiles(
+            storage, "errors.parquet", ERROR_SCHEMA, sys.maxsize, batch_rows
+        )
         self._digests: set[bytes] = set()
         self.counts: Counter[str] = Counter(
             pairs_found=0, pairs_after_dedup=0, duplicates_dropped=0, captions_truncated=0
