@@ -2,9 +2,11 @@
 (tests/crawl/memory_probe.py) whose peak RSS is compared with a stated bound over the peak of
 an (almost) empty crawl, and the cap that held it is counted. All traffic is on 127.0.0.1.
 
-Measured before the caps (2 cores, Python 3.11): the 200k-links web peaked at baseline
-+ ~400 MiB and still growing with every page, the WAT file with a 1 GiB record at baseline
-+ ~2 GiB.
+Measured here (baseline ~155 MiB): the 200k-links web of 6 pages peaked at baseline + 243 MiB
+before the caps, growing with every page fetched, and at + 95 MiB with them (one page's lxml
+tree); the WAT file with a 1 GiB record at + 2,024 MiB before, + 10 MiB after; the gzip bomb
+at + 0 MiB both before and after (aiohttp 3.14 inflates in steps; the crawler no longer
+depends on that).
 """
 
 from __future__ import annotations
