@@ -73,7 +73,8 @@ class CrawlConfig(_Section):
     a WARC response record's body."""
     max_record_bytes: int = Field(10_000_000, gt=0)
     """Cap on one WAT metadata record's JSON payload after decompression; a larger record is
-    counted (``wat_records_too_large``) and skipped without being held whole."""
+    counted (``wat_records_too_large``) and skipped without being held whole. Also caps one
+    record's WARC/HTTP headers (past it the archive is refused as unreadable)."""
     max_redirects: int = Field(5, ge=0)
     max_caption_chars: int = Field(1000, gt=0)
     user_agent: str = "clipflow-crawler/0.1 (+https://github.com/clipflow/clipflow)"

@@ -5,11 +5,11 @@ One reader takes both: each record is classified by its type, so a file may even
 WAT ``metadata`` records carry JSON whose ``HTML-Metadata.Links`` list holds one entry per
 ``<img>`` (``"path": "IMG@/src"``) with its ``alt``; WARC ``response`` records carry the page.
 
-A hostile or broken file costs bounded memory and never stops the crawl: a record's payload
-is read only up to its cap (``max_record_bytes`` for WAT JSON, ``max_page_bytes`` for a WARC
-page), so a gzip member that inflates to a gigabyte is never held whole, and a WAT record
-that is too large, not UTF-8, not JSON, or JSON of the wrong shape is counted and reported
-under its own reason (``wat_record_too_large``, ``bad_wat_utf8``, ``bad_wat_json``,
+A hostile or broken file costs bounded memory: a record's headers are read only up to
+``max_record_bytes`` (past it the file is refused: its framing is lost), its payload only up
+to its cap (``max_record_bytes`` for WAT JSON, ``max_page_bytes`` for a WARC page), so a gzip
+member that inflates to a gigabyte is never held whole. A WAT record that is too large, not
+UTF-8, not JSON, or JSON of the wrong shape is counted and reported under its own reason (``wat_record_too_large``, ``bad_wat_utf8``, ``bad_wat_json``,
 ``bad_wat_shape``; counted as ``wat_records_too_large``, ``wat_records_bad_utf8``...) and
 skipped: ``wat_records == wat_records_read + wat_records_failed``.
 """
@@ -23,7 +23,7 @@ import posixpath
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -196,7 +196,7 @@ def read_archive(
     reader = _RecordReader(uri, cfg, sink or result, result.counts)
     with _open(uri, storage_options or {}, cfg.timeout) as stream:
         try:
-            for record in _records(stream, uri):
+            for record in _records(stream, uri, cfg.max_record_bytes):
                 reader.read(record)
         except (ArchiveLoadFailed, OSError, EOFError, ValueError) as e:
             if isinstance(e, ArchiveInputError):
@@ -208,14 +208,40 @@ def read_archive(
     return result
 
 
-def _records(stream: IO[bytes], uri: str) -> Iterator[Any]:
+class _HeaderBudget:
+    """warcio's ``readline``, which reads every header line (WARC and HTTP) and the blank
+    lines between records, held to ``limit`` bytes per record: warcio keeps whole lines and
+    every header, so a gzip member inflating to one endless line is stopped at the cap.
+    Headers are the record's framing; past the cap the file cannot be read on, so it is
+    refused (ArchiveInputError), as any unreadable archive is."""
+
+    def __init__(self, readline: Callable[..., bytes], limit: int, uri: str) -> None:
+        self._readline, self._limit, self._uri = readline, limit, uri
+        self.used = 0
+
+    def __call__(self, length: int | None = None) -> bytes:
+        room = self._limit - self.used + 1
+        line = self._readline(room if length is None else min(length, room))
+        self.used += len(line)
+        if self.used > self._limit:
+            raise ArchiveInputError(
+                f"crawl.wat_files: {self._uri}: record headers over {self._limit} bytes"
+            )
+        return line
+
+
+def _records(stream: IO[bytes], uri: str, header_limit: int) -> Iterator[Any]:
     first = True
-    for record in ArchiveIterator(stream):
+    iterator = ArchiveIterator(stream)
+    budget = _HeaderBudget(iterator.reader.readline, header_limit, uri)
+    iterator.reader.readline = budget
+    for record in iterator:
         # warcio reads any line of text as an old-style ARC header; Common Crawl is WARC.
         if record.format != "warc":
             raise ArchiveInputError(f"crawl.wat_files: {uri} is not a WARC/WAT archive")
         first = False
         yield record
+        budget.used = 0  # the next record's headers are read from here on
     if first:
         raise ArchiveInputError(f"crawl.wat_files: {uri} holds no WARC records")
 

@@ -135,3 +135,16 @@ def serve_fixed(routes: dict[str, Route]) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def write_wat_with_endless_header(path: Path, line_mib: int) -> None:
+    """A gzip WAT file: a good record, then a record whose WARC-Target-URI header is one line
+    of ``line_mib`` MiB (one gzip member)."""
+    good = metadata_record(
+        "http://a.example/", wat_metadata_json("http://a.example/", ["http://a.example/1.png"])
+    )
+    head = b"WARC/1.0\r\nWARC-Type: metadata\r\nWARC-Target-URI: http://huge.example/"
+    tail = b"\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}\r\n\r\n"
+    with open(path, "wb") as fh:
+        fh.write(zlib.compress(good, wbits=31))
+        fh.write(gzip_bomb(head, b"a" * _MIB, line_mib, tail))

@@ -4,9 +4,10 @@ an (almost) empty crawl, and the cap that held it is counted. All traffic is on 
 
 Measured here (baseline ~155 MiB): the 200k-links web of 6 pages peaked at baseline + 243 MiB
 before the caps, growing with every page fetched, and at + 95 MiB with them (one page's lxml
-tree); the WAT file with a 1 GiB record at + 2,024 MiB before, + 10 MiB after; the gzip bomb
-at + 0 MiB both before and after (aiohttp 3.14 inflates in steps; the crawler no longer
-depends on that).
+tree); the WAT file with a 1 GiB record at + 2,024 MiB before, + 10 MiB after; the one with
+a 1 GiB header line at + 3,095 MiB before, refused below the baseline after; the gzip bomb at
++ 0 MiB both before and after (aiohttp 3.14 inflates in steps; the crawler no longer depends
+on that).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tests.crawl.hostile_inputs import (
     gzip_bomb,
     links_page,
     serve_fixed,
+    write_wat_with_endless_header,
     write_wat_with_huge_record,
 )
 
@@ -101,3 +103,12 @@ def test_wat_record_of_a_gigabyte_skipped(tmp_path: Path, baseline_mib: float) -
     c = out["counts"]
     assert c["archive_wat_records_too_large"] == 1
     assert c["archive_wat_records_read"] == 2 and c["pairs_after_dedup"] == 2
+
+
+def test_wat_header_line_of_a_gigabyte_refused(tmp_path: Path, baseline_mib: float) -> None:
+    wat = tmp_path / "endless.warc.wat.gz"
+    write_wat_with_endless_header(wat, 1024)  # one header line of 1 GiB
+    out = probe(tmp_path / "root", {"wat_files": [str(wat)]})
+    bound = baseline_mib + 80  # the 10 MB cap on a record's headers, a few copies of it
+    assert out["peak_rss_mib"] < bound, (out["peak_rss_mib"], bound)
+    assert out["refused"].endswith("endless.warc.wat.gz: record headers over 10000000 bytes")

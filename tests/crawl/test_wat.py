@@ -17,6 +17,7 @@ from tasks.core.config import CrawlConfig, PipelineConfig
 from tasks.core.storage import Storage
 from tasks.crawl.stage import crawl
 from tasks.crawl.wat import ArchiveInputError, read_archive
+from tests.crawl.hostile_inputs import gzip_bomb, write_wat_with_endless_header
 
 DATE = "2024-03-01T12:30:00Z"
 
@@ -296,3 +297,18 @@ def test_wat_images_per_record_capped(archives) -> None:
         "http://shop.example/media/x.png",
     ]
     assert result.counts["images_skipped_page_cap"] == 2
+
+
+def test_endless_record_headers_refuse_the_archive(tmp_path: Path) -> None:
+    one_line = tmp_path / "line.warc.wat.gz"
+    write_wat_with_endless_header(one_line, 3)
+    many_lines = tmp_path / "lines.warc.wat.gz"
+    head = b"WARC/1.0\r\nWARC-Type: metadata\r\n"
+    many_lines.write_bytes(gzip_bomb(head, b"X-Padding: 1\r\n", 300_000, b"\r\n"))
+    cfg = CrawlConfig(max_record_bytes=1_000_000)
+    for path in (one_line, many_lines):
+        with pytest.raises(ArchiveInputError, match=f"{path.name}: record headers over 1000000"):
+            read_archive(str(path), cfg=cfg)
+    # The same headers under the cap are read as usual.
+    result = read_archive(str(one_line), cfg=CrawlConfig(max_record_bytes=4_000_000))
+    assert result.counts["wat_records_read"] == 2
