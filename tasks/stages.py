@@ -17,6 +17,9 @@ PIPELINE: tuple[Stage, ...] = (
         reads=("crawl",),
         body="tasks.crawl.stage:crawl",
         outputs=("crawl",),
+        # The stage checks its page, link and record identities itself; this one joins it
+        # to download's input.
+        accounting=(Identity("pairs_found", ("pairs_after_dedup", "duplicates_dropped")),),
     ),
     Stage(
         name="download",

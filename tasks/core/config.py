@@ -69,6 +69,15 @@ class CrawlConfig(_Section):
     seeds: list[str] = Field(default_factory=list)
     wat_files: list[str] = Field(default_factory=list)
     max_pages: int = Field(1000, ge=0)
+    max_frontier_urls: int = Field(100_000, gt=0)
+    """Most distinct page URLs the site crawler remembers (queued, visited or left unvisited
+    past max_pages; ~150 bytes each). Links found once it is full are counted
+    (``links_skipped_frontier_full``) and not followed. At least max_pages."""
+    max_links_per_page: int = Field(5_000, gt=0)
+    """Links followed from one page; the rest are counted (``links_skipped_page_cap``)."""
+    max_images_per_page: int = Field(1_000, gt=0)
+    """Images taken from one page or WAT/WARC record; the rest are counted
+    (``images_skipped_page_cap``)."""
     allowed_domains: list[str] = Field(default_factory=list)
     """Hosts (and their subdomains) the site crawler may follow; empty means the seeds' hosts."""
     allow_private_networks: bool = False
@@ -83,6 +92,12 @@ class CrawlConfig(_Section):
     """Upper bound on a robots.txt Crawl-delay, so one site cannot stall the crawl."""
     timeout: float = Field(10.0, gt=0)
     max_page_bytes: int = Field(5_000_000, gt=0)
+    """Cap on one page's body after decompression (a larger page is ``too_large``); also on
+    a WARC response record's body."""
+    max_record_bytes: int = Field(10_000_000, gt=0)
+    """Cap on one WAT metadata record's JSON payload after decompression; a larger record is
+    counted (``wat_records_too_large``) and skipped without being held whole. Also caps one
+    record's WARC/HTTP headers (past it the archive is refused as unreadable)."""
     max_redirects: int = Field(5, ge=0)
     max_caption_chars: int = Field(1000, gt=0)
     user_agent: str = "clipflow-crawler/0.1 (+https://github.com/clipflow/clipflow)"
@@ -114,6 +129,15 @@ class CrawlConfig(_Section):
                 f"and loopback addresses; that needs {ALLOW_PRIVATE_ENV}=1 in the environment "
                 "of the process running the pipeline as well (the demo and the tests set it), "
                 "so that a config edited in a UI alone cannot open it"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _frontier_holds_max_pages(self) -> CrawlConfig:
+        if self.max_frontier_urls < self.max_pages:
+            raise ValueError(
+                f"max_frontier_urls ({self.max_frontier_urls}) is below max_pages "
+                f"({self.max_pages}): the crawl could never visit max_pages pages"
             )
         return self
 

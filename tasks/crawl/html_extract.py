@@ -43,12 +43,14 @@ class PageParseError(ValueError):
 
 @dataclass
 class PageExtract:
-    """What one page yields: (url, caption) pairs in page order, links to follow, and the
-    images that gave no pair, counted by reason."""
+    """What one page yields: (url, caption) pairs in page order, links to follow, the
+    images that gave no pair, counted by reason (``page_cap``: past the per-page cap), and
+    how many ``<a href>`` came after the per-page link cap."""
 
     pairs: list[tuple[str, str]] = field(default_factory=list)
     links: list[str] = field(default_factory=list)
     skipped_images: Counter[str] = field(default_factory=Counter)
+    links_over_cap: int = 0
 
 
 def decode_html(body: bytes, content_type: str | None = None) -> tuple[str, bool]:
@@ -251,8 +253,11 @@ def parse_html(text: str) -> etree._Element:
 _PARSER = etree.HTMLParser(encoding="utf-8", remove_comments=True)
 
 
-def extract_page(text: str, page_url: str) -> PageExtract:
-    """Pairs and followable links of one decoded page fetched from ``page_url``."""
+def extract_page(
+    text: str, page_url: str, max_images: int | None = None, max_links: int | None = None
+) -> PageExtract:
+    """Pairs and followable links of one decoded page fetched from ``page_url``: at most
+    ``max_images`` pairs and ``max_links`` distinct links; the rest are only counted."""
     doc = parse_html(text)
     base = page_url
     base_el = doc.find(".//base[@href]")
@@ -260,6 +265,9 @@ def extract_page(text: str, page_url: str) -> PageExtract:
         base = normalize_url(base_el.get("href", ""), page_url) or page_url
     out = PageExtract()
     for img in doc.iter("img"):
+        if max_images is not None and len(out.pairs) >= max_images:
+            out.skipped_images["page_cap"] += 1
+            continue
         found = _image_pair(img, base)
         if isinstance(found, str):
             out.skipped_images[found] += 1
@@ -268,7 +276,12 @@ def extract_page(text: str, page_url: str) -> PageExtract:
     seen: set[str] = set()
     for anchor in doc.iter("a"):
         href = anchor.get("href")
-        link = normalize_url(href, base) if href else None
+        if not href:
+            continue
+        if max_links is not None and len(out.links) >= max_links:
+            out.links_over_cap += 1
+            continue
+        link = normalize_url(href, base)
         if link is not None and link not in seen:
             seen.add(link)
             out.links.append(link)

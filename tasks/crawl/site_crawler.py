@@ -1,10 +1,16 @@
 """The breadth-first site crawler: async HTTP within allowed domains, robots.txt, a per-host
-delay, caps on page size, time and redirects, and the SSRF guard on every hop.
+delay, caps on page size (decoded), time, redirects, links and images per page and the
+frontier, and the SSRF guard on every hop.
 
 Every URL that enters the frontier ends in exactly one outcome, counted: ``fetched``, a
 named failure (``robots_disallowed``, ``ssrf_refused``, ``http_404``, ``http_5xx``,
 ``timeout``, ``too_large``, ``redirect_loop``, ``not_html``, ...), ``redirect_duplicate``
-(a redirect onto a page already seen) or ``unvisited_max_pages``.
+(a redirect onto a page already seen) or ``unvisited_max_pages`` (known at once for a URL
+found after max_pages were queued, so the queue never holds more than max_pages):
+``pages_discovered == pages_fetched + pages_failed + pages_redirect_duplicate +
+pages_unvisited_max_pages``. Every link on a fetched page is counted once too:
+``links_found == links_followed + links_already_seen + links_off_domain +
+links_skipped_page_cap + links_skipped_frontier_full``.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
@@ -24,14 +30,15 @@ import yarl
 
 from tasks.core.config import CrawlConfig
 from tasks.core.safe_http import SSRF_REFUSED, AddressRefused, static_refusal
+from tasks.crawl.candidates import CandidateSink
 from tasks.crawl.html_extract import PageParseError, decode_html, extract_page, normalize_url
+from tasks.crawl.page_body import ACCEPT_ENCODING, BodyError, read_capped
 from tasks.crawl.safe_resolver import GuardedResolver
 
 log = logging.getLogger(__name__)
 
 _REDIRECTS = {301, 302, 303, 307, 308}
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
-_CHUNK = 64 * 1024
 
 
 @dataclass
@@ -54,11 +61,21 @@ class Fetched:
 
 @dataclass
 class CrawlResult:
-    """Pairs as (url, caption, page_url, crawl_time), failures as dict rows, and counts."""
+    """Pairs as (url, caption, page_url, crawl_time), failures as dict rows, and counts.
+    It is the crawler's CandidateSink unless the crawler is handed another one (the stage
+    streams to Parquet instead); then ``pairs`` and ``errors`` stay empty."""
 
     pairs: list[tuple[str, str, str, datetime]] = field(default_factory=list)
     errors: list[dict[str, str]] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
+
+    def add_pairs(
+        self, pairs: Iterable[tuple[str, str]], page_url: str, when: datetime, source: str
+    ) -> None:
+        self.pairs.extend((url, caption, page_url, when) for url, caption in pairs)
+
+    def add_error(self, error: dict[str, str]) -> None:
+        self.errors.append(error)
 
 
 def host_allowed(host: str, domains: list[str]) -> bool:
@@ -69,15 +86,22 @@ def host_allowed(host: str, domains: list[str]) -> bool:
 
 class SiteCrawler:
     """One crawl over one HTTP session. ``resolve`` replaces DNS (tests map names to
-    127.0.0.1 with it); everything else comes from the CrawlConfig."""
+    127.0.0.1 with it); pairs and failures go to ``sink`` as they are found (by default the
+    result's lists); everything else comes from the CrawlConfig."""
 
-    def __init__(self, cfg: CrawlConfig, resolve: Callable[[str], list[str]] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: CrawlConfig,
+        resolve: Callable[[str], list[str]] | None = None,
+        sink: CandidateSink | None = None,
+    ) -> None:
         self.cfg = cfg
         self._resolve = resolve
         self.result = CrawlResult()
+        self._sink: CandidateSink = sink or self.result
         self._seen: set[str] = set()
         self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
-        self._claimed = 0
+        self._queued = 0
         self._domains: list[str] = []
         self._robots: dict[str, RobotFileParser | Failure] = {}
         self._robots_locks: dict[str, asyncio.Lock] = {}
@@ -98,7 +122,7 @@ class SiteCrawler:
         self._domains = [d.lower() for d in self.cfg.allowed_domains] or sorted(
             {(urlsplit(u).hostname or "") for u in normalised}
         )
-        for url in normalised:
+        for url in dict.fromkeys(normalised):  # seeds are config: never capped by the frontier
             self._enqueue(url, "seed")
         resolver = GuardedResolver(
             self.cfg.allow_private_networks, self.cfg.allow_private_hosts, self._resolve
@@ -106,9 +130,10 @@ class SiteCrawler:
         connector = aiohttp.TCPConnector(limit=self.cfg.concurrency, resolver=resolver)
         async with aiohttp.ClientSession(
             connector=connector,
-            headers={"User-Agent": self.cfg.user_agent},
+            headers={"User-Agent": self.cfg.user_agent, "Accept-Encoding": ACCEPT_ENCODING},
             timeout=aiohttp.ClientTimeout(total=self.cfg.timeout),
             trust_env=False,
+            auto_decompress=False,  # page_body inflates, never past max_page_bytes
         ) as self._session:
             workers = [asyncio.create_task(self._worker()) for _ in range(self.cfg.concurrency)]
             await self._queue.join()
@@ -118,10 +143,31 @@ class SiteCrawler:
         return self.result
 
     def _enqueue(self, url: str, referrer: str) -> None:
-        if url not in self._seen:
-            self._seen.add(url)
-            self.result.counts["pages_discovered"] += 1
-            self._queue.put_nowait((url, referrer))
+        """Add a new URL to the frontier: queued, or unvisited at once past max_pages (every
+        queued URL is visited, in order, so later ones could only wait to be counted)."""
+        self._seen.add(url)
+        self.result.counts["pages_discovered"] += 1
+        if self._queued >= self.cfg.max_pages:
+            self._outcome(url, Failure("unvisited_max_pages"), referrer)
+            return
+        self._queued += 1
+        self._queue.put_nowait((url, referrer))
+
+    def _follow(self, links: list[str], skipped_by_page_cap: int, referrer: str) -> None:
+        """Count every link of one page once, and enqueue the new ones the caps allow."""
+        counts = self.result.counts
+        counts["links_found"] += len(links) + skipped_by_page_cap
+        counts["links_skipped_page_cap"] += skipped_by_page_cap
+        for link in links:
+            if not host_allowed(urlsplit(link).hostname or "", self._domains):
+                counts["links_off_domain"] += 1
+            elif link in self._seen:
+                counts["links_already_seen"] += 1
+            elif len(self._seen) >= self.cfg.max_frontier_urls:
+                counts["links_skipped_frontier_full"] += 1
+            else:
+                counts["links_followed"] += 1
+                self._enqueue(link, referrer)
 
     def _outcome(self, url: str, outcome: Failure | None, referrer: str) -> None:
         counts = self.result.counts
@@ -133,8 +179,14 @@ class SiteCrawler:
             return
         counts["pages_failed"] += 1
         counts[f"pages_failed_{outcome.reason}"] += 1
-        self.result.errors.append(
-            {"url": url, "reason": outcome.reason, "detail": outcome.detail, "referrer": referrer}
+        self._sink.add_error(
+            {
+                "url": url,
+                "reason": outcome.reason,
+                "detail": outcome.detail,
+                "referrer": referrer,
+                "source": "site",
+            }
         )
         log.debug("page %s failed: %s %s", url, outcome.reason, outcome.detail)
 
@@ -150,9 +202,6 @@ class SiteCrawler:
                 self._queue.task_done()
 
     async def _visit(self, url: str) -> Failure | None:
-        if self._claimed >= self.cfg.max_pages:
-            return Failure("unvisited_max_pages")
-        self._claimed += 1
         fetched = await self._fetch_page(url)
         if isinstance(fetched, Failure):
             return fetched
@@ -163,19 +212,16 @@ class SiteCrawler:
         text, had_errors = decode_html(fetched.body, fetched.content_type)
         self.result.counts["pages_decode_errors"] += had_errors
         try:
-            page = extract_page(text, fetched.url)
+            page = extract_page(
+                text, fetched.url, self.cfg.max_images_per_page, self.cfg.max_links_per_page
+            )
         except PageParseError as e:
             return Failure("parse_error", str(e))
-        now = datetime.now(UTC)
-        self.result.pairs.extend((u, c, fetched.url, now) for u, c in page.pairs)
+        self._sink.add_pairs(page.pairs, fetched.url, datetime.now(UTC), "site")
         self.result.counts["pairs_found_site"] += len(page.pairs)
         for reason, n in page.skipped_images.items():
             self.result.counts[f"images_skipped_{reason}"] += n
-        for link in page.links:
-            if host_allowed(urlsplit(link).hostname or "", self._domains):
-                self._enqueue(link, fetched.url)
-            else:
-                self.result.counts["links_off_domain"] += 1
+        self._follow(page.links, page.links_over_cap, fetched.url)
         return None
 
     async def _fetch_page(self, url: str) -> Fetched | Failure:
@@ -230,24 +276,14 @@ class SiteCrawler:
                     ctype = resp.headers.get("Content-Type", "")
                     if not ctype.lower().startswith(_HTML_TYPES):
                         return Failure("not_html", f"{url}: {ctype or 'no Content-Type'}")
-                    body = await self._read_capped(resp)
+                    body = await read_capped(resp, self.cfg.max_page_bytes)
                     if body is None:
                         return Failure("too_large", f"over {self.cfg.max_page_bytes} bytes")
                     return Fetched(url, body, ctype)
+        except BodyError as e:
+            return Failure(e.reason, f"{url}: {e.detail}")
         except (TimeoutError, aiohttp.ClientError) as e:
             return _client_failure(e, url, self.cfg.timeout)
-
-    async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes | None:
-        limit = self.cfg.max_page_bytes
-        if resp.content_length is not None and resp.content_length > limit:
-            return None
-        chunks, size = [], 0
-        async for chunk in resp.content.iter_chunked(_CHUNK):
-            size += len(chunk)
-            if size > limit:
-                return None
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     async def _wait_for_host(self, url: str) -> None:
         """Space request starts to one host by the per-host delay (or its Crawl-delay)."""
@@ -306,7 +342,9 @@ class SiteCrawler:
                         return _robots_parser(url, b"")
                     if resp.status != 200:
                         return Failure("robots_unavailable", f"{url}: HTTP {resp.status}")
-                    body = await self._read_capped(resp)
+                    body = await read_capped(resp, self.cfg.max_page_bytes)
+        except BodyError as e:
+            return Failure("robots_unavailable", f"{url}: {e.detail}")
         except (TimeoutError, aiohttp.ClientError) as e:
             return _client_failure(e, url, self.cfg.timeout)
         if body is None:
@@ -349,7 +387,9 @@ def _status_failure(status: int, url: str) -> Failure | None:
 
 
 async def crawl_sites(
-    cfg: CrawlConfig, resolve: Callable[[str], list[str]] | None = None
+    cfg: CrawlConfig,
+    resolve: Callable[[str], list[str]] | None = None,
+    sink: CandidateSink | None = None,
 ) -> CrawlResult:
     """Crawl ``cfg.seeds`` breadth-first (see SiteCrawler)."""
-    return await SiteCrawler(cfg, resolve).crawl(cfg.seeds)
+    return await SiteCrawler(cfg, resolve, sink).crawl(cfg.seeds)

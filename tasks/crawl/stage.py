@@ -3,8 +3,10 @@
 Output: ``{root}/crawl/candidates-NNNNN.parquet`` (``url, caption, page_url, source,
 crawl_time``), ``crawl.rows_per_file`` rows per file, and ``{root}/crawl/errors.parquet``
 (``url, reason, detail, referrer, source``): every page or record that gave nothing, with why.
-Captions longer than ``crawl.max_caption_chars`` are truncated; exact (url, caption)
-duplicates are dropped, so ``pairs_found == pairs_after_dedup + duplicates_dropped``.
+Both are streamed as the crawl goes (see tasks.crawl.candidates), so memory does not grow
+with the number of candidates. Captions longer than ``crawl.max_caption_chars`` are
+truncated; exact (url, caption) duplicates are dropped. The counts add up (checked before
+the stage returns, see ``accounting_violations``).
 """
 
 from __future__ import annotations
@@ -13,37 +15,22 @@ import asyncio
 import concurrent.futures
 import logging
 from collections import Counter
-from collections.abc import Coroutine
-from datetime import datetime
+from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
 import fsspec
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from tasks.core.config import PipelineConfig
 from tasks.core.manifest import StageResult
 from tasks.core.safe_http import check_url
 from tasks.core.stage import PLAIN_RUN, RunContext
 from tasks.core.storage import Storage
+from tasks.crawl.candidates import CandidateWriter
 from tasks.crawl.site_crawler import crawl_sites
 from tasks.crawl.wat import ArchiveInputError, read_archive
 
 log = logging.getLogger(__name__)
 
-CANDIDATE_SCHEMA = pa.schema(
-    [
-        ("url", pa.string()),
-        ("caption", pa.string()),
-        ("page_url", pa.string()),
-        ("source", pa.string()),
-        ("crawl_time", pa.timestamp("us", tz="UTC")),
-    ]
-)
-ERROR_SCHEMA = pa.schema(
-    [(name, pa.string()) for name in ("url", "reason", "detail", "referrer", "source")]
-)
-Row = tuple[str, str, str, str, datetime]
 T = TypeVar("T")
 
 
@@ -80,85 +67,86 @@ def _exists(uri: str, storage: Storage) -> bool:
     return bool(fs.exists(path))
 
 
-def _finalize(rows: list[Row], max_chars: int, counts: Counter[str]) -> list[Row]:
-    """Truncate long captions, then drop exact (url, caption) duplicates, keeping the first."""
-    seen: set[tuple[str, str]] = set()
-    kept: list[Row] = []
-    for url, caption, page_url, source, when in rows:
-        if len(caption) > max_chars:
-            caption = caption[:max_chars].rstrip()
-            counts["captions_truncated"] += 1
-        if (url, caption) in seen:
-            counts["duplicates_dropped"] += 1
-            continue
-        seen.add((url, caption))
-        kept.append((url, caption, page_url, source, when))
-    counts["pairs_after_dedup"] = len(kept)
-    return kept
+class CrawlAccountingError(RuntimeError):
+    """The crawl's counts do not add up: a bug, never a property of the input."""
 
 
-def _write_table(storage: Storage, uri: str, table: pa.Table) -> None:
-    with storage.atomic_local_path(uri) as (fh, _):
-        pq.write_table(table, fh, compression="zstd")
+def accounting_violations(counts: Mapping[str, int], rows_written: int) -> list[str]:
+    """Each identity of the crawl's counts that does not hold, written out; empty when all do.
 
+    Pages: every URL that entered the frontier has one outcome, each failure one reason.
+    Links: every link on a fetched page is followed or skipped for one reason. WAT records:
+    each is read or failed. Pairs: every pair found came from a source and was written or
+    dropped as a duplicate; the files hold exactly the rows kept; every failure is reported.
+    """
+    c = Counter(counts)
 
-def write_candidates(storage: Storage, rows: list[Row], rows_per_file: int) -> list[str]:
-    """Write candidates-NNNNN.parquet files (one, empty, when there are no rows) and remove
-    any higher-numbered files left by an earlier, larger run."""
-    uris = []
-    for n, start in enumerate(range(0, max(len(rows), 1), rows_per_file)):
-        chunk = rows[start : start + rows_per_file]
-        columns: list[tuple[Any, ...]] = (
-            list(zip(*chunk, strict=True)) if chunk else [() for _ in CANDIDATE_SCHEMA]
+    def total(prefix: str) -> int:
+        return sum(v for k, v in c.items() if k.startswith(prefix))
+
+    identities = [
+        (
+            "pages_discovered",
+            [
+                "pages_fetched",
+                "pages_failed",
+                "pages_redirect_duplicate",
+                "pages_unvisited_max_pages",
+            ],
+        ),
+        ("pages_failed", ["pages_failed_*"]),
+        (
+            "links_found",
+            [
+                "links_followed",
+                "links_already_seen",
+                "links_off_domain",
+                "links_skipped_page_cap",
+                "links_skipped_frontier_full",
+            ],
+        ),
+        ("archive_wat_records", ["archive_wat_records_read", "archive_wat_records_failed"]),
+        ("pairs_found", ["pairs_found_site", "archive_pairs_found_*"]),
+        ("pairs_found", ["pairs_after_dedup", "duplicates_dropped"]),
+        ("errors_reported", ["pages_failed", "archive_wat_records_failed"]),
+    ]
+    broken = []
+    for name, parts in identities:
+        values = [total(p[:-1]) if p.endswith("*") else c[p] for p in parts]
+        if c[name] != sum(values):
+            terms = " + ".join(f"{p} ({v})" for p, v in zip(parts, values, strict=True))
+            broken.append(f"{name} ({c[name]}) != {terms}")
+    if rows_written != c["pairs_after_dedup"]:
+        broken.append(
+            f"rows written ({rows_written}) != pairs_after_dedup ({c['pairs_after_dedup']})"
         )
-        arrays = [
-            pa.array(col, type=f.type) for f, col in zip(CANDIDATE_SCHEMA, columns, strict=True)
-        ]
-        table = pa.Table.from_arrays(arrays, schema=CANDIDATE_SCHEMA)
-        uri = storage.uri("crawl", f"candidates-{n:05d}.parquet")
-        _write_table(storage, uri, table)
-        uris.append(uri)
-    for stale in storage.glob("crawl/candidates-*.parquet"):
-        if stale not in uris:
-            storage.remove(stale)
-    return uris
-
-
-def write_errors(storage: Storage, errors: list[dict[str, str]]) -> str:
-    """Write errors.parquet (url, reason, detail, referrer, source): one row per page or
-    record that gave nothing, so failures are reported rather than silently dropped."""
-    uri = storage.uri("crawl", "errors.parquet")
-    columns = {f.name: [str(e.get(f.name, "")) for e in errors] for f in ERROR_SCHEMA}
-    _write_table(storage, uri, pa.table(columns, schema=ERROR_SCHEMA))
-    return uri
+    return broken
 
 
 def crawl(cfg: PipelineConfig, storage: Storage, ctx: RunContext = PLAIN_RUN) -> StageResult:
-    """The crawl stage body: site crawl from ``crawl.seeds``, then ``crawl.wat_files``."""
+    """The crawl stage body: site crawl from ``crawl.seeds``, then ``crawl.wat_files``.
+    Raises CrawlAccountingError, before any manifest is written, if the counts do not add up."""
     c = cfg.crawl
     _check_wat_inputs(cfg, storage)
     counts: Counter[str] = Counter()
-    rows: list[Row] = []
-    errors: list[dict[str, str]] = []
-    if c.seeds:
-        site = run_async(crawl_sites(c))
-        counts.update({k: v for k, v in site.counts.items() if v})
-        rows += [(u, cap, page, "site", when) for u, cap, page, when in site.pairs]
-        errors += [{**e, "source": "site"} for e in site.errors]
-    for uri in c.wat_files:
-        archive = read_archive(uri, _archive_options(uri, storage), c.max_page_bytes, c.timeout)
-        counts.update({f"archive_{k}": v for k, v in archive.counts.items() if v})
-        rows += [(u, cap, page, source, when) for u, cap, page, when, source in archive.pairs]
-        errors += [{**e, "referrer": "", "source": uri} for e in archive.errors]
-    counts["pairs_found"] = len(rows)
-    kept = _finalize(rows, c.max_caption_chars, counts)
-    counts.setdefault("duplicates_dropped", 0)
-    counts.setdefault("captions_truncated", 0)
-    candidates = write_candidates(storage, kept, c.rows_per_file)
-    errors_uri = write_errors(storage, errors)
-    counts["errors_reported"] = len(errors)
-    log.info("crawl: %d candidates in %d files, %d errors", len(kept), len(candidates), len(errors))
+    with CandidateWriter(storage, c.rows_per_file, c.max_caption_chars) as out:
+        if c.seeds:
+            site = run_async(crawl_sites(c, sink=out))
+            counts.update({k: v for k, v in site.counts.items() if v})
+        for uri in c.wat_files:
+            archive = read_archive(uri, _archive_options(uri, storage), c, sink=out)
+            counts.update({f"archive_{k}": v for k, v in archive.counts.items() if v})
+    counts.update(out.counts)
+    broken = accounting_violations(counts, out.candidates_written)
+    if broken:
+        raise CrawlAccountingError("crawl: counts do not add up: " + "; ".join(broken))
+    log.info(
+        "crawl: %d candidates in %d files, %d errors",
+        out.candidates_written,
+        len(out.candidate_uris),
+        counts["errors_reported"],
+    )
     return StageResult(
         counts=dict(sorted(counts.items())),
-        outputs={"candidates": candidates, "errors": errors_uri},
+        outputs={"candidates": out.candidate_uris, "errors": out.errors_uri},
     )

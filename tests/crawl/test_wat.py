@@ -13,10 +13,11 @@ from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
 from demo.server import REDIRECT_PAGE_TARGET, serve
-from tasks.core.config import PipelineConfig
+from tasks.core.config import CrawlConfig, PipelineConfig
 from tasks.core.storage import Storage
 from tasks.crawl.stage import crawl
 from tasks.crawl.wat import ArchiveInputError, read_archive
+from tests.crawl.hostile_inputs import gzip_bomb, write_wat_with_endless_header
 
 DATE = "2024-03-01T12:30:00Z"
 
@@ -216,3 +217,98 @@ def test_archive_over_http_guarded(archives, tmp_path: Path, tmp_root: Path) -> 
             allow_private_networks=True, wat_files=[f"{server.url}{REDIRECT_PAGE_TARGET}"]
         )
         assert crawl(direct, Storage(direct.storage)).counts["pairs_after_dedup"] == 3
+
+
+def write_malformed_wat(path: Path) -> dict[str, str]:
+    """A WAT file whose records are each broken one way, between good ones; returns each
+    broken record's page URL and the reason it must be reported under."""
+    good_links = [{"path": "IMG@/src", "url": "/ok.png", "alt": "a good one"}]
+    envelope_links = json.loads(wat_json("http://m.example/links-5", []))
+    envelope_links["Envelope"]["Payload-Metadata"]["HTTP-Response-Metadata"]["HTML-Metadata"][
+        "Links"
+    ] = 5
+    broken = {
+        "http://m.example/links-5": (json.dumps(envelope_links).encode(), "bad_wat_shape"),
+        "http://m.example/list": (b"[1, 2, 3]", "bad_wat_shape"),
+        "http://m.example/string": (b'"just a string"', "bad_wat_shape"),
+        "http://m.example/envelope-list": (b'{"Envelope": []}', "bad_wat_shape"),
+        "http://m.example/link-not-object": (
+            wat_json("http://m.example/link-not-object", ["IMG@/src"]),  # type: ignore[list-item]
+            "bad_wat_shape",
+        ),
+        "http://m.example/url-number": (
+            wat_json("http://m.example/url-number", [{"path": "IMG@/src", "url": 7}]),  # type: ignore[dict-item]
+            "bad_wat_shape",
+        ),
+        "http://m.example/bad-json": (b'{"Envelope": ', "bad_wat_json"),
+        "http://m.example/deep": (b"[" * 4_000 + b"]" * 4_000, "bad_wat_json"),
+        "http://m.example/not-utf8": (b'{"Envelope": "\xff\xfe"}', "bad_wat_utf8"),
+        "http://m.example/too-large": (
+            wat_json("http://m.example/too-large", good_links * 500),
+            "wat_record_too_large",
+        ),
+    }
+    with open(path, "wb") as fh:
+        writer = WARCWriter(fh, gzip=True)
+
+        def metadata(uri: str, body: bytes) -> None:
+            record = writer.create_warc_record(
+                uri, "metadata", payload=io.BytesIO(body), warc_content_type="application/json",
+                warc_headers_dict={"WARC-Date": DATE},
+            )  # fmt: skip
+            writer.write_record(record)
+
+        for n, (uri, (body, _)) in enumerate(broken.items()):
+            page = f"http://m.example/good-{n}"
+            metadata(page, wat_json(page, [{"path": "IMG@/src", "url": f"/ok-{n}.png"}]))
+            metadata(uri, body)
+    return {uri: reason for uri, (_, reason) in broken.items()}
+
+
+def test_malformed_wat_records_counted_and_skipped(tmp_path: Path, tmp_root: Path) -> None:
+    wat = tmp_path / "malformed.warc.wat.gz"
+    expected = write_malformed_wat(wat)
+    cfg = PipelineConfig.model_validate(
+        {
+            "storage": {"root": str(tmp_root)},
+            "crawl": {"wat_files": [str(wat)], "max_record_bytes": 10_000},
+        }
+    )
+    result = crawl(cfg, Storage(cfg.storage))
+    c = result.counts
+    # Every good record between the broken ones still gave its pair.
+    frame = pd.read_parquet(tmp_root / "crawl" / "candidates-00000.parquet")
+    assert sorted(frame["page_url"]) == sorted(f"http://m.example/good-{n}" for n in range(10))
+    assert c["archive_wat_records_read"] == 10 and c["archive_wat_records_failed"] == 10
+    assert c["archive_wat_records"] == 20
+    assert (c["archive_wat_records_bad_shape"], c["archive_wat_records_bad_json"]) == (6, 2)
+    assert (c["archive_wat_records_bad_utf8"], c["archive_wat_records_too_large"]) == (1, 1)
+    errors = pd.read_parquet(tmp_root / "crawl" / "errors.parquet")
+    assert dict(zip(errors["url"], errors["reason"], strict=True)) == expected
+    assert c["errors_reported"] == 10 and set(errors["source"]) == {str(wat)}
+
+
+def test_wat_images_per_record_capped(archives) -> None:
+    wat, _ = archives
+    result = read_archive(str(wat), cfg=CrawlConfig(max_images_per_page=1))
+    # Page a has two usable images and a data: URI; page b one image.
+    assert [p[0] for p in result.pairs] == [
+        "http://shop.example/a/img/1.png",
+        "http://shop.example/media/x.png",
+    ]
+    assert result.counts["images_skipped_page_cap"] == 2
+
+
+def test_endless_record_headers_refuse_the_archive(tmp_path: Path) -> None:
+    one_line = tmp_path / "line.warc.wat.gz"
+    write_wat_with_endless_header(one_line, 3)
+    many_lines = tmp_path / "lines.warc.wat.gz"
+    head = b"WARC/1.0\r\nWARC-Type: metadata\r\n"
+    many_lines.write_bytes(gzip_bomb(head, b"X-Padding: 1\r\n", 300_000, b"\r\n"))
+    cfg = CrawlConfig(max_record_bytes=1_000_000)
+    for path in (one_line, many_lines):
+        with pytest.raises(ArchiveInputError, match=f"{path.name}: record headers over 1000000"):
+            read_archive(str(path), cfg=cfg)
+    # The same headers under the cap are read as usual.
+    result = read_archive(str(one_line), cfg=CrawlConfig(max_record_bytes=4_000_000))
+    assert result.counts["wat_records_read"] == 2

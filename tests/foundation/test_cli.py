@@ -20,10 +20,11 @@ def write_config(tmp_path, data) -> str:
 
 def test_status_reports_each_stage(tmp_path, capsys):
     path = write_config(tmp_path, {"storage": {"root": "root"}})
-    run_stage("crawl", load_config(path), lambda storage: StageResult(counts={"pairs": 7}))
+    counts = {"pairs_found": 7, "pairs_after_dedup": 7, "duplicates_dropped": 0}
+    run_stage("crawl", load_config(path), lambda storage: StageResult(counts=counts))
     assert main(["status", path]) == 0
     out = capsys.readouterr().out
-    assert "crawl     done" in out and '"pairs": 7' in out
+    assert "crawl     done" in out and '"pairs_after_dedup": 7' in out
     for stage in STAGES[1:]:
         assert f"{stage:<9} not run" in out
 
