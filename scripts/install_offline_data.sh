@@ -10,6 +10,7 @@ need_apt=()
 [ -d /usr/share/datasets/fashion-mnist ] || need_apt+=(dataset-fashion-mnist)
 [ -d /usr/share/openclipart/png ] || need_apt+=(openclipart-png)
 command -v chromium >/dev/null || need_apt+=(chromium)
+command -v strace >/dev/null || need_apt+=(strace)
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -q

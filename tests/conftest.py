@@ -12,6 +12,10 @@ for _var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROX
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# Prefect's servers send a telemetry heartbeat by default: off for every harness and server
+# the tests start (they inherit this environment). tests/foundation/test_loopback_only.py
+# checks that no process of a test run connects anywhere but 127.0.0.1 / ::1.
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 # The tests' webs are on loopback: let configs that say allow_private_networks reach them
 # (tests/foundation/test_config.py checks that a config alone cannot).
 os.environ["CLIPFLOW_ALLOW_PRIVATE_NETWORKS"] = "1"
