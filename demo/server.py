@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
@@ -65,6 +66,7 @@ class _Handler(SimpleHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 (stdlib name)
         path = urlsplit(self.path).path
+        self.server.count_request(path)
         route = _ROUTES.get(path)
         try:
             if route is not None:
@@ -192,10 +194,17 @@ class DemoHTTPServer(ThreadingHTTPServer):
     def __init__(self, site_dir: Path, host: str, port: int) -> None:
         self.site_dir = site_dir
         self.closing = threading.Event()
+        self.requests: Counter[str] = Counter()
+        """GET requests received, by path (tests check what was, or was not, fetched)."""
+        self._requests_lock = threading.Lock()
         handler = _handler_for(site_dir)
         super().__init__((host, port), handler)
         bound_host = "127.0.0.1" if host in ("", "0.0.0.0") else host
         self.origin = f"http://{bound_host}:{self.server_port}"
+
+    def count_request(self, path: str) -> None:
+        with self._requests_lock:
+            self.requests[path] += 1
 
 
 def _handler_for(site_dir: Path) -> type[_Handler]:
@@ -207,7 +216,8 @@ def _handler_for(site_dir: Path) -> type[_Handler]:
 
 
 class DemoWebServer:
-    """A running demo web server: ``.url`` (no trailing slash), ``.site_dir``, ``.close()``."""
+    """A running demo web server: ``.url`` (no trailing slash), ``.site_dir``, ``.close()``,
+    and ``.requests`` (a Counter of the paths it was asked for)."""
 
     def __init__(self, site_dir: str | Path, host: str = "127.0.0.1", port: int = 0) -> None:
         self.site_dir = Path(site_dir)
@@ -215,6 +225,7 @@ class DemoWebServer:
             raise FileNotFoundError(f"demo web folder {self.site_dir} does not exist")
         self._httpd = DemoHTTPServer(self.site_dir, host, port)
         self.url = self._httpd.origin
+        self.requests = self._httpd.requests
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, name=f"demo-web-{self.url}", daemon=True
         )

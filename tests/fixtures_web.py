@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ class DemoWeb:
     site_dir: Path
     planted: dict[str, Any]
     summary: dict[str, Any]
+    requests: Counter[str]
+    """GET requests the server received, by path, over the whole session."""
 
     def abs(self, path: str) -> str:
         """The absolute URL of a path from planted.json (``/img/fashion/00001.png``)."""
@@ -35,4 +38,4 @@ def demo_web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoWeb]:
     summary = build_demo_web(site_dir, "test")
     planted = json.loads((site_dir / "planted.json").read_text(encoding="utf-8"))
     with serve(site_dir) as server:
-        yield DemoWeb(server.url, site_dir, planted, summary)
+        yield DemoWeb(server.url, site_dir, planted, summary, server.requests)

@@ -115,9 +115,12 @@ def split_refused(
     return candidates[~refused_mask].reset_index(drop=True), refused.reset_index(drop=True)
 
 
-def input_fingerprint(candidates: pd.DataFrame, cfg: PipelineConfig) -> str:
-    h = hashlib.sha256(pd.util.hash_pandas_object(candidates, index=False).values.tobytes())
+def input_fingerprint(to_fetch: pd.DataFrame, cfg: PipelineConfig) -> str:
+    """What img2dataset's output depends on: the list it fetches (after the SSRF pre-check,
+    so a changed guard starts over) and the download config."""
+    h = hashlib.sha256(pd.util.hash_pandas_object(to_fetch, index=False).values.tobytes())
     h.update(cfg.download.model_dump_json().encode())
+    h.update(repr(fetch_policy(cfg)).encode())
     return h.hexdigest()
 
 
@@ -229,7 +232,7 @@ def download(cfg: PipelineConfig, storage: Storage, ctx: RunContext = PLAIN_RUN)
     """The download stage: candidates in, img2dataset shards out, every candidate counted."""
     candidates = read_candidates(storage)
     to_fetch, refused = split_refused(candidates, fetch_policy(cfg))
-    _prepare_output(storage, input_fingerprint(candidates, cfg), ctx.force)
+    _prepare_output(storage, input_fingerprint(to_fetch, cfg), ctx.force)
     input_dir = storage.uri("download", "_input")
     with storage.atomic_local_path(f"{input_dir}/refused.parquet") as (fh, _):
         refused.to_parquet(fh, index=False)

@@ -90,7 +90,9 @@ def test_emoji_subcategory_set_built_by_the_cli(tmp_path):
     info = read_dataset_info(str(root), needs_templates=True)
     assert info.classnames is not None and len(info.classnames) > 50
     assert "letters and numbers" in info.classnames and "animal mammal" in info.classnames
+    files = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
     built = benchmark_sets.build_set("emoji_subcategory", root)  # up to date: not rebuilt
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == files
     assert built["samples"]["test"] > 1800 and built["classes"] == len(info.classnames)
     from model import image_transform
     from model.eval_data import WdsEvalDataset, make_loader
