@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from model.atomic import write_atomic
-from model.clip import CLIP, MAX_LOGIT_SCALE, create_model
+from model.clip import CLIP, clamp_logit_scale, create_model
 from model.data import LoaderConfig, LoaderPosition, TrainLoader, read_shard_list, resolve_sampling
 from model.loss import ClipLoss
 from model.train_checkpoint import (
@@ -208,8 +208,7 @@ def train_step(
     state.scaler.update()
     state.optimizer.zero_grad(set_to_none=True)
     state.scheduler.step()
-    with torch.no_grad():
-        state.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+    clamp_logit_scale(state.model)
     return total, waited
 
 
