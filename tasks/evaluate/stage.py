@@ -68,6 +68,8 @@ class DatasetResult:
     samples: dict[str, int]
     report: ClassificationReport | None = None
     classnames: list[str] = field(default_factory=list)
+    probe: dict[str, Any] | None = None
+    """linear_probe: the C used, whether it was chosen, and its held-out accuracy."""
 
 
 def default_checkpoint(cfg: PipelineConfig, storage: Storage) -> str:
@@ -141,11 +143,17 @@ def evaluate_dataset(
         train = WdsEvalDataset(info, spec.train_split, lm.transform, options)
         train_xy = image_features(lm.model, _loader(train, cfg), lm.device)
         test_xy = image_features(lm.model, _loader(test, cfg), lm.device)
-        report = linear_probe(
+        probe = linear_probe(
             train_xy, test_xy, classnames, cfg.evaluate.linear_probe_c,
             spec.fewshot_k, cfg.evaluate.linear_probe_max_iter, cfg.evaluate.seed,
+            cfg.evaluate.linear_probe_validation,
         )  # fmt: skip
         samples = {spec.train_split: len(train_xy[1]), spec.split: len(test_xy[1])}
+        chosen = {"C": probe.inverse_regularization, "validation_acc1": probe.validation_acc1,
+                  "chosen_on_validation": cfg.evaluate.linear_probe_c is None}  # fmt: skip
+        return DatasetResult(
+            spec.name, spec.task, probe.metrics, samples, probe, classnames, chosen
+        )
     return DatasetResult(spec.name, spec.task, report.metrics, samples, report, classnames)
 
 
@@ -165,7 +173,8 @@ def write_outputs(storage: Storage, results: list[DatasetResult], lm: LoadedMode
         storage.write_json(
             f"{folder}/metrics.json",
             {"task": r.task, "metrics": _json_safe(r.metrics), "samples": r.samples,
-             "checkpoint": lm.checkpoint, "architecture": lm.architecture},
+             "checkpoint": lm.checkpoint, "architecture": lm.architecture,
+             **({"linear_probe": r.probe} if r.probe else {})},
         )  # fmt: skip
         files = [f"{folder}/metrics.json"]
         if r.report is not None:

@@ -40,3 +40,19 @@ def test_accumulated_gradient_is_the_full_batch_gradient_on_two_ranks(tmp_path) 
         for loss in LOSSES:
             runs = results[loss]
             assert_same_gradient(runs["full"], runs["accumulated"], f"{loss}, rank {rank}")
+
+
+def test_the_loss_is_computed_in_fp32_under_autocast() -> None:
+    from model.clip import create_model
+    from model.train_step import accumulate_gradients, make_loss
+    from tests.train.accum_worker import global_batch
+
+    torch.manual_seed(0)
+    model = create_model("clipflow-tiny")
+    images, texts = global_batch(8)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    for batches in ([(images, texts)], [(images[:4], texts[:4]), (images[4:], texts[4:])]):
+        loss = accumulate_gradients(
+            model, batches, make_loss("clip", True), "amp_bf16", scaler, False
+        )
+        assert loss.dtype == torch.float32
