@@ -1,7 +1,14 @@
 """The linear probe chooses C on a held-out part of the train features (it used to fix C = 1),
 and lands within 0.5 points of CLIP_benchmark 1.6.2's linear probe (its weight-decay sweep on
 a validation split, then a refit on train + validation) on the same features of the built-in
-Fashion-MNIST set (10,000 train, 10,000 test images)."""
+Fashion-MNIST set (10,000 train, 10,000 test images).
+
+The features are the images' unit-normalised 14 x 14 pixels. CLIP_benchmark's probe is 10
+epochs of AdamW from a random start, which underfits the tightly clustered features of a
+briefly trained tiny CLIP (measured: 45.5% against our 56.4% after 30 steps, 76.0% against
+77.8% after 300, both at its weakest weight decay); on the demo's fully trained checkpoint
+the two agreed within 0.11 points, but no test can train that long.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +19,6 @@ import pytest
 import torch
 
 from demo.benchmark_sets import build_set
-from model import create_model, image_transform, load_checkpoint
 from model.eval_data import WdsEvalDataset, make_loader, read_dataset_info
 from model.linear_probe import holdout_split, image_features, linear_probe
 from tests.evaluate.test_parity import _accuracy_item
@@ -30,17 +36,22 @@ class _CpuStandingInForCuda(str):
     __hash__ = str.__hash__
 
 
+def _pooled_pixels(image) -> torch.Tensor:
+    """A grayscale image -> its 2 x 2-average-pooled pixels, flattened: (H/2 * W/2,)."""
+    pixels = torch.from_numpy(np.asarray(image.convert("L"), dtype=np.float32))
+    return torch.nn.functional.avg_pool2d(pixels[None, None], 2).flatten()
+
+
 @pytest.fixture(scope="module")
-def fashion_features(trained_checkpoint, openclip_tiny, tmp_path_factory) -> dict:
-    """Unit image features of the built-in Fashion-MNIST set, from the briefly trained model."""
+def fashion_features(tmp_path_factory) -> dict:
+    """Unit pixel features of the built-in Fashion-MNIST set, read as the stage reads it."""
     root = tmp_path_factory.mktemp("builtin") / "fashion_mnist"
     build_set("fashion_mnist", root, train_samples=10_000)
     info = read_dataset_info(str(root))
-    model = create_model(openclip_tiny).eval()
-    load_checkpoint(model, trained_checkpoint)
-    transform = image_transform(model.config.vision.image_size, is_train=False)
     return {
-        split: image_features(model, make_loader(WdsEvalDataset(info, split, transform), 500))
+        split: image_features(
+            _Identity(), make_loader(WdsEvalDataset(info, split, _pooled_pixels), 500)
+        )
         for split in ("train", "test")
     } | {"classnames": info.classnames}
 
@@ -83,7 +94,7 @@ def test_linear_probe_matches_clip_benchmark_on_builtin_fashion_mnist(
         f"ours acc1 {ours.metrics['acc1']:.4f} (C={ours.inverse_regularization:.4g}), "
         f"CLIP_benchmark acc1 {reference['lp_acc1']:.4f} (wd={reference['weight_decay']:.4g})"
     )
-    assert ours.metrics["acc1"] > 0.5, "the trained model's features should be far above chance"
+    assert ours.metrics["acc1"] > 0.75, "pixels separate Fashion-MNIST far above chance"
     assert abs(ours.metrics["acc1"] - reference["lp_acc1"]) <= TOLERANCE
     # Fixed C = 1 (what the probe used to do) is not what a validation sweep picks here.
     fixed = linear_probe(train, test, fashion_features["classnames"], inverse_regularization=1.0)
