@@ -4,7 +4,8 @@
                                    as fractions (CLIP_benchmark's keys)
     {root}/eval/results.md         one table, one row per dataset
     {root}/eval/{dataset}/         per_class.csv, confusion_matrix.csv and PNG plots
-                                   (classification); metrics.json (every task)
+                                   (classification); metrics.json (every task);
+                                   linear_probe.json (linear probes: the C used, how chosen)
 
 The checkpoint is ``evaluate.checkpoint`` (any OpenCLIP-format file) or the train stage's
 ``latest.pt``; the architecture is ``evaluate.model``, else the checkpoint's own
@@ -173,10 +174,12 @@ def write_outputs(storage: Storage, results: list[DatasetResult], lm: LoadedMode
         storage.write_json(
             f"{folder}/metrics.json",
             {"task": r.task, "metrics": _json_safe(r.metrics), "samples": r.samples,
-             "checkpoint": lm.checkpoint, "architecture": lm.architecture,
-             **({"linear_probe": r.probe} if r.probe else {})},
+             "checkpoint": lm.checkpoint, "architecture": lm.architecture},
         )  # fmt: skip
         files = [f"{folder}/metrics.json"]
+        if r.probe is not None:
+            storage.write_json(f"{folder}/linear_probe.json", r.probe)
+            files.append(f"{folder}/linear_probe.json")
         if r.report is not None:
             files += _write_classification(storage, folder, r)
         outputs["datasets"][r.name] = files
