@@ -6,10 +6,13 @@ precision; both launched by ``torchrun --standalone`` (gloo on CPU, NCCL on a GP
 are the mean over logging windows after the first (start-up excluded): ours from
 ``metrics.jsonl``, OpenCLIP's from its ``Batch (t)`` window averages.
 
-    .venv/bin/python bench/bench_train.py [--quick]
+    .venv/bin/python bench/bench_train.py [--quick] [--accum 4]
     .venv/bin/python bench/bench_train.py --gpu --batch 512   # ViT-B-32, bf16, one GPU: + MFU
 
-Writes bench/results/train.json.
+``--accum K`` accumulates K micro-batches per optimizer step on both sides (our
+``accum_steps``, OpenCLIP's ``--accum-freq``: both cache features and recompute each
+micro-batch against the whole batch). Writes bench/results/train.json (train_accum4.json
+with ``--accum 4``).
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ def ours(run: dict[str, Any], tmp: Path) -> float:
     config = {
         "model": run["model"], "batch_size": run["batch"], "samples": run["samples"],
         "lr": 1e-3, "warmup": 4, "precision": run["precision"], "workers": run["workers"],
+        "accum_steps": run["accum"],
         "log_every_steps": run["log_every"], "checkpoint_every_steps": 10**9,
         "shards": str(tmp / "shards"), "output": str(tmp / "ours"), "resume": None,
     }  # fmt: skip
@@ -100,6 +104,7 @@ def open_clip(run: dict[str, Any], tmp: Path) -> float:
         "--train-num-samples", str(run["samples"]), "--epochs", "1",
         "--batch-size", str(run["batch"]), "--workers", str(run["workers"]),
         "--lr", "1e-3", "--warmup", "4", "--precision", precision, "--model", model_json.stem,
+        "--accum-freq", str(run["accum"]),
         "--local-loss", "--gather-with-grad", "--log-every-n-steps", str(run["log_every"]),
         "--logs", str(tmp / "open_clip_logs"), "--name", "bench", "--save-frequency", "0",
         "--report-to", "", "--zeroshot-frequency", "0", "--val-frequency", "0",
@@ -112,7 +117,8 @@ def open_clip(run: dict[str, Any], tmp: Path) -> float:
     windows = [float(t) for t in _BATCH_TIME.findall(out)][1:]
     if not windows:
         raise RuntimeError(f"no throughput in OpenCLIP's log:\n{out[-3000:]}")
-    return sum(run["batch"] * run["nproc"] / t for t in windows) / len(windows)
+    # OpenCLIP's batch time is per optimizer step, which takes accum_freq micro-batches.
+    return sum(run["batch"] * run["nproc"] * run["accum"] / t for t in windows) / len(windows)
 
 
 def flops_per_sample(model: str) -> float:
@@ -130,6 +136,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--gpu", action="store_true", help="ViT-B-32, amp_bf16, one GPU")
     parser.add_argument("--batch", type=int, help="batch per rank (GPU: the largest that fits)")
+    parser.add_argument("--accum", type=int, default=1, help="micro-batches per optimizer step")
     args = parser.parse_args()
     if args.gpu:
         run = {"model": "ViT-B-32", "precision": "amp_bf16", "nproc": 1, "workers": 8,
@@ -138,8 +145,9 @@ def main() -> None:
         run = {"model": "clipflow-tiny", "precision": "fp32", "nproc": 2, "workers": 1,
                "threads": 1, "batch": args.batch or 64, "device": "cpu", "image": 28}  # fmt: skip
     steps = 12 if args.quick else 40
+    run["accum"] = args.accum
     run["log_every"] = 4 if args.quick else 10
-    run["samples"] = steps * run["batch"] * run["nproc"]
+    run["samples"] = steps * run["batch"] * run["nproc"] * args.accum
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         write_fashion_shards(tmp / "shards", min(run["samples"], 20_000), 1000, size=run["image"])
@@ -151,12 +159,14 @@ def main() -> None:
         result["mfu_ours"] = mine * flops / H100_BF16_PEAK
         result["mfu_open_clip"] = theirs * flops / H100_BF16_PEAK
     print(f"training samples/s: {run['model']}, {run['precision']}, {run['nproc']} rank(s) x "
-          f"batch {run['batch']}, {run['workers']} loader worker(s), {run['threads']} thread(s) "
+          f"batch {run['batch']} x {run['accum']} micro-batch(es), {run['workers']} loader "
+          f"worker(s), {run['threads']} thread(s) "
           f"per rank, {run['device']} (shared machine)")  # fmt: skip
     print(f"{'ours':>10} {'open_clip':>10} {'ratio':>7} {'data_wait':>10}")
     print(f"{mine:>10.1f} {theirs:>10.1f} {mine / theirs:>6.2f}x {run['ours_data_wait']:>10.3f}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({**result, "quick": args.quick}, indent=2))
+    results = RESULTS if args.accum == 1 else RESULTS.with_name(f"train_accum{args.accum}.json")
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps({**result, "quick": args.quick}, indent=2))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,9 @@ from model.transformer import Transformer
 
 log = logging.getLogger(__name__)
 
+# The temperature's cap, as OpenCLIP: training clamps the parameter after each optimizer step
+# (``clamp_logit_scale``); the forward pass never clamps, since clamp's gradient at its bound
+# is 0 and would freeze the temperature there.
 MAX_LOGIT_SCALE = math.log(100)
 # Text rows are encoded in this many groups of similar length (see CLIP.encode_text): more
 # groups trim more padding but make smaller matrix products.
@@ -141,14 +144,20 @@ class CLIP(nn.Module):
     def forward(
         self, images: Tensor | None = None, text: Tensor | None = None
     ) -> tuple[Tensor | None, ...]:
-        """Unit image and text features and ``exp(logit_scale)`` clamped at 100 (plus
-        ``logit_bias`` when the config has one), as OpenCLIP's ``CLIP.forward`` returns them."""
+        """Unit image and text features and ``exp(logit_scale)`` (plus ``logit_bias`` when the
+        config has one), as OpenCLIP's ``CLIP.forward`` returns them."""
         image_features = self.encode_image(images, normalize=True) if images is not None else None
         text_features = self.encode_text(text, normalize=True) if text is not None else None
-        scale = self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
+        scale = self.logit_scale.exp()
         if self.logit_bias is not None:
             return image_features, text_features, scale, self.logit_bias
         return image_features, text_features, scale
+
+
+@torch.no_grad()
+def clamp_logit_scale(model: CLIP) -> None:
+    """Keep the temperature in [1, 100] (log space [0, ln 100]); call after each optimizer step."""
+    model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
 
 
 def create_model(

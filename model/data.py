@@ -7,7 +7,7 @@ Each rank runs ``workers`` data-loader processes ("readers"; one in-process read
   G-th shard (``split``), or draws ``ceil(n / G)`` shards with replacement (``resampled``);
   with fewer shards than readers ``split`` is refused up front, never a silent stall;
 - tar members are grouped into samples by key, shuffled in a per-reader buffer, decoded
-  (JPEG/PNG/WebP), randomly cropped and flipped, and batched; captions are tokenised per
+  (JPEG/PNG/WebP), randomly cropped (and flipped, when asked), and batched; captions are tokenised per
   batch. A sample that does not decode is skipped and counted, never fatal.
 
 Streams never end, so every rank takes the same number of steps (the number of steps, not
@@ -58,8 +58,9 @@ class LoaderConfig:
     seed: int = 0
     sampling: str = "split"
     shuffle_buffer: int = 2000
-    crop_scale: tuple[float, float] = (0.8, 1.0)
-    hflip: bool = True
+    crop_scale: tuple[float, float] = (0.9, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: bool = False
     vocab: str | None = None
     storage_options: dict[str, Any] = field(default_factory=dict)
 
@@ -131,22 +132,50 @@ def _tar_samples(uri: str, storage_options: dict[str, Any]) -> Iterator[RawSampl
 
 
 def _crop_box(
-    rng: random.Random, width: int, height: int, scale: tuple[float, float]
+    rng: random.Random,
+    width: int,
+    height: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
 ) -> tuple[int, int, int, int]:
-    """torchvision's RandomResizedCrop box (aspect 3/4..4/3), from a seeded generator."""
+    """torchvision's RandomResizedCrop box (left, top, right, bottom), from a seeded generator:
+    ``scale`` of the area at an aspect ratio (width / height) drawn log-uniformly in ``ratio``.
+
+    After 10 misses (an image too wide or tall for the range), torchvision's fallback: the
+    whole image with its aspect ratio clamped into ``ratio``. torchvision centres that crop;
+    here it is placed at random along the long side, so panoramas are still augmented.
+    """
     area = width * height
     for _ in range(10):
         target = area * rng.uniform(*scale)
-        aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
         w = round(math.sqrt(target * aspect))
         h = round(math.sqrt(target / aspect))
         if 0 < w <= width and 0 < h <= height:
             left = rng.randint(0, width - w)
             top = rng.randint(0, height - h)
             return left, top, left + w, top + h
-    side = min(width, height)  # fall back to a centre crop, as torchvision does
-    left, top = (width - side) // 2, (height - side) // 2
-    return left, top, left + side, top + side
+    w, h = width, height
+    if width / height < ratio[0]:
+        h = min(height, round(width / ratio[0]))
+    elif width / height > ratio[1]:
+        w = min(width, round(height * ratio[1]))
+    left, top = rng.randint(0, width - w), rng.randint(0, height - h)
+    return left, top, left + w, top + h
+
+
+def decode_size(
+    width: int, height: int, size: int, scale: tuple[float, float], ratio: tuple[float, float]
+) -> tuple[int, int]:
+    """The smallest (width, height) a ``width x height`` image may be decoded at (JPEG draft
+    mode) so that every crop ``_crop_box`` can draw still has both sides >= ``size``.
+
+    A crop of area fraction s and aspect r has short side sqrt(W * H * s * min(r, 1/r)); the
+    fallback crop's short side is the image's.
+    """
+    narrowest = min(ratio[0], 1 / ratio[1])
+    factor = max(size / math.sqrt(width * height * scale[0] * narrowest), size / min(width, height))
+    return math.ceil(width * factor), math.ceil(height * factor)
 
 
 class ShardStream(IterableDataset):
@@ -203,13 +232,12 @@ class ShardStream(IterableDataset):
         if ext is None or "txt" not in members:
             raise ValueError(f"{name}: needs an image and a .txt, has {sorted(members)}")
         caption = members["txt"].decode("utf-8").strip()
-        size, scale = self.cfg.image_size, self.cfg.crop_scale
+        size, scale, ratio = self.cfg.image_size, self.cfg.crop_scale, self.cfg.crop_ratio
         with Image.open(io.BytesIO(members[ext])) as img:
             # JPEG can decode at 1/2..1/8 scale; keep enough pixels for the smallest crop.
-            need = math.ceil(size / math.sqrt(scale[0]))
-            img.draft("RGB", (need, need))
+            img.draft("RGB", decode_size(img.width, img.height, size, scale, ratio))
             rgb = img.convert("RGB")
-        box = _crop_box(rng, rgb.width, rgb.height, scale)
+        box = _crop_box(rng, rgb.width, rgb.height, scale, ratio)
         pixels = np.asarray(rgb.resize((size, size), Image.Resampling.BICUBIC, box=box))
         if self.cfg.hflip and rng.random() < 0.5:
             pixels = pixels[:, ::-1]

@@ -7,10 +7,14 @@ towers too. Every rank must pass the same local batch size (``drop_last``).
 - ``ClipLoss``: symmetric InfoNCE (CLIP). With ``local_loss`` (the default) a rank scores
   only its own rows against the global batch, memory O(B_local x B_global); the mean over
   ranks (which DDP's gradient averaging takes) is the loss over the whole global batch.
-- ``SigLipLoss``: SigLIP's pairwise sigmoid loss, local rows against all columns.
+- ``SigLipLoss``: SigLIP's pairwise sigmoid loss, local rows against all columns. The text
+  features travel between neighbouring ranks (OpenCLIP's bidirectional exchange), one
+  block at a time, so a rank holds O(B_local x B_local) logits, never the gathered batch.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -69,9 +73,68 @@ class ClipLoss(nn.Module):
         ) / 2
 
 
+def _exchange(send: list[tuple[int, Tensor]], receive_from: list[int]) -> list[Tensor]:
+    """Send each (rank, tensor) and receive one tensor shaped like the first from each rank."""
+    received = [torch.empty_like(send[0][1]) for _ in receive_from]
+    ops = [dist.P2POp(dist.isend, t.contiguous(), peer) for peer, t in send]
+    ops += [dist.P2POp(dist.irecv, t, peer) for peer, t in zip(receive_from, received, strict=True)]
+    for request in dist.batch_isend_irecv(ops):
+        request.wait()
+    return received
+
+
+class _NeighbourExchange(torch.autograd.Function):
+    """Tensors to the left and right neighbours -> (from the right, from the left); gradients
+    travel back the same way."""
+
+    @staticmethod
+    def forward(ctx: Any, left: int, right: int, to_left: Tensor, to_right: Tensor) -> Any:
+        ctx.left, ctx.right = left, right
+        from_right, from_left = _exchange([(left, to_left), (right, to_right)], [right, left])
+        return from_right, from_left
+
+    @staticmethod
+    def backward(ctx: Any, grad_from_right: Tensor, grad_from_left: Tensor) -> Any:
+        # What came from the right goes back to the right, and so on.
+        to_left, to_right = _exchange(
+            [(ctx.right, grad_from_right), (ctx.left, grad_from_left)], [ctx.left, ctx.right]
+        )
+        return None, None, to_left, to_right
+
+
+class _ShiftRight(torch.autograd.Function):
+    """A tensor to the right neighbour -> the left neighbour's; gradients go back left."""
+
+    @staticmethod
+    def forward(ctx: Any, left: int, right: int, tensor: Tensor) -> Tensor:
+        ctx.left, ctx.right = left, right
+        return _exchange([(right, tensor)], [left])[0]
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Any:
+        return None, None, _exchange([(ctx.left, grad)], [ctx.right])[0]
+
+
+def _sigmoid_block(
+    image_features: Tensor, text_features: Tensor, scale: Tensor, bias: Tensor, matched: bool
+) -> Tensor:
+    """Sum of -log sigmoid(label x logit) over one (B, B) block, divided by B; the diagonal
+    is positive when the block pairs a rank's images with its own texts."""
+    logits = scale * image_features @ text_features.T + bias  # (B, B)
+    labels = -torch.ones_like(logits)
+    if matched:
+        labels += 2 * torch.eye(len(logits), device=logits.device, dtype=logits.dtype)
+    return -F.logsigmoid(labels * logits).sum() / image_features.shape[0]
+
+
 class SigLipLoss(nn.Module):
     """Binary (sigmoid) loss on every image-text pair: matched pairs positive, the rest
-    negative; summed over pairs, divided by the local batch size as in SigLIP."""
+    negative; summed over pairs, divided by the local batch size as in SigLIP.
+
+    Over ranks, OpenCLIP's ``bidir`` scheme: each round passes text blocks one rank left and
+    one rank right, so after ``(world - 1) / 2`` rounds every rank has scored its images
+    against every rank's texts, each block exactly once.
+    """
 
     def forward(
         self,
@@ -81,11 +144,18 @@ class SigLipLoss(nn.Module):
         logit_bias: Tensor,
     ) -> Tensor:
         """Unit features (B_local, D) each, exp'd scale and bias -> scalar loss."""
-        rank, _ = _rank_and_world()
-        B = image_features.shape[0]
-        all_texts = gather_with_grad(text_features)
-        logits = logit_scale * image_features @ all_texts.T + logit_bias  # (B_l, B_g)
-        labels = -torch.ones_like(logits)
-        rows = torch.arange(B, device=logits.device)
-        labels[rows, rows + rank * B] = 1.0
-        return -F.logsigmoid(labels * logits).sum() / B
+        rank, world = _rank_and_world()
+        loss = _sigmoid_block(image_features, text_features, logit_scale, logit_bias, True)
+        if world == 1:
+            return loss
+        left, right = (rank - 1) % world, (rank + 1) % world
+        to_left = to_right = text_features
+        rounds, odd = divmod(world - 1, 2)
+        for _ in range(rounds):
+            to_left, to_right = _NeighbourExchange.apply(left, right, to_left, to_right)
+            for block in (to_left, to_right):
+                loss = loss + _sigmoid_block(image_features, block, logit_scale, logit_bias, False)
+        if odd:
+            block = _ShiftRight.apply(left, right, to_right)
+            loss = loss + _sigmoid_block(image_features, block, logit_scale, logit_bias, False)
+        return loss

@@ -3,8 +3,10 @@
     torchrun --nproc_per_node 2 -m model.train --config data/train/config.yaml [--resume latest]
 
 DDP over NCCL on GPUs and gloo on CPUs; each rank scores its local batch against the
-gathered global batch (``ClipLoss(local_loss=True)``). The run is a fixed number of optimizer
-steps, ``samples // (batch_size * world * accum_steps)``; the data loader never runs dry,
+gathered global batch (``ClipLoss(local_loss=True)``, or SigLIP's loss with ``loss: siglip``);
+``accum_steps`` micro-batches make one contrastive batch (``model/train_step.py``). The run is
+a fixed number of optimizer steps, ``samples // (batch_size * world * accum_steps)``; the data
+loader never runs dry,
 so no rank ever waits on a peer that has no batch left. Checkpoints (every N steps, every M
 minutes and at the end) hold everything an exact resume needs: model, optimizer, grad
 scaler, schedule, step, samples seen, each rank's loader position and RNG state.
@@ -21,7 +23,6 @@ import posixpath
 import signal
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -33,24 +34,24 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from model.atomic import write_atomic
-from model.clip import CLIP, MAX_LOGIT_SCALE, create_model
+from model.clip import CLIP, clamp_logit_scale, create_model
 from model.data import LoaderConfig, LoaderPosition, TrainLoader, read_shard_list, resolve_sampling
-from model.loss import ClipLoss
 from model.train_checkpoint import (
+    check_resumable,
     find_resume,
     read_training_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from model.train_config import TrainRun, load_train_config
+from model.train_config import TrainRun, load_train_config, resolve_model_config
 from model.train_metrics import MetricsLog
+from model.train_step import accumulate_gradients, make_loss
 from model.transforms import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 log = logging.getLogger("model.train")
 
 SUMMARY_FILE = "summary.json"
-_AUTOCAST = {"fp32": None, "amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,9 @@ def warmup_cosine(warmup: int, total: int) -> Any:
 def build_state(cfg: TrainRun, env: Distributed, total_steps: int) -> TrainState:
     """Model (same initial weights on every rank), DDP wrapper, AdamW, scaler, schedule."""
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, device=env.device, grad_checkpointing=cfg.grad_checkpointing)
+    model = create_model(
+        resolve_model_config(cfg), device=env.device, grad_checkpointing=cfg.grad_checkpointing
+    )
     ddp: nn.Module = model
     if env.world > 1:
         device_ids = [env.device.index] if env.device.type == "cuda" else None
@@ -181,36 +184,32 @@ def restore(
 
 
 def train_step(
-    state: TrainState, loader: TrainLoader, cfg: TrainRun, env: Distributed, loss_fn: ClipLoss
+    state: TrainState, loader: TrainLoader, cfg: TrainRun, env: Distributed, loss_fn: nn.Module
 ) -> tuple[Tensor, float]:
-    """One optimizer step over ``accum_steps`` micro-batches; returns (mean loss, seconds
-    spent waiting for data). Each micro-batch is its own contrastive batch."""
+    """One optimizer step over ``accum_steps`` micro-batches, which together make one
+    contrastive batch; returns (its loss, seconds spent waiting for data)."""
     mean = torch.tensor(OPENAI_DATASET_MEAN, device=env.device).view(1, 3, 1, 1)
     std = torch.tensor(OPENAI_DATASET_STD, device=env.device).view(1, 3, 1, 1)
-    dtype = _AUTOCAST[cfg.precision]
-    total, waited = torch.zeros((), device=env.device), 0.0
-    for micro in range(cfg.accum_steps):
+    batches, waited = [], 0.0
+    for _ in range(cfg.accum_steps):
         started = time.perf_counter()
         pixels, texts = loader.next_batch()
         waited += time.perf_counter() - started
-        pixels, texts = pixels.to(env.device, non_blocking=True), texts.to(env.device)
+        pixels = pixels.to(env.device, non_blocking=True)
         images = (pixels.permute(0, 3, 1, 2).float() / 255 - mean) / std  # (B, 3, S, S)
-        last = micro == cfg.accum_steps - 1
-        sync = nullcontext() if last or env.world == 1 else state.ddp.no_sync()  # type: ignore[operator]
-        autocast = torch.autocast(env.device.type, dtype=dtype, enabled=dtype is not None)
-        with sync:
-            with autocast:
-                image_features, text_features, scale = state.ddp(images, texts)[:3]
-                loss = loss_fn(image_features, text_features, scale) / cfg.accum_steps
-            state.scaler.scale(loss).backward()
-        total += loss.detach()
+        batches.append((images, texts.to(env.device)))
+    loss = accumulate_gradients(
+        state.ddp, batches, loss_fn, cfg.precision, state.scaler, env.world > 1
+    )
+    if cfg.grad_clip_norm is not None:
+        state.scaler.unscale_(state.optimizer)  # clip the true gradient, not the scaled one
+        nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip_norm)
     state.scaler.step(state.optimizer)
     state.scaler.update()
     state.optimizer.zero_grad(set_to_none=True)
     state.scheduler.step()
-    with torch.no_grad():
-        state.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-    return total, waited
+    clamp_logit_scale(state.model)
+    return loss, waited
 
 
 def make_loader(
@@ -229,6 +228,7 @@ def make_loader(
         sampling=resolve_sampling(cfg.sampling, len(shards), env.world, cfg.workers),
         shuffle_buffer=cfg.shuffle_buffer,
         crop_scale=(cfg.crop_scale_min, 1.0),
+        crop_ratio=(cfg.crop_ratio_min, cfg.crop_ratio_max),
         hflip=cfg.hflip,
         vocab=cfg.vocab,
         storage_options=cfg.storage_options,
@@ -266,6 +266,7 @@ def log_step(
         "loss": loss_sum / (steps or 1),
         "lr": state.optimizer.param_groups[0]["lr"],
         "logit_scale": state.model.logit_scale.exp().item(),
+        **({} if state.model.logit_bias is None else {"logit_bias": state.model.logit_bias.item()}),
         "samples_per_s": global_batch * window.steps / elapsed,
         "data_wait": wait_sum / env.world,
         "samples_seen": state.samples_seen,
@@ -283,14 +284,16 @@ def train(cfg: TrainRun, env: Distributed) -> dict[str, Any]:
     position = None
     resume_uri = find_resume(cfg.resume, cfg.checkpoint_dir, cfg.storage_options)
     if resume_uri is not None:
-        position = restore(state, read_training_checkpoint(resume_uri, cfg.storage_options), env)
+        checkpoint = read_training_checkpoint(resume_uri, cfg.storage_options)
+        check_resumable(checkpoint.get("config", {}), cfg, resume_uri)
+        position = restore(state, checkpoint, env)
         log.info("resumed from %s at step %d", resume_uri, state.step)
     loader, dataset_size = make_loader(cfg, env, state.model, position)
     metrics = MetricsLog(cfg.output, cfg.storage_options, state.step) if env.is_master else None
     if env.is_master:
         write_atomic(json.dumps(cfg.to_dict(), indent=2).encode(),
                      posixpath.join(cfg.output, "resolved_config.json"), cfg.storage_options)  # fmt: skip
-    loss_fn = ClipLoss(local_loss=cfg.local_loss)
+    loss_fn = make_loss(cfg.loss, cfg.local_loss)
     bar = tqdm(
         total=total_steps, initial=state.step, disable=not env.is_master, unit="step",
         mininterval=1.0 if sys.stderr.isatty() else 30.0,

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from model.atomic import AtomicWriter
+from model.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -115,3 +116,21 @@ def read_training_checkpoint(uri: str, storage_options: dict[str, Any]) -> dict[
     with fsspec.open(uri, "rb", **storage_options) as f:
         checkpoint: dict[str, Any] = torch.load(f, map_location="cpu", weights_only=True)
     return checkpoint
+
+
+# Settings that a resume may only change with force_resume: they move the LR schedule
+# (the number of steps) or the data order.
+SCHEDULE_KEYS = ("samples", "batch_size", "accum_steps", "workers")
+
+
+def check_resumable(saved: dict[str, Any], cfg: TrainConfig, source: str) -> None:
+    """Refuse to resume a run whose schedule or data order the config would change, unless
+    ``cfg.force_resume``."""
+    changed = [k for k in SCHEDULE_KEYS if k in saved and saved[k] != getattr(cfg, k)]
+    if changed and not cfg.force_resume:
+        detail = ", ".join(f"{k}: {saved[k]!r} -> {getattr(cfg, k)!r}" for k in changed)
+        raise ValueError(
+            f"cannot resume {source}: train config changed ({detail}), which changes the "
+            "learning-rate schedule or the data order; set train.force_resume: true to "
+            "resume anyway, or resume: none to start over"
+        )

@@ -16,6 +16,7 @@ alone), so values are checked here: an unknown key or a bad value is an error na
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import posixpath
 from collections.abc import Callable
@@ -25,10 +26,17 @@ from typing import Any, Literal, get_args
 import fsspec
 import yaml
 
+from model.config import ModelConfig, get_model_config
+
 Precision = Literal["fp32", "amp_bf16", "amp_fp16"]
 Sampling = Literal["auto", "split", "resampled"]
+Loss = Literal["clip", "siglip"]
+# OpenCLIP's --siglip initialisation, for a model config that has no logit bias of its own.
+SIGLIP_INIT_LOGIT_SCALE = math.log(10)
+SIGLIP_INIT_LOGIT_BIAS = -10.0
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 SAMPLING: tuple[str, ...] = get_args(Sampling)
+LOSSES: tuple[str, ...] = get_args(Loss)
 
 
 def _integer(value: Any) -> bool:
@@ -56,6 +64,12 @@ _RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     },
     "weight_decay": ("a number >= 0", lambda v: _number(v) and v >= 0),
     "crop_scale_min": ("a number in (0, 1]", lambda v: _number(v) and 0 < v <= 1),
+    "crop_ratio_min": ("a number in (0, 1]", lambda v: _number(v) and 0 < v <= 1),
+    "crop_ratio_max": ("a number >= 1", lambda v: _number(v) and v >= 1),
+    "grad_clip_norm": ("a number > 0 or null", lambda v: v is None or (_number(v) and v > 0)),
+    "init_logit_scale": ("a number or null", lambda v: v is None or _number(v)),
+    "init_logit_bias": ("a number or null", lambda v: v is None or _number(v)),
+    "loss": (f"one of {LOSSES}", lambda v: v in LOSSES),
     "rdzv_port": ("a port number (1-65535)", lambda v: _integer(v) and 0 < v < 65536),
     "precision": (f"one of {PRECISIONS}", lambda v: v in PRECISIONS),
     "sampling": (f"one of {SAMPLING}", lambda v: v in SAMPLING),
@@ -84,7 +98,21 @@ class TrainConfig:
     grad_checkpointing: bool = False
     compile: bool = False
     accum_steps: int = 1
+    """Micro-batches per optimizer step. Their features are cached and each micro-batch is
+    recomputed against all of them (OpenCLIP's scheme), so the gradient is that of one
+    contrastive batch of ``batch_size * accum_steps`` per rank, not of separate batches."""
     local_loss: bool = True
+    loss: Loss = "clip"
+    """clip: CLIP's softmax contrastive loss; siglip: SigLIP's sigmoid loss, which also trains
+    the model's ``logit_bias``."""
+    init_logit_scale: float | None = None
+    """Initial log temperature; None means the model config's, or ln 10 for ``loss: siglip``
+    on a model config without a logit bias (OpenCLIP's ``--siglip``)."""
+    init_logit_bias: float | None = None
+    """SigLIP's initial logit bias (``loss: siglip`` only); None means the model config's,
+    else -10 (OpenCLIP's ``--siglip``)."""
+    grad_clip_norm: float | None = None
+    """Clip the global gradient norm to this (after unscaling under amp_fp16); None: never."""
     seed: int = 0
     nproc_per_node: int = 1
     """Launcher only (torchrun): processes per node. ``model/train.py`` ignores it."""
@@ -97,6 +125,9 @@ class TrainConfig:
     is unset."""
     workers: int = 2
     resume: str | None = "latest"
+    force_resume: bool = False
+    """Resume even when ``samples``, ``batch_size``, ``accum_steps`` or ``workers`` differ
+    from the checkpoint's run, which changes the LR schedule or the data order."""
     checkpoint_every_steps: int = 1000
     checkpoint_every_minutes: float = 30.0
     log_every_steps: int = 10
@@ -108,10 +139,15 @@ class TrainConfig:
     there are fewer shards than readers."""
     shuffle_buffer: int = 2000
     """Samples held per data-loader worker for shuffling (0: shard order only)."""
-    crop_scale_min: float = 0.8
-    """Smallest image area fraction a training random-resized crop keeps."""
-    hflip: bool = True
-    """Random horizontal flips (off for data where left and right differ, e.g. text)."""
+    crop_scale_min: float = 0.9
+    """Smallest image area fraction a training random-resized crop keeps (OpenCLIP: 0.9)."""
+    crop_ratio_min: float = 3 / 4
+    """Narrowest crop aspect ratio (width / height) of the random-resized crop."""
+    crop_ratio_max: float = 4 / 3
+    """Widest crop aspect ratio; images outside the range get the largest crop inside it."""
+    hflip: bool = False
+    """Random horizontal flips. Off, as in CLIP and OpenCLIP: captions name sides ("facing
+    left") and flips mirror text and digits."""
     keep_checkpoints: int = 2
     """step_N.pt files kept (latest.pt aside); older ones are deleted."""
     timeout_minutes: float = 30.0
@@ -122,6 +158,12 @@ class TrainConfig:
             value = getattr(self, name)
             if not fits(value):
                 raise ValueError(f"train.{name} must be {rule}, got {value!r}")
+        if self.loss == "clip" and self.init_logit_bias is not None:
+            raise ValueError(
+                f"train.init_logit_bias is {self.init_logit_bias} but train.loss is 'clip': a "
+                "logit bias is SigLIP's and the CLIP loss would never train it; set "
+                "train.loss: siglip or remove init_logit_bias"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -162,6 +204,29 @@ class TrainRun(TrainConfig):
         if missing:
             raise ValueError(f"{source}: missing {missing} (or give a pipeline config)")
         return cls(**data)
+
+
+def resolve_model_config(cfg: TrainConfig) -> ModelConfig:
+    """``train.model`` with the run's temperature and bias initialisation; refuses a logit
+    bias that the loss would not train."""
+    model = get_model_config(cfg.model)
+    if cfg.loss == "clip":
+        if model.init_logit_bias is not None:
+            raise ValueError(
+                f"train.model {cfg.model!r} has init_logit_bias {model.init_logit_bias} but "
+                "train.loss is 'clip': a logit bias is SigLIP's and the CLIP loss would never "
+                "train it (DDP stops on the unused parameter); set train.loss: siglip"
+            )
+        scale = model.init_logit_scale if cfg.init_logit_scale is None else cfg.init_logit_scale
+        return dataclasses.replace(model, init_logit_scale=scale)
+    own_bias = model.init_logit_bias is not None
+    default_scale = model.init_logit_scale if own_bias else SIGLIP_INIT_LOGIT_SCALE
+    default_bias = model.init_logit_bias if own_bias else SIGLIP_INIT_LOGIT_BIAS
+    return dataclasses.replace(
+        model,
+        init_logit_scale=default_scale if cfg.init_logit_scale is None else cfg.init_logit_scale,
+        init_logit_bias=default_bias if cfg.init_logit_bias is None else cfg.init_logit_bias,
+    )
 
 
 def _flatten_pipeline(data: dict[str, Any], source: str) -> dict[str, Any]:

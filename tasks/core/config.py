@@ -327,8 +327,11 @@ class EvaluateConfig(_Section):
     """auto: CUDA when available."""
     recall_k: list[int] = Field(default_factory=lambda: [1, 5, 10], min_length=1)
     """Retrieval: the k of each recall@k."""
-    linear_probe_c: float = Field(1.0, gt=0)
-    """Linear probe: inverse L2 regularisation strength of the logistic regression."""
+    linear_probe_c: float | None = Field(None, gt=0)
+    """Linear probe: inverse L2 regularisation strength of the logistic regression; None
+    chooses it on a held-out part of the train split, then refits on the whole split."""
+    linear_probe_validation: float = Field(0.2, gt=0, lt=1)
+    """Linear probe: the fraction of the train split held out to choose C."""
     linear_probe_max_iter: int = Field(1000, gt=0)
     seed: int = 0
     """Linear probe: few-shot sampling and solver seed."""

@@ -4,7 +4,8 @@
                                    as fractions (CLIP_benchmark's keys)
     {root}/eval/results.md         one table, one row per dataset
     {root}/eval/{dataset}/         per_class.csv, confusion_matrix.csv and PNG plots
-                                   (classification); metrics.json (every task)
+                                   (classification); metrics.json (every task);
+                                   linear_probe.json (linear probes: the C used, how chosen)
 
 The checkpoint is ``evaluate.checkpoint`` (any OpenCLIP-format file) or the train stage's
 ``latest.pt``; the architecture is ``evaluate.model``, else the checkpoint's own
@@ -69,6 +70,8 @@ class DatasetResult:
     samples: dict[str, int]
     report: ClassificationReport | None = None
     classnames: list[str] = field(default_factory=list)
+    probe: dict[str, Any] | None = None
+    """linear_probe: the C used, whether it was chosen, and its held-out accuracy."""
 
 
 def default_checkpoint(cfg: PipelineConfig, storage: Storage) -> str:
@@ -142,11 +145,17 @@ def evaluate_dataset(
         train = WdsEvalDataset(info, spec.train_split, lm.transform, options)
         train_xy = image_features(lm.model, _loader(train, cfg), lm.device)
         test_xy = image_features(lm.model, _loader(test, cfg), lm.device)
-        report = linear_probe(
+        probe = linear_probe(
             train_xy, test_xy, classnames, cfg.evaluate.linear_probe_c,
             spec.fewshot_k, cfg.evaluate.linear_probe_max_iter, cfg.evaluate.seed,
+            cfg.evaluate.linear_probe_validation,
         )  # fmt: skip
         samples = {spec.train_split: len(train_xy[1]), spec.split: len(test_xy[1])}
+        chosen = {"C": probe.inverse_regularization, "validation_acc1": probe.validation_acc1,
+                  "chosen_on_validation": cfg.evaluate.linear_probe_c is None}  # fmt: skip
+        return DatasetResult(
+            spec.name, spec.task, probe.metrics, samples, probe, classnames, chosen
+        )
     return DatasetResult(spec.name, spec.task, report.metrics, samples, report, classnames)
 
 
@@ -169,6 +178,9 @@ def write_outputs(storage: Storage, results: list[DatasetResult], lm: LoadedMode
              "checkpoint": redact_url(lm.checkpoint), "architecture": lm.architecture},
         )  # fmt: skip
         files = [f"{folder}/metrics.json"]
+        if r.probe is not None:
+            storage.write_json(f"{folder}/linear_probe.json", r.probe)
+            files.append(f"{folder}/linear_probe.json")
         if r.report is not None:
             files += _write_classification(storage, folder, r)
         outputs["datasets"][r.name] = files

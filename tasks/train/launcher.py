@@ -40,10 +40,12 @@ log = logging.getLogger(__name__)
 
 LAUNCH_KEYS = ("nproc_per_node", "nnodes", "rdzv_endpoint", "rdzv_port")
 # Keys that may differ between a run and the one it resumes: they change how far or how
-# verbosely a run goes, not what it learns from.
+# verbosely a run goes, not what it learns from. A changed ``samples`` or ``workers`` still
+# reaches model.train, which refuses it (schedule, data order) unless ``force_resume``.
 RESUMABLE_CHANGES = frozenset(
-    {"resume", "samples", "workers", "checkpoint_every_steps", "checkpoint_every_minutes",
-     "log_every_steps", "keep_checkpoints", "timeout_minutes", *LAUNCH_KEYS}
+    {"resume", "force_resume", "samples", "workers", "checkpoint_every_steps",
+     "checkpoint_every_minutes", "log_every_steps", "keep_checkpoints", "timeout_minutes",
+     *LAUNCH_KEYS}
 )  # fmt: skip
 TAIL_LINES = 40
 MAX_ERROR_LINES = 10

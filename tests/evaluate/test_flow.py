@@ -73,6 +73,8 @@ def test_flow_writes_results_publishes_artifacts_and_skips(
         "fashion", "emoji_ret", "fashion_lp"]  # fmt: skip
     for name in ("per_class_accuracy.png", "confusion_matrix.png"):
         assert (tmp_root / "eval" / "fashion" / name).read_bytes()[:4] == b"\x89PNG"
+    probe = json.loads((tmp_root / "eval" / "fashion_lp" / "linear_probe.json").read_text())
+    assert probe["chosen_on_validation"] is True and 1e-4 <= probe["C"] <= 1e4
     per_class = (tmp_root / "eval" / "fashion" / "per_class.csv").read_text().splitlines()
     assert len(per_class) == 11 and sum(int(line.split(",")[1]) for line in per_class[1:]) == 240
     assert _artifacts("evaluate-results") and _artifacts("evaluate-results-md")

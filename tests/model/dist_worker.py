@@ -52,3 +52,18 @@ def rank_main(rank: int, init_file: str, out_dir: str, kinds: list[str]) -> None
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def siglip_rank_main(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    """SigLIP's loss and gradients on this rank's rows of a ``world`` x LOCAL_BATCH batch."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
+        img, txt = (t[rows].clone().requires_grad_() for t in features(5, world * LOCAL_BATCH))
+        scale = torch.tensor(12.0, requires_grad=True)
+        loss = loss_of("siglip", img, txt, scale)
+        loss.backward()
+        result = {"loss": loss.detach(), "img": img.grad, "txt": txt.grad, "scale": scale.grad}
+        torch.save(result, Path(out_dir) / f"siglip{rank}.pt")
+    finally:
+        dist.destroy_process_group()

@@ -20,6 +20,7 @@ from model import (
     list_models,
     load_checkpoint,
 )
+from model.clip import clamp_logit_scale
 from model.config import CONFIG_DIR
 
 TOL = 1e-5
@@ -173,14 +174,30 @@ def test_bad_configs_are_refused_by_name(tmp_path) -> None:
         create_model(cfg)
 
 
-def test_logit_scale_is_clamped_at_100() -> None:
+def test_temperature_has_a_gradient_at_the_cap_and_can_come_back_down() -> None:
+    """As OpenCLIP: forward returns exp(logit_scale) unclamped, so at the cap (100) a loss
+    that wants a lower temperature still moves it; the parameter is clamped after the step."""
     model = create_model("clipflow-tiny")
     images, text = _inputs("clipflow-tiny")
     with torch.no_grad():
-        model.logit_scale.fill_(math.log(1000))
-        assert model(images, text)[2].item() == pytest.approx(100.0)
-        model.logit_scale.fill_(math.log(20))
-        assert model(images, text)[2].item() == pytest.approx(20.0)
+        model.logit_scale.fill_(math.log(100))
+    scale = model(images, text)[2]
+    assert scale.item() == pytest.approx(100.0, rel=1e-5)
+    scale.backward()  # a loss that wants a lower scale
+    assert model.logit_scale.grad is not None and model.logit_scale.grad.item() > 0
+    optimizer = torch.optim.AdamW([model.logit_scale], lr=1e-2, weight_decay=0.0)
+    for _ in range(5):
+        optimizer.zero_grad()
+        model(images, text)[2].backward()
+        optimizer.step()
+        clamp_logit_scale(model)
+    assert model.logit_scale.item() < math.log(100) - 0.04
+    for _ in range(20):  # a loss that wants a higher scale stops at the cap
+        optimizer.zero_grad()
+        (-model(images, text)[2]).backward()
+        optimizer.step()
+        clamp_logit_scale(model)
+    assert model.logit_scale.item() == pytest.approx(math.log(100))
 
 
 def test_gradient_checkpointing_gives_the_same_gradients() -> None:

@@ -9,7 +9,14 @@ from open_clip.loss import ClipLoss as RefClipLoss
 from open_clip.loss import SigLipLoss as RefSigLipLoss
 
 from model.loss import ClipLoss, SigLipLoss
-from tests.model.dist_worker import WORLD, features, loss_of, rank_main
+from tests.model.dist_worker import (
+    LOCAL_BATCH,
+    WORLD,
+    features,
+    loss_of,
+    rank_main,
+    siglip_rank_main,
+)
 
 
 @pytest.mark.parametrize("local_loss", [True, False])
@@ -58,3 +65,22 @@ def test_two_process_gloo_loss_and_gradients_equal_single_process(tmp_path) -> N
             # backward sums them), i.e. WORLD x the gradient of the mean loss.
             grads = torch.cat([r[name] for r in per_rank]) / WORLD
             assert torch.allclose(grads, single[name], atol=1e-6), (kind, name)
+
+
+def test_siglip_neighbour_exchange_over_four_ranks_equals_single_process(tmp_path) -> None:
+    """4 ranks: one bidirectional round (texts to both neighbours), then one shift right;
+    every rank's images meet every rank's texts exactly once."""
+    world = 4
+    mp.spawn(siglip_rank_main, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world)
+    ranks = [torch.load(tmp_path / f"siglip{r}.pt", weights_only=True) for r in range(world)]
+    img, txt = (t.requires_grad_() for t in features(5, world * LOCAL_BATCH))
+    scale = torch.tensor(12.0, requires_grad=True)
+    single = SigLipLoss()(img, txt, scale, torch.tensor(-5.0))
+    single.backward()
+    # SigLIP divides by the local batch: the single-process loss is the ranks' sum / world.
+    total = torch.stack([r["loss"] for r in ranks]).sum() / world
+    assert torch.allclose(total, single.detach(), atol=1e-5)
+    scale_grad = torch.stack([r["scale"] for r in ranks]).sum() / world
+    assert torch.allclose(scale_grad, scale.grad, atol=1e-5)
+    for name, grad in (("img", img.grad), ("txt", txt.grad)):
+        assert torch.allclose(torch.cat([r[name] for r in ranks]) / world, grad, atol=1e-6), name

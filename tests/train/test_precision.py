@@ -1,5 +1,6 @@
-"""One process, no launcher: every precision mode, gradient accumulation and the logit-scale
-clamp run through the real training loop (a world of one)."""
+"""One process, no launcher: every precision mode, gradient accumulation, gradient clipping,
+the logit-scale clamp and the resume check run through the real training loop (a world of
+one)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from model.loss import ClipLoss
 from model.train import Distributed, build_state, make_loader, train, train_step
 from model.train_config import TrainRun
+from model.train_step import make_loss
 from tests.train.conftest import read_metrics
 
 
@@ -50,3 +52,45 @@ def test_logit_scale_is_clamped_at_100(fashion_shards: Path, tmp_path: Path) -> 
     loader, _ = make_loader(cfg, env, state.model, None)
     train_step(state, loader, cfg, env, ClipLoss())
     assert state.model.logit_scale.exp().item() == pytest.approx(100, rel=1e-5)
+
+
+def test_grad_clip_norm_clips_the_unscaled_gradient_under_fp16(
+    fashion_shards: Path, tmp_path: Path
+) -> None:
+    env = Distributed(0, 1, torch.device("cpu"))
+    norms = {}
+    for clip in (None, 0.05):
+        cfg = TrainRun(
+            shards=str(fashion_shards), output=str(tmp_path), batch_size=8, samples=8, workers=0,
+            resume=None, precision="amp_fp16", grad_clip_norm=clip,
+        )  # fmt: skip
+        torch.manual_seed(0)
+        state = build_state(cfg, env, total_steps=1)
+        seen: list[float] = []
+        params = list(state.model.parameters())
+
+        def record_norm(*_: object, _seen: list[float] = seen, _params: list = params) -> None:
+            # Runs inside optimizer.step, after GradScaler has unscaled the gradients.
+            grads = [p.grad.norm() for p in _params if p.grad is not None]
+            _seen.append(torch.linalg.vector_norm(torch.stack(grads)).item())
+
+        state.optimizer.register_step_pre_hook(record_norm)
+        loader, _ = make_loader(cfg, env, state.model, None)
+        train_step(state, loader, cfg, env, make_loss("clip", True))
+        norms[clip] = seen[0]
+    assert norms[None] > 0.1, "without clipping the (unscaled) gradient is larger"
+    assert norms[0.05] == pytest.approx(0.05, rel=1e-3)
+
+
+def test_a_resume_that_changes_the_schedule_is_refused_unless_forced(
+    fashion_shards: Path, tmp_path: Path
+) -> None:
+    env = Distributed(0, 1, torch.device("cpu"))
+    base = {"shards": str(fashion_shards), "output": str(tmp_path), "batch_size": 8,
+            "workers": 0, "precision": "fp32", "checkpoint_every_steps": 1}  # fmt: skip
+    train(TrainRun(**base, samples=16, resume=None), env)
+    for change in ({"samples": 32}, {"workers": 1}):
+        with pytest.raises(ValueError, match=f"{next(iter(change))}: .* -> .*force_resume"):
+            train(TrainRun(**{**base, "samples": 16, **change}), env)
+    summary = train(TrainRun(**base, samples=32, force_resume=True), env)
+    assert summary["step"] == 4 and summary["samples_seen"] == 32

@@ -45,6 +45,10 @@ def test_the_ui_form_shows_every_train_field_with_its_default() -> None:
         ({"lr": -1}, "train.lr"),
         ({"precision": "fp8"}, "train.precision"),
         ({"crop_scale_min": 0}, "train.crop_scale_min"),
+        ({"crop_ratio_max": 0.5}, "train.crop_ratio_max"),
+        ({"loss": "infonce"}, "train.loss"),
+        ({"grad_clip_norm": 0}, "train.grad_clip_norm"),
+        ({"init_logit_bias": -10.0}, "train.init_logit_bias"),
         ({"rdzv_port": 70000}, "train.rdzv_port"),
     ],
 )
