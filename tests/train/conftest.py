@@ -75,7 +75,8 @@ def _curate_outputs(root: Path, samples: int, per_download_shard: int) -> None:
     frame = pd.DataFrame(rows)
     (root / "curate").mkdir()
     frame.to_parquet(root / "curate" / "samples.parquet", index=False)
-    counts = {"input": len(frame), "kept": int(frame.keep.sum())}
+    kept = int(frame.keep.sum())
+    counts = {"input": len(frame), "kept": kept, "dropped_every_tenth": len(frame) - kept}
     record_finished(load_config(pipeline_config(root)), curate=counts)
 
 
