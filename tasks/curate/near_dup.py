@@ -36,6 +36,9 @@ VIEWS = 2
 THUMB_BYTES = VIEWS * THUMB * THUMB * 3
 CANDIDATE_GRID = 8
 VERIFY_GRID = 16
+FINE_GRID = THUMB
+FINE_MIN_SIDE = 64
+"""Pairs of images this large (shorter side, pixels) are verified at FINE_GRID too."""
 _BORDER_TOLERANCE = 40
 """A pixel differs from the border colour when one channel differs by more (of 255)."""
 _BORDER_UNIFORM = 0.8
@@ -133,22 +136,26 @@ def _spans() -> list[tuple[float, float]]:
     return sorted({((1 - s) * o, s) for s in _WINDOW_SIDES for o in _WINDOW_OFFSETS})
 
 
-_SPAN_MATRICES = np.stack([_area_matrix(start, side, VERIFY_GRID) for start, side in _spans()])
-_FULL_MATRIX = _area_matrix(0.0, 1.0, VERIFY_GRID)
+_SPAN_MATRICES = {
+    grid: np.stack([_area_matrix(start, side, grid) for start, side in _spans()])
+    for grid in (VERIFY_GRID, FINE_GRID)
+}
+_FULL_MATRIX = {grid: _area_matrix(0.0, 1.0, grid) for grid in (VERIFY_GRID, FINE_GRID)}
 
 
-def _windows(thumbs: np.ndarray) -> np.ndarray:
+def _windows(thumbs: np.ndarray, grid: int) -> np.ndarray:
     """(m, T, T, 3) -> every window, normalised: (m, S*S, G*G*3) for S spans per axis."""
-    m, spans = len(thumbs), len(_SPAN_MATRICES)
-    rows = np.einsum("sgt,mtuc->msguc", _SPAN_MATRICES, thumbs, optimize=True)
-    both = np.einsum("rhu,msguc->msrghc", _SPAN_MATRICES, rows, optimize=True)
-    return _normalised(both.reshape(m, spans * spans, -1))
+    spans = _SPAN_MATRICES[grid]
+    rows = np.einsum("sgt,mtuc->msguc", spans, thumbs, optimize=True)
+    both = np.einsum("rhu,msguc->msrghc", spans, rows, optimize=True)
+    return _normalised(both.reshape(len(thumbs), len(spans) ** 2, -1))
 
 
-def _full(thumbs: np.ndarray) -> np.ndarray:
+def _full(thumbs: np.ndarray, grid: int) -> np.ndarray:
     """(m, T, T, 3) -> the whole view, normalised: (m, G*G*3)."""
-    grid = np.einsum("gt,mtuc,hu->mghc", _FULL_MATRIX, thumbs, _FULL_MATRIX, optimize=True)
-    return _normalised(grid.reshape(len(thumbs), -1))
+    full = _FULL_MATRIX[grid]
+    cells = np.einsum("gt,mtuc,hu->mghc", full, thumbs, full, optimize=True)
+    return _normalised(cells.reshape(len(thumbs), -1))
 
 
 def candidate_vectors(thumbs: np.ndarray) -> np.ndarray:
@@ -204,7 +211,7 @@ _CHUNK = 256
 
 
 def _directed_similarity(
-    src: np.ndarray, dst_full: np.ndarray, rows: np.ndarray, cols: np.ndarray
+    src: np.ndarray, dst_full: np.ndarray, rows: np.ndarray, cols: np.ndarray, grid: int
 ) -> np.ndarray:
     """For pairs (rows[p], cols[p]): the best correlation between a window of src[rows[p]]
     and the whole dst_full[cols[p]]. src: (n, T, T, 3); dst_full: (n', D) normalised."""
@@ -213,49 +220,79 @@ def _directed_similarity(
     images, starts = np.unique(rows[order], return_index=True)
     bounds = np.append(starts, len(order))
     for first in range(0, len(images), _CHUNK):
-        windows = _windows(src[images[first : first + _CHUNK]])  # (u, W, D)
+        windows = _windows(src[images[first : first + _CHUNK]], grid)  # (u, W, D)
         for u in range(len(windows)):
             part = order[bounds[first + u] : bounds[first + u + 1]]
             out[part] = (windows[u] @ dst_full[cols[part]].T).max(axis=0)
     return out
 
 
-def pair_similarity(a: np.ndarray, b: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Verified similarity of pairs (a[rows[p]], b[cols[p]]), thumbnails (n, VIEWS, T, T, 3):
-    per view, the best correlation of one image's whole view with a window of the other's,
-    either way round; then the best view. Shape (len(rows),) float32."""
+def _similarity_at(
+    a: np.ndarray, b: np.ndarray, rows: np.ndarray, cols: np.ndarray, grid: int
+) -> np.ndarray:
     best = np.full(len(rows), -1.0, np.float32)
     for view in range(VIEWS):
         va, vb = a[:, view], b[:, view]
-        one_way = _directed_similarity(va, _full(vb), rows, cols)
-        other_way = _directed_similarity(vb, _full(va), cols, rows)
+        one_way = _directed_similarity(va, _full(vb, grid), rows, cols, grid)
+        other_way = _directed_similarity(vb, _full(va, grid), cols, rows, grid)
         best = np.maximum(best, np.maximum(one_way, other_way))
     return best
 
 
+def pair_similarity(
+    a: np.ndarray,
+    b: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    fine: np.ndarray | None = None,
+) -> np.ndarray:
+    """Verified similarity of pairs (a[rows[p]], b[cols[p]]), thumbnails (n, VIEWS, T, T, 3):
+    per view, the best correlation of one image's whole view with a window of the other's,
+    either way round; then the best view. Pairs marked in ``fine`` (both images at least
+    FINE_MIN_SIDE pixels) must also correlate at FINE_GRID: at VERIFY_GRID, drawings of thin
+    lines that differ in detail look alike. Shape (len(rows),) float32."""  # fmt: skip
+    best = _similarity_at(a, b, rows, cols, VERIFY_GRID)
+    if fine is not None and fine.any():
+        sharp = _similarity_at(a, b, rows[fine], cols[fine], FINE_GRID)
+        best[fine] = np.minimum(best[fine], sharp)
+    return best
+
+
+def _fine(sides_a: np.ndarray | None, sides_b: np.ndarray | None, rows: np.ndarray,
+          cols: np.ndarray) -> np.ndarray | None:  # fmt: skip
+    if sides_a is None or sides_b is None:
+        return None
+    return (sides_a[rows] >= FINE_MIN_SIDE) & (sides_b[cols] >= FINE_MIN_SIDE)
+
+
 def candidate_similarities(
-    thumbs: np.ndarray, cfg: MatchConfig
+    thumbs: np.ndarray, cfg: MatchConfig, sides: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every candidate pair i < j among (n, VIEWS, T, T, 3) thumbnails, with its verified
-    similarity (duplicates are those at or above cfg.min_similarity)."""
+    similarity (duplicates are those at or above cfg.min_similarity). ``sides``: (n,) each
+    image's shorter side in pixels (None: all treated as small)."""
     rows, cols = candidate_pairs(thumbs, cfg)
-    return rows, cols, pair_similarity(thumbs, thumbs, rows, cols)
+    return rows, cols, pair_similarity(thumbs, thumbs, rows, cols, _fine(sides, sides, rows, cols))
 
 
 def near_duplicate_pairs(
-    thumbs: np.ndarray, cfg: MatchConfig
+    thumbs: np.ndarray, cfg: MatchConfig, sides: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Verified pairs i < j among (n, VIEWS, T, T, 3) thumbnails, with their similarity."""
-    rows, cols, sims = candidate_similarities(thumbs, cfg)
+    rows, cols, sims = candidate_similarities(thumbs, cfg, sides)
     keep = sims >= cfg.min_similarity
     return rows[keep], cols[keep], sims[keep]
 
 
 def cross_matches(
-    queries: np.ndarray, db: np.ndarray, cfg: MatchConfig
+    queries: np.ndarray,
+    db: np.ndarray,
+    cfg: MatchConfig,
+    query_sides: np.ndarray | None = None,
+    db_sides: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Verified pairs (query i, database j) between two thumbnail sets, with similarity."""
+    """Verified pairs (query i, database j) between two thumbnail sets, with similarity."""  # fmt: skip
     rows, cols = candidate_pairs(db, cfg, queries)
-    sims = pair_similarity(queries, db, rows, cols)
+    sims = pair_similarity(queries, db, rows, cols, _fine(query_sides, db_sides, rows, cols))
     keep = sims >= cfg.min_similarity
     return rows[keep], cols[keep], sims[keep]
