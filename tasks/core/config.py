@@ -172,6 +172,12 @@ class CurateConfig(_Section):
     near_dup_min_similarity: float = Field(0.99, ge=-1, le=1)
     """Verified similarity (best windowed colour correlation, tasks.curate.near_dup) at or
     above which two images are near-duplicates; calibrated by bench/bench_dedup_quality.py."""
+    near_dup_max_distance_ratio: float = Field(0.15, gt=0)
+    """Ratio test: a pair's distance (1 - similarity) must be at most this times each image's
+    distance to its near_dup_ratio_rank-th closest other candidate (look-alike crowds fail)."""
+    near_dup_ratio_rank: int = Field(2, ge=1)
+    """Which other candidate the ratio test compares with: 2 lets a picture and two copies of
+    it still merge."""
     near_dup_candidate_k: int = Field(4, ge=1)
     """Nearest neighbours per image view that FAISS proposes for verification."""
     near_dup_candidate_min_similarity: float = Field(0.6, ge=-1, le=1)

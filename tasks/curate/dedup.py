@@ -33,6 +33,7 @@ from tasks.curate.near_dup import (
     candidate_similarities,
     cross_matches,
     thumbnails_array,
+    verified,
 )
 from tasks.curate.phash import HASH_BYTES
 
@@ -217,6 +218,8 @@ def match_config(cfg: CurateConfig) -> MatchConfig:
         min_similarity=cfg.near_dup_min_similarity,
         candidate_k=cfg.near_dup_candidate_k,
         candidate_min_similarity=cfg.near_dup_candidate_min_similarity,
+        max_distance_ratio=cfg.near_dup_max_distance_ratio,
+        ratio_rank=cfg.near_dup_ratio_rank,
         flat_max_rows=cfg.near_dup_flat_max_rows,
         ivf_nprobe=cfg.near_dup_ivf_nprobe,
     )
@@ -241,10 +244,10 @@ def run_dedup(
     rows, cols, sims = candidate_similarities(
         thumbnails_array(list(frame["thumb"])), near, np.asarray(frame["min_side"], np.int64)
     )
-    _register_near_pairs(con, rids[rows], rids[cols], sims, near.min_similarity)
-    verified = sims >= near.min_similarity
-    rows, cols = rows[verified], cols[verified]
-    outcome.pairs["near_duplicate"] = int(verified.sum())
+    duplicate = verified(rows, cols, sims, near)
+    _register_near_pairs(con, rids[rows], rids[cols], sims, duplicate)
+    rows, cols = rows[duplicate], cols[duplicate]
+    outcome.pairs["near_duplicate"] = int(duplicate.sum())
     _drop(con, outcome.dropped["near_duplicate"], _named_duplicates(rids, keys, rows, cols))
     if cfg.semantic_dedup:
         if embeddings_for is None:
@@ -285,13 +288,14 @@ def _register_near_pairs(
     rid_a: np.ndarray,
     rid_b: np.ndarray,
     sims: np.ndarray,
-    threshold: float,
+    duplicate: np.ndarray,
 ) -> None:
-    """Table ``near_pairs`` (rid_a, rid_b, similarity, verified): every verified candidate
-    pair, for the report's gallery of the pairs closest to the threshold."""  # fmt: skip
+    """Table ``near_pairs`` (rid_a, rid_b, similarity, verified): every candidate pair with
+    its verified similarity and verdict, for the report's gallery of the pairs closest to
+    the threshold."""
     table = pa.table({
         "rid_a": pa.array(rid_a, pa.int64()), "rid_b": pa.array(rid_b, pa.int64()),
-        "similarity": pa.array(sims, pa.float64()), "verified": pa.array(sims >= threshold),
+        "similarity": pa.array(sims, pa.float64()), "verified": pa.array(duplicate),
     })  # fmt: skip
     con.register("near_pairs_arrow", table)
     con.execute("CREATE OR REPLACE TABLE near_pairs AS SELECT * FROM near_pairs_arrow")

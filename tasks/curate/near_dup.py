@@ -11,7 +11,11 @@ resized to THUMB x THUMB. Two thumbnails are compared in two steps:
    ``flat_max_rows`` and with an IVF index beyond.
 2. **Verification.** A candidate pair is a duplicate only when the best Pearson correlation
    between one image's full view and a window of the other (windows keep 77-100 % of each
-   side at several offsets, so crops align) reaches ``min_similarity``. The correlation runs
+   side at several offsets, so crops align) reaches ``min_similarity``, and when the pair
+   stands out from the crowd (a ratio test, as in SIFT matching): its distance (1 - similarity)
+   is at most ``max_distance_ratio`` times each image's distance to its ``ratio_rank``-th
+   closest other candidate. Thousands of plain t-shirts at 28 px correlate as well as a
+   re-encoded copy does, but a copy is far closer to its original than to any look-alike. The correlation runs
    over all three colour channels at once, centred by one scalar: brightness and contrast
    changes (c -> a*c + b, the same a and b in every channel) leave it unchanged, while a
    colour change (a red and a blue copy of one shape) lowers it.
@@ -54,6 +58,8 @@ class MatchConfig:
     min_similarity: float
     candidate_k: int
     candidate_min_similarity: float
+    max_distance_ratio: float = 1.0
+    ratio_rank: int = 2
     flat_max_rows: int = 50_000
     ivf_nprobe: int = 16
 
@@ -275,12 +281,54 @@ def candidate_similarities(
     return rows, cols, pair_similarity(thumbs, thumbs, rows, cols, _fine(sides, sides, rows, cols))
 
 
+def verified(
+    rows: np.ndarray,
+    cols: np.ndarray,
+    sims: np.ndarray,
+    cfg: MatchConfig,
+    cross: bool = False,
+) -> np.ndarray:
+    """Which candidate pairs are duplicates: similar enough, and standing out from each
+    image's other candidates (the ratio test). With ``cross`` rows and cols index two
+    different sets (queries, database). (len(rows),) bool."""  # fmt: skip
+    offset = int(rows.max()) + 1 if cross and len(rows) else 0
+    a, b = rows, cols + offset
+    distance = 1.0 - sims.astype(np.float64)
+    reference = np.minimum(_rank_distance(a, b, distance, cfg.ratio_rank),
+                           _rank_distance(b, a, distance, cfg.ratio_rank))  # fmt: skip
+    return (sims >= cfg.min_similarity) & (distance <= cfg.max_distance_ratio * reference)
+
+
+def _rank_distance(node: np.ndarray, other: np.ndarray, distance: np.ndarray,
+                   rank: int) -> np.ndarray:  # fmt: skip
+    """Per pair p: node[p]'s distance to its rank-th closest partner other than other[p]
+    (2.0, the largest correlation distance, where it has fewer)."""
+    both_nodes = np.concatenate([node, other])
+    both_distance = np.concatenate([distance, distance])
+    order = np.lexsort((both_distance, both_nodes))
+    nodes, dists = both_nodes[order], both_distance[order]
+    starts = np.searchsorted(nodes, nodes, side="left")
+    position = np.arange(len(nodes)) - starts  # 0 = the node's closest partner
+    count = np.searchsorted(nodes, nodes, side="right") - starts
+    nth = np.full(len(nodes), 2.0)
+    has = count > rank
+    nth[has] = dists[starts[has] + rank]  # the (rank+1)-th closest: skips the pair itself
+    nth_before = np.full(len(nodes), 2.0)
+    has = count >= rank
+    nth_before[has] = dists[starts[has] + rank - 1]
+    # The pair's own partner is among the node's `rank` closest: look one further.
+    reference = np.where(position < rank, nth, nth_before)
+    out = np.empty(len(nodes))
+    out[order] = reference
+    return out[: len(node)]
+
+
 def near_duplicate_pairs(
     thumbs: np.ndarray, cfg: MatchConfig, sides: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Verified pairs i < j among (n, VIEWS, T, T, 3) thumbnails, with their similarity."""
     rows, cols, sims = candidate_similarities(thumbs, cfg, sides)
-    keep = sims >= cfg.min_similarity
+    keep = verified(rows, cols, sims, cfg)
     return rows[keep], cols[keep], sims[keep]
 
 
@@ -294,5 +342,5 @@ def cross_matches(
     """Verified pairs (query i, database j) between two thumbnail sets, with similarity."""  # fmt: skip
     rows, cols = candidate_pairs(db, cfg, queries)
     sims = pair_similarity(queries, db, rows, cols, _fine(query_sides, db_sides, rows, cols))
-    keep = sims >= cfg.min_similarity
+    keep = verified(rows, cols, sims, cfg, cross=True)
     return rows[keep], cols[keep], sims[keep]
