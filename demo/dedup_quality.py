@@ -224,8 +224,7 @@ def score_pool(
     images = originals + copies
     started = time.perf_counter()
     thumbs = thumbnails_array([image_thumbnail(im) for im in images])
-    sides = np.array([min(im.size) for im in images])
-    rows, cols, sims = near_duplicate_pairs(thumbs, cfg, sides)
+    rows, cols, sims = near_duplicate_pairs(thumbs, cfg)
     seconds = time.perf_counter() - started
     n_orig = len(originals)
     right = (cols >= n_orig) & (rows == cols - n_orig)

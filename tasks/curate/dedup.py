@@ -241,9 +241,7 @@ def run_dedup(
     frame = run_sql(con, "curate/dedup_candidates_ordered").fetchnumpy()
     rids, keys = np.asarray(frame["rid"], np.int64), np.asarray(frame["key"], object)
     near = match_config(cfg)
-    rows, cols, sims = candidate_similarities(
-        thumbnails_array(list(frame["thumb"])), near, np.asarray(frame["min_side"], np.int64)
-    )
+    rows, cols, sims = candidate_similarities(thumbnails_array(list(frame["thumb"])), near)
     duplicate = verified(rows, cols, sims, near)
     _register_near_pairs(con, rids[rows], rids[cols], sims, duplicate)
     rows, cols = rows[duplicate], cols[duplicate]
@@ -307,15 +305,12 @@ def decontamination_matches(
     eval_thumbs: np.ndarray,
     eval_labels: list[str],
     cfg: MatchConfig,
-    train_sides: np.ndarray | None = None,
-    eval_sides: np.ndarray | None = None,
 ) -> dict[int, str]:
     """{train row index: eval image label} for training images that the near-duplicate
-    matcher pairs with an evaluation image (thumbnails as ``thumbnails_array`` gives them;
-    sides: each image's shorter side in pixels)."""  # fmt: skip
+    matcher pairs with an evaluation image (thumbnails as ``thumbnails_array`` gives them)."""  # fmt: skip
     if len(train_thumbs) == 0 or len(eval_thumbs) == 0:
         return {}
-    rows, cols, sims = cross_matches(train_thumbs, eval_thumbs, cfg, train_sides, eval_sides)
+    rows, cols, sims = cross_matches(train_thumbs, eval_thumbs, cfg)
     matches: dict[int, str] = {}
     for i in np.argsort(-sims, kind="stable"):  # each training image names its closest match
         matches.setdefault(int(rows[i]), eval_labels[int(cols[i])])

@@ -40,9 +40,6 @@ VIEWS = 2
 THUMB_BYTES = VIEWS * THUMB * THUMB * 3
 CANDIDATE_GRID = 8
 VERIFY_GRID = 16
-FINE_GRID = THUMB
-FINE_MIN_SIDE = 64
-"""Pairs of images this large (shorter side, pixels) are verified at FINE_GRID too."""
 _BORDER_TOLERANCE = 40
 """A pixel differs from the border colour when one channel differs by more (of 255)."""
 _BORDER_UNIFORM = 0.8
@@ -144,9 +141,9 @@ def _spans() -> list[tuple[float, float]]:
 
 _SPAN_MATRICES = {
     grid: np.stack([_area_matrix(start, side, grid) for start, side in _spans()])
-    for grid in (VERIFY_GRID, FINE_GRID)
+    for grid in (VERIFY_GRID,)
 }
-_FULL_MATRIX = {grid: _area_matrix(0.0, 1.0, grid) for grid in (VERIFY_GRID, FINE_GRID)}
+_FULL_MATRIX = {grid: _area_matrix(0.0, 1.0, grid) for grid in (VERIFY_GRID,)}
 
 
 def _windows(thumbs: np.ndarray, grid: int) -> np.ndarray:
@@ -233,52 +230,26 @@ def _directed_similarity(
     return out
 
 
-def _similarity_at(
-    a: np.ndarray, b: np.ndarray, rows: np.ndarray, cols: np.ndarray, grid: int
-) -> np.ndarray:
+def pair_similarity(a: np.ndarray, b: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Verified similarity of pairs (a[rows[p]], b[cols[p]]), thumbnails (n, VIEWS, T, T, 3):
+    per view, the best correlation of one image's whole view with a window of the other's,
+    either way round; then the best view. Shape (len(rows),) float32."""
     best = np.full(len(rows), -1.0, np.float32)
     for view in range(VIEWS):
         va, vb = a[:, view], b[:, view]
-        one_way = _directed_similarity(va, _full(vb, grid), rows, cols, grid)
-        other_way = _directed_similarity(vb, _full(va, grid), cols, rows, grid)
+        one_way = _directed_similarity(va, _full(vb, VERIFY_GRID), rows, cols, VERIFY_GRID)
+        other_way = _directed_similarity(vb, _full(va, VERIFY_GRID), cols, rows, VERIFY_GRID)
         best = np.maximum(best, np.maximum(one_way, other_way))
     return best
 
 
-def pair_similarity(
-    a: np.ndarray,
-    b: np.ndarray,
-    rows: np.ndarray,
-    cols: np.ndarray,
-    fine: np.ndarray | None = None,
-) -> np.ndarray:
-    """Verified similarity of pairs (a[rows[p]], b[cols[p]]), thumbnails (n, VIEWS, T, T, 3):
-    per view, the best correlation of one image's whole view with a window of the other's,
-    either way round; then the best view. Pairs marked in ``fine`` (both images at least
-    FINE_MIN_SIDE pixels) must also correlate at FINE_GRID: at VERIFY_GRID, drawings of thin
-    lines that differ in detail look alike. Shape (len(rows),) float32."""  # fmt: skip
-    best = _similarity_at(a, b, rows, cols, VERIFY_GRID)
-    if fine is not None and fine.any():
-        sharp = _similarity_at(a, b, rows[fine], cols[fine], FINE_GRID)
-        best[fine] = np.minimum(best[fine], sharp)
-    return best
-
-
-def _fine(sides_a: np.ndarray | None, sides_b: np.ndarray | None, rows: np.ndarray,
-          cols: np.ndarray) -> np.ndarray | None:  # fmt: skip
-    if sides_a is None or sides_b is None:
-        return None
-    return (sides_a[rows] >= FINE_MIN_SIDE) & (sides_b[cols] >= FINE_MIN_SIDE)
-
-
 def candidate_similarities(
-    thumbs: np.ndarray, cfg: MatchConfig, sides: np.ndarray | None = None
+    thumbs: np.ndarray, cfg: MatchConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every candidate pair i < j among (n, VIEWS, T, T, 3) thumbnails, with its verified
-    similarity (duplicates are those at or above cfg.min_similarity). ``sides``: (n,) each
-    image's shorter side in pixels (None: all treated as small)."""
+    similarity (``verified`` says which are duplicates)."""
     rows, cols = candidate_pairs(thumbs, cfg)
-    return rows, cols, pair_similarity(thumbs, thumbs, rows, cols, _fine(sides, sides, rows, cols))
+    return rows, cols, pair_similarity(thumbs, thumbs, rows, cols)
 
 
 def verified(
@@ -324,23 +295,19 @@ def _rank_distance(node: np.ndarray, other: np.ndarray, distance: np.ndarray,
 
 
 def near_duplicate_pairs(
-    thumbs: np.ndarray, cfg: MatchConfig, sides: np.ndarray | None = None
+    thumbs: np.ndarray, cfg: MatchConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Verified pairs i < j among (n, VIEWS, T, T, 3) thumbnails, with their similarity."""
-    rows, cols, sims = candidate_similarities(thumbs, cfg, sides)
+    rows, cols, sims = candidate_similarities(thumbs, cfg)
     keep = verified(rows, cols, sims, cfg)
     return rows[keep], cols[keep], sims[keep]
 
 
 def cross_matches(
-    queries: np.ndarray,
-    db: np.ndarray,
-    cfg: MatchConfig,
-    query_sides: np.ndarray | None = None,
-    db_sides: np.ndarray | None = None,
+    queries: np.ndarray, db: np.ndarray, cfg: MatchConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Verified pairs (query i, database j) between two thumbnail sets, with similarity."""  # fmt: skip
+    """Verified pairs (query i, database j) between two thumbnail sets, with similarity."""
     rows, cols = candidate_pairs(db, cfg, queries)
-    sims = pair_similarity(queries, db, rows, cols, _fine(query_sides, db_sides, rows, cols))
+    sims = pair_similarity(queries, db, rows, cols)
     keep = verified(rows, cols, sims, cfg, cross=True)
     return rows[keep], cols[keep], sims[keep]

@@ -124,14 +124,11 @@ def _embeddings_by_rid(storage: Storage, parts: list[str]) -> Callable[[np.ndarr
     return lookup
 
 
-def eval_image_thumbnails(
-    cfg: PipelineConfig, storage: Storage
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def eval_image_thumbnails(cfg: PipelineConfig, storage: Storage) -> tuple[np.ndarray, list[str]]:
     """Matching thumbnails (``thumbnails_array``) of every image in the evaluate stage's
-    datasets (CLIP_benchmark WebDataset layout ``{path}/{split}/*.tar``), their shorter
-    sides (pixels) and labels ``dataset/sample``."""
+    datasets (CLIP_benchmark WebDataset layout ``{path}/{split}/*.tar``), with labels
+    ``dataset/sample``."""
     thumbs: list[bytes] = []
-    sides: list[int] = []
     labels: list[str] = []
     for dataset in cfg.evaluate.datasets:
         pattern = posixpath.join(dataset.path.rstrip("/"), dataset.split, "*.tar")
@@ -146,9 +143,8 @@ def eval_image_thumbnails(
                 for name, data in iter_members(fh, of.path, is_image):
                     with Image.open(io.BytesIO(data)) as image:
                         thumbs.append(image_thumbnail(image))
-                        sides.append(min(image.size))
                     labels.append(f"{dataset.name}/{name.rsplit('.', 1)[0]}")
-    return thumbnails_array(thumbs), np.asarray(sides, np.int64), labels
+    return thumbnails_array(thumbs), labels
 
 
 def _decontaminate(
@@ -158,12 +154,12 @@ def _decontaminate(
     flags = np.zeros(n, dtype=bool)
     match: list[str | None] = [None] * n
     if cfg.curate.decontaminate and cfg.evaluate.datasets:
-        eval_thumbs, eval_sides, eval_labels = eval_image_thumbnails(cfg, storage)
+        eval_thumbs, eval_labels = eval_image_thumbnails(cfg, storage)
         rows = run_sql(con, "curate/hashed_rows").fetchnumpy()
         rids = np.asarray(rows["rid"], dtype=np.int64)
         found = decontamination_matches(
             thumbnails_array(list(rows["thumb"])), eval_thumbs, eval_labels,
-            match_config(cfg.curate), np.asarray(rows["min_side"], np.int64), eval_sides,
+            match_config(cfg.curate),
         )  # fmt: skip
         for i, label in found.items():
             flags[rids[i]] = True
