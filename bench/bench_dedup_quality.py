@@ -15,16 +15,19 @@ per transform and size, with the matcher's cost per image (thumbnails, candidate
 verification), and writes bench/results/dedup_quality.{json,md} and a gallery of the wrong
 and the missed pairs (dedup_quality_errors.png).
 
-How the thresholds were calibrated: with `--sweep` every candidate pair's verified
-similarity is kept and precision and recall are printed for a range of thresholds. Wrong
-pairs are Fashion-MNIST garments of one class (plain t-shirts, trousers) that correlate at
-0.98-0.99 at 28 px; copies correlate at 0.99-1.0 except the harshest ones (JPEG q30 and
-half-size copies of 28 px images, crops at 64/224 px). `near_dup_min_similarity: 0.99` is
-the lowest threshold at which precision stays >= 0.99 in every pool; the candidate settings
-(`near_dup_candidate_k: 4` views per view, coarse correlation >= 0.6) were set so that no
-copy the verifier accepts is lost to candidate generation (the 1st percentile of the coarse
-similarity of right pairs is >= 0.62 in every pool). Emoji skin-tone variants are not in the
-pool: a recoloured hand correlates with its base emoji like a copy and is merged.
+How the thresholds were calibrated. `--sweep` keeps every candidate pair that passes the ratio
+test and prints precision and recall per pool at a range of similarity thresholds: wrong pairs
+here are same-class drawings and garments that correlate at 0.98-0.99 at 28 px, while most
+copies correlate at 0.99-1.0, so `near_dup_min_similarity: 0.99` is the lowest threshold
+that keeps precision >= 0.99 in every pool. This harness has 20 garments per class; the demo
+web has 1,000 per class at 28 px, where 911 pairs of different Fashion-MNIST images correlate
+above 0.99. The ratio test (`near_dup_max_distance_ratio`, `near_dup_ratio_rank`) was set on
+the demo web's images: at ratio 0.25 eight pairs of distinct images still merged, at 0.15 five
+(see tests/curate/test_dedup_demo_web.py), and every planted copy found at 0.25 is still found.
+The candidate settings (`near_dup_candidate_k: 4` neighbours per view, coarse correlation
+>= 0.6) lose no copy that verification accepts: the coarse similarity of right pairs is at
+least 0.62 in every pool. Emoji skin-tone variants are not in the pool: a recoloured hand
+correlates with its base emoji like a copy does.
 """
 
 from __future__ import annotations

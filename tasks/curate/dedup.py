@@ -113,7 +113,7 @@ def build_binary_index(codes: np.ndarray, radius: int, spec: BinaryIndexSpec) ->
         ivf.nprobe = min(spec.ivf_nprobe, nlist)
         index = ivf
     else:
-        raise ValueError(f"curate.phash_index: unknown index kind {spec.kind!r}")
+        raise ValueError(f"unknown binary index kind {spec.kind!r}")
     index.add(codes)
     return index
 
