@@ -139,24 +139,21 @@ def _spans() -> list[tuple[float, float]]:
     return sorted({((1 - s) * o, s) for s in _WINDOW_SIDES for o in _WINDOW_OFFSETS})
 
 
-_SPAN_MATRICES = {
-    grid: np.stack([_area_matrix(start, side, grid) for start, side in _spans()])
-    for grid in (VERIFY_GRID,)
-}
-_FULL_MATRIX = {grid: _area_matrix(0.0, 1.0, grid) for grid in (VERIFY_GRID,)}
+_SPAN_MATRICES = np.stack([_area_matrix(start, side, VERIFY_GRID) for start, side in _spans()])
+_FULL_MATRIX = _area_matrix(0.0, 1.0, VERIFY_GRID)
 
 
-def _windows(thumbs: np.ndarray, grid: int) -> np.ndarray:
+def _windows(thumbs: np.ndarray) -> np.ndarray:
     """(m, T, T, 3) -> every window, normalised: (m, S*S, G*G*3) for S spans per axis."""
-    spans = _SPAN_MATRICES[grid]
+    spans = _SPAN_MATRICES
     rows = np.einsum("sgt,mtuc->msguc", spans, thumbs, optimize=True)
     both = np.einsum("rhu,msguc->msrghc", spans, rows, optimize=True)
     return _normalised(both.reshape(len(thumbs), len(spans) ** 2, -1))
 
 
-def _full(thumbs: np.ndarray, grid: int) -> np.ndarray:
+def _full(thumbs: np.ndarray) -> np.ndarray:
     """(m, T, T, 3) -> the whole view, normalised: (m, G*G*3)."""
-    full = _FULL_MATRIX[grid]
+    full = _FULL_MATRIX
     cells = np.einsum("gt,mtuc,hu->mghc", full, thumbs, full, optimize=True)
     return _normalised(cells.reshape(len(thumbs), -1))
 
@@ -214,7 +211,7 @@ _CHUNK = 256
 
 
 def _directed_similarity(
-    src: np.ndarray, dst_full: np.ndarray, rows: np.ndarray, cols: np.ndarray, grid: int
+    src: np.ndarray, dst_full: np.ndarray, rows: np.ndarray, cols: np.ndarray
 ) -> np.ndarray:
     """For pairs (rows[p], cols[p]): the best correlation between a window of src[rows[p]]
     and the whole dst_full[cols[p]]. src: (n, T, T, 3); dst_full: (n', D) normalised."""
@@ -223,7 +220,7 @@ def _directed_similarity(
     images, starts = np.unique(rows[order], return_index=True)
     bounds = np.append(starts, len(order))
     for first in range(0, len(images), _CHUNK):
-        windows = _windows(src[images[first : first + _CHUNK]], grid)  # (u, W, D)
+        windows = _windows(src[images[first : first + _CHUNK]])  # (u, W, D)
         for u in range(len(windows)):
             part = order[bounds[first + u] : bounds[first + u + 1]]
             out[part] = (windows[u] @ dst_full[cols[part]].T).max(axis=0)
@@ -237,8 +234,8 @@ def pair_similarity(a: np.ndarray, b: np.ndarray, rows: np.ndarray, cols: np.nda
     best = np.full(len(rows), -1.0, np.float32)
     for view in range(VIEWS):
         va, vb = a[:, view], b[:, view]
-        one_way = _directed_similarity(va, _full(vb, VERIFY_GRID), rows, cols, VERIFY_GRID)
-        other_way = _directed_similarity(vb, _full(va, VERIFY_GRID), cols, rows, VERIFY_GRID)
+        one_way = _directed_similarity(va, _full(vb), rows, cols)
+        other_way = _directed_similarity(vb, _full(va), cols, rows)
         best = np.maximum(best, np.maximum(one_way, other_way))
     return best
 
