@@ -1,10 +1,11 @@
-"""Benchmark: near-duplicate search as the curate stage runs it vs exact brute force.
+"""Benchmark: binary-hash and embedding pair search vs exact brute force (index recall only;
+bench_dedup_quality.py measures whether the near-duplicates found are right).
 
     .venv/bin/python bench/bench_dedup.py           # hashes 50k/200k/1M, embeddings 50k/200k
     .venv/bin/python bench/bench_dedup.py --quick   # small sizes
 
-64-bit perceptual hashes: FAISS multi-index hashing as `phash_index: auto` runs it past
-`phash_flat_max_rows` (the cheapest exact layout for n, e.g. 3 substrings of 21 bits each
+64-bit perceptual hashes: FAISS multi-index hashing in the layout `multihash_layout` picks
+(the cheapest exact layout for n, e.g. 3 substrings of 21 bits each
 probed within 1 bit flip at 1M; exact by the pigeonhole principle) vs a flat binary index
 (every pair compared), at Hamming radius 4. 512-d embeddings: SemDeDup as the stage runs it
 (FAISS k-means, then one matrix product per cluster, nprobe 4) vs a flat inner-product

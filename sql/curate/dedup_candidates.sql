@@ -9,6 +9,7 @@ SELECT
     r.url,
     r.caption_norm,
     r.phash,
+    r.thumb,
     NOT (r.drop_caption_missing OR r.drop_caption_invalid_utf8 OR r.drop_caption_too_short
         OR r.drop_caption_too_long OR r.drop_caption_boilerplate OR r.drop_image_too_small
         OR r.drop_aspect_ratio OR r.drop_language OR r.drop_url_blocked OR r.drop_clip_score

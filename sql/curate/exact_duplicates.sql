@@ -10,7 +10,7 @@ WITH grouped AS (
             WHEN 'sha256' THEN sha256
             WHEN 'url' THEN url
             WHEN 'caption_image' THEN
-                CASE WHEN caption_norm <> '' THEN caption_norm || chr(0) || CAST(phash AS VARCHAR) END
+                CASE WHEN caption_norm <> '' THEN caption_norm || chr(0) || hex(phash) END
         END AS group_key
     FROM dedup_candidates
 ),

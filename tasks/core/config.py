@@ -235,11 +235,22 @@ class CurateConfig(_Section):
     """Regex over the whole normalised caption: camera and file names are not captions."""
     boilerplate_filename_max_words: int = Field(3, ge=0)
     """Captions of more words are never taken for a file name (the regex is skipped)."""
-    phash_hamming_radius: int = Field(4, ge=0, le=63)
-    phash_index: Literal["auto", "flat", "multihash", "ivf"] = "auto"
-    """FAISS binary index for near-dup search; auto: flat up to phash_flat_max_rows."""
-    phash_flat_max_rows: int = Field(50_000, ge=0)
-    phash_ivf_nprobe: int = Field(16, ge=1)
+    near_dup_min_similarity: float = Field(0.99, ge=-1, le=1)
+    """Verified similarity (best windowed colour correlation, tasks.curate.near_dup) at or
+    above which two images are near-duplicates; calibrated by bench/bench_dedup_quality.py."""
+    near_dup_max_distance_ratio: float = Field(0.15, gt=0)
+    """Ratio test: a pair's distance (1 - similarity) must be at most this times each image's
+    distance to its near_dup_ratio_rank-th closest other candidate (look-alike crowds fail)."""
+    near_dup_ratio_rank: int = Field(2, ge=1)
+    """Which other candidate the ratio test compares with: 2 lets a picture and two copies of
+    it still merge."""
+    near_dup_candidate_k: int = Field(4, ge=1)
+    """Nearest neighbours per image view that FAISS proposes for verification."""
+    near_dup_candidate_min_similarity: float = Field(0.6, ge=-1, le=1)
+    """Coarse (8x8) correlation below which a neighbour is not even verified (generous)."""
+    near_dup_flat_max_rows: int = Field(50_000, ge=0)
+    """Up to this many thumbnail views the candidate index is flat (exact), beyond it IVF."""
+    near_dup_ivf_nprobe: int = Field(16, ge=1)
     semantic_dedup: bool = False
     semantic_dedup_eps: float = Field(0.05, ge=0, le=2)
     semantic_dedup_clusters: int = Field(0, ge=0)
@@ -251,7 +262,6 @@ class CurateConfig(_Section):
     clip_score_min: float | None = None
     clip_score_top_fraction: float | None = Field(None, gt=0, le=1)
     decontaminate: bool = True
-    decontam_hamming_radius: int = Field(6, ge=0, le=64)
     gate: Literal["fail", "warn"] = "fail"
     gate_min_kept_fraction: float = Field(0.05, ge=0, le=1)
     gate_max_duplicate_fraction: float = Field(0.9, ge=0, le=1)

@@ -1,5 +1,10 @@
-"""Duplicate removal: exact (SQL), near-duplicate pHash (FAISS binary index), semantic
-(SemDeDup on image embeddings, FAISS IVF), and eval-set decontamination.
+"""Duplicate removal: exact (SQL), near-duplicate (FAISS candidates over thumbnails, each pair
+verified by aligned correlation: tasks.curate.near_dup), semantic (SemDeDup on image
+embeddings, FAISS IVF), and eval-set decontamination (the near-duplicate matcher again).
+
+The binary-hash search below (``hamming_pairs``) finds pHash pairs within a Hamming radius;
+the stage no longer drops on it (a 64-bit pHash of a 28 px image does not tell a copy from a
+look-alike), bench/bench_dedup.py measures its index.
 
 Every step works on the rows still alive after the previous one, groups duplicates with
 connected components, keeps the preferred row of each group (rows no quality rule drops,
@@ -23,7 +28,14 @@ from scipy.sparse.csgraph import connected_components
 
 from tasks.core.config import CurateConfig
 from tasks.core.sql import run_sql
-from tasks.curate.phash import HASH_BYTES, hashes_to_bytes
+from tasks.curate.near_dup import (
+    MatchConfig,
+    candidate_similarities,
+    cross_matches,
+    thumbnails_array,
+    verified,
+)
+from tasks.curate.phash import HASH_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -77,18 +89,6 @@ def multihash_layout(n: int, radius: int) -> tuple[int, int, float]:
     return best
 
 
-def choose_binary_index(cfg: CurateConfig, n: int, radius: int) -> BinaryIndexSpec:
-    """The configured index, or for 'auto': flat up to phash_flat_max_rows, then exact
-    multi-index hashing where its estimated cost per query beats comparing all n, else IVF."""
-    kind = cfg.phash_index
-    if kind == "auto":
-        if n <= cfg.phash_flat_max_rows:
-            kind = "flat"
-        else:
-            kind = "multihash" if multihash_layout(n, radius)[2] < n else "ivf"
-    return BinaryIndexSpec(kind, cfg.phash_ivf_nprobe)
-
-
 def build_binary_index(codes: np.ndarray, radius: int, spec: BinaryIndexSpec) -> faiss.IndexBinary:
     """A FAISS binary index over (n, 8) uint8 codes, ready for range search at ``radius``."""
     index: faiss.IndexBinary
@@ -113,7 +113,7 @@ def build_binary_index(codes: np.ndarray, radius: int, spec: BinaryIndexSpec) ->
         ivf.nprobe = min(spec.ivf_nprobe, nlist)
         index = ivf
     else:
-        raise ValueError(f"curate.phash_index: unknown index kind {spec.kind!r}")
+        raise ValueError(f"unknown binary index kind {spec.kind!r}")
     index.add(codes)
     return index
 
@@ -205,9 +205,24 @@ def survivors_of(n: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
 
 @dataclass
 class DedupOutcome:
-    """Per dedup rule, the rids it drops and the key each duplicates."""
+    """Per dedup rule, the rids it drops and the key each duplicates; per rule the number of
+    duplicate pairs found (a group of g rows found by an exact rule counts g - 1)."""
 
     dropped: dict[str, dict[int, str]]
+    pairs: dict[str, int]
+
+
+def match_config(cfg: CurateConfig) -> MatchConfig:
+    """The near-duplicate matcher's thresholds, from the curate config."""
+    return MatchConfig(
+        min_similarity=cfg.near_dup_min_similarity,
+        candidate_k=cfg.near_dup_candidate_k,
+        candidate_min_similarity=cfg.near_dup_candidate_min_similarity,
+        max_distance_ratio=cfg.near_dup_max_distance_ratio,
+        ratio_rank=cfg.near_dup_ratio_rank,
+        flat_max_rows=cfg.near_dup_flat_max_rows,
+        ivf_nprobe=cfg.near_dup_ivf_nprobe,
+    )
 
 
 def run_dedup(
@@ -217,16 +232,20 @@ def run_dedup(
 ) -> DedupOutcome:
     """Run every dedup step over table ``rules`` (needs tables ``live`` and ``contamination``).
     ``embeddings_for(rids)`` returns (n, d) image embeddings when semantic dedup is on."""
-    outcome = DedupOutcome({rule: {} for rule in DEDUP_RULES})
+    outcome = DedupOutcome({rule: {} for rule in DEDUP_RULES}, {rule: 0 for rule in DEDUP_RULES})
     run_sql(con, "curate/dedup_candidates")
     for rule in EXACT_RULES:
         pairs = run_sql(con, "curate/exact_duplicates", {"rule": rule}).fetchall()
         _drop(con, outcome.dropped[f"duplicate_{rule}"], {int(r): str(k) for r, k in pairs})
+        outcome.pairs[f"duplicate_{rule}"] = len(pairs)
     frame = run_sql(con, "curate/dedup_candidates_ordered").fetchnumpy()
     rids, keys = np.asarray(frame["rid"], np.int64), np.asarray(frame["key"], object)
-    radius = cfg.phash_hamming_radius
-    spec = choose_binary_index(cfg, len(rids), radius)
-    rows, cols = hamming_pairs(hashes_to_bytes(np.asarray(frame["phash"], np.int64)), radius, spec)
+    near = match_config(cfg)
+    rows, cols, sims = candidate_similarities(thumbnails_array(list(frame["thumb"])), near)
+    duplicate = verified(rows, cols, sims, near)
+    _register_near_pairs(con, rids[rows], rids[cols], sims, duplicate)
+    rows, cols = rows[duplicate], cols[duplicate]
+    outcome.pairs["near_duplicate"] = int(duplicate.sum())
     _drop(con, outcome.dropped["near_duplicate"], _named_duplicates(rids, keys, rows, cols))
     if cfg.semantic_dedup:
         if embeddings_for is None:
@@ -240,6 +259,7 @@ def run_dedup(
             cfg.semantic_dedup_nprobe,
         )  # fmt: skip
         _drop(con, outcome.dropped["semantic_duplicate"], _named_duplicates(rids, keys, rows, cols))
+        outcome.pairs["semantic_duplicate"] = len(rows)
     log.info("dedup: %s", {rule: len(d) for rule, d in outcome.dropped.items()})
     return outcome
 
@@ -261,18 +281,37 @@ def _drop(con: duckdb.DuckDBPyConnection, into: dict[int, str], found: dict[int,
         con.unregister("gone")
 
 
+def _register_near_pairs(
+    con: duckdb.DuckDBPyConnection,
+    rid_a: np.ndarray,
+    rid_b: np.ndarray,
+    sims: np.ndarray,
+    duplicate: np.ndarray,
+) -> None:
+    """Table ``near_pairs`` (rid_a, rid_b, similarity, verified): every candidate pair with
+    its verified similarity and verdict, for the report's gallery of the pairs closest to
+    the threshold."""
+    table = pa.table({
+        "rid_a": pa.array(rid_a, pa.int64()), "rid_b": pa.array(rid_b, pa.int64()),
+        "similarity": pa.array(sims, pa.float64()), "verified": pa.array(duplicate),
+    })  # fmt: skip
+    con.register("near_pairs_arrow", table)
+    con.execute("CREATE OR REPLACE TABLE near_pairs AS SELECT * FROM near_pairs_arrow")
+    con.unregister("near_pairs_arrow")
+
+
 def decontamination_matches(
-    train_hashes: np.ndarray, eval_hashes: np.ndarray, eval_labels: list[str], radius: int
+    train_thumbs: np.ndarray,
+    eval_thumbs: np.ndarray,
+    eval_labels: list[str],
+    cfg: MatchConfig,
 ) -> dict[int, str]:
-    """{train row index: eval image label} for training images within ``radius`` bits of any
-    evaluation image (a flat index over the eval set: it is small and recall must be exact)."""
-    if len(train_hashes) == 0 or len(eval_hashes) == 0:
+    """{train row index: eval image label} for training images that the near-duplicate
+    matcher pairs with an evaluation image (thumbnails as ``thumbnails_array`` gives them)."""  # fmt: skip
+    if len(train_thumbs) == 0 or len(eval_thumbs) == 0:
         return {}
-    rows, cols = hamming_pairs(
-        hashes_to_bytes(eval_hashes), radius, BinaryIndexSpec("flat"),
-        queries=hashes_to_bytes(train_hashes),
-    )  # fmt: skip
+    rows, cols, sims = cross_matches(train_thumbs, eval_thumbs, cfg)
     matches: dict[int, str] = {}
-    for i, j in zip(rows.tolist(), cols.tolist(), strict=True):
-        matches.setdefault(i, eval_labels[j])
+    for i in np.argsort(-sims, kind="stable"):  # each training image names its closest match
+        matches.setdefault(int(rows[i]), eval_labels[int(cols[i])])
     return matches

@@ -2,8 +2,10 @@
 
 For every row of ``{root}/download/NNNNN.parquet`` this decodes the caption (flagging
 invalid UTF-8), normalises it, identifies its language, and, for the images in the shard's
-tar, records whether the image is usable, its decoded size, its 64-bit pHash and the sha256
-of its bytes (``image_sha256``: what the shard stage checks every image it copies against).
+tar, records whether the image is usable, its decoded size, its 64-bit pHash (8 bytes), its
+matching thumbnails (``thumb``: what near-duplicate detection compares, see
+``tasks.curate.near_dup``) and the sha256 of its bytes (``image_sha256``: what the shard stage
+checks every image it copies against).
 Nothing is decided here: rules run later, in SQL, on the whole table.
 
 img2dataset's ``sha256`` column is the hash of the file as fetched, before it was resized and
@@ -37,7 +39,8 @@ from tasks.core.config import PipelineConfig
 from tasks.core.storage import Storage
 from tasks.curate.clip_score import BATCH, ClipScorer, clip_scorer
 from tasks.curate.language import identify_language
-from tasks.curate.phash import flatten_alpha, phash64
+from tasks.curate.near_dup import THUMB_BYTES, image_thumbnail
+from tasks.curate.phash import HASH_BYTES, flatten_alpha, phash_bytes
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +75,8 @@ FEATURE_SCHEMA = pa.schema(
         pa.field("image_bytes", pa.int64()),
         pa.field("image_width", pa.int64()),
         pa.field("image_height", pa.int64()),
-        pa.field("phash", pa.int64()),
+        pa.field("phash", pa.binary(HASH_BYTES)),
+        pa.field("thumb", pa.binary(THUMB_BYTES)),
         pa.field("image_sha256", pa.string()),
         pa.field("clip_score", pa.float64()),
     ]
@@ -125,7 +129,8 @@ class ImageInfo:
     size_bytes: int
     width: int | None = None
     height: int | None = None
-    phash: int | None = None
+    phash: bytes | None = None
+    thumb: bytes | None = None
     sha256: str | None = None
 
 
@@ -184,7 +189,9 @@ def inspect_image(data: bytes, on_image: OnImage | None = None) -> ImageInfo:
                 return ImageInfo("empty", len(data), sha256=sha256)
             if on_image is not None:
                 on_image(image)
-            return ImageInfo("ok", len(data), width, height, phash64(image), sha256)
+            return ImageInfo(
+                "ok", len(data), width, height, phash_bytes(image), image_thumbnail(image), sha256
+            )
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
         return ImageInfo("undecodable", len(data), sha256=sha256)
 
@@ -297,6 +304,7 @@ def shard_features(
     columns["image_width"] = [info.width if info else None for info in infos]
     columns["image_height"] = [info.height if info else None for info in infos]
     columns["phash"] = [info.phash if info else None for info in infos]
+    columns["thumb"] = [info.thumb if info else None for info in infos]
     columns["image_sha256"] = [info.sha256 if info else None for info in infos]
     columns["clip_score"], embeddings = _clip_columns(embedder, columns, infos)
     return pa.table(columns, schema=FEATURE_SCHEMA), embeddings

@@ -171,9 +171,12 @@ def write_report(
     storage: Storage,
     report_uri: str,
     workdir: str,
+    duplicate_pairs: dict[str, int],
 ) -> Report:
-    """Run the gate, draw the plots and write summary.json, all under ``report_uri``."""
+    """Run the gate, draw the plots and write summary.json, all under ``report_uri``.
+    ``duplicate_pairs``: per dedup rule, how many duplicate pairs it found."""
     summary = build_summary(con)
+    summary["duplicate_pairs"] = duplicate_pairs
     frame = run_sql(con, "curate/gate_frame").df()
     summary["gate"], docs_dir = run_gate(frame, cfg.curate, os.path.join(workdir, "gx"))
     report = Report(summary)

@@ -1,4 +1,8 @@
-"""A 64-bit perceptual hash (DCT pHash), stored as int64 and compared by Hamming distance.
+"""A 64-bit perceptual hash (DCT pHash), stored as 8 big-endian bytes and compared by Hamming
+distance.
+
+Bytes, not an integer column: a reader that turns a nullable integer column into floats
+(pandas does, for rows without an image) would silently drop the low bits of a 64-bit hash.
 
 pHash (Zauner 2010, as in the ``imagehash`` package): grey, resize to 32x32, 2-D DCT, keep
 the 8x8 lowest frequencies, one bit per coefficient above their median. Re-encoding,
@@ -24,20 +28,25 @@ def flatten_alpha(image: Image.Image) -> Image.Image:
 
 
 def phash64(image: Image.Image) -> int:
-    """The image's 64-bit pHash as a signed int64 (bit 63 is the top-left DCT coefficient)."""
+    """The image's 64-bit pHash as an unsigned int (bit 63 is the top-left DCT coefficient)."""
     grey = flatten_alpha(image).convert("L").resize((32, 32), Image.Resampling.LANCZOS)
     coefficients = dctn(np.asarray(grey, dtype=np.float64), norm="ortho")[:8, :8]
     bits = (coefficients > np.median(coefficients)).ravel()
-    return int(np.packbits(bits).view(">i8")[0])
+    return int(np.packbits(bits).view(">u8")[0])
+
+
+def phash_bytes(image: Image.Image) -> bytes:
+    """The image's pHash as stored: HASH_BYTES big-endian bytes."""
+    return phash64(image).to_bytes(HASH_BYTES, "big")
 
 
 def hashes_to_bytes(hashes: np.ndarray) -> np.ndarray:
-    """(n,) int64 hashes -> (n, 8) uint8 codes, the layout FAISS binary indexes take."""
-    return np.ascontiguousarray(
-        np.asarray(hashes, dtype=">i8").view(np.uint8).reshape(-1, HASH_BYTES)
-    )
+    """(n,) 64-bit hashes (signed or unsigned) -> (n, 8) uint8 codes, big-endian, the layout
+    FAISS binary indexes take."""
+    unsigned = np.asarray(hashes).astype(np.uint64)
+    return np.ascontiguousarray(unsigned.astype(">u8").view(np.uint8).reshape(-1, HASH_BYTES))
 
 
 def hamming(a: int, b: int) -> int:
-    """Hamming distance between two int64 hashes."""
+    """Hamming distance between two 64-bit hashes."""
     return int(((a ^ b) & 0xFFFFFFFFFFFFFFFF).bit_count())

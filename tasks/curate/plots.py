@@ -1,5 +1,6 @@
-"""The curate report's PNG plots: the funnel, caption-length and image-size histograms, and
-examples of dropped duplicates beside the image each duplicates."""
+"""The curate report's PNG plots: the funnel, caption-length and image-size histograms,
+examples of dropped duplicates beside the image each duplicates, and the near-duplicate
+candidate pairs closest to the threshold (``near_duplicates.png``)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from tasks.core.storage import Storage  # noqa: E402
 log = logging.getLogger(__name__)
 
 DUPLICATE_EXAMPLES = 6
+NEAR_THRESHOLD_EXAMPLES = 6
+"""Pairs shown on each side of the near-duplicate threshold."""
 
 
 def write_plots(
@@ -33,6 +36,9 @@ def write_plots(
         "funnel": plot_funnel(summary, os.path.join(out_dir, "funnel.png")),
         **plot_histograms(con, out_dir),
         "duplicates": plot_duplicates(con, storage, os.path.join(out_dir, "duplicates.png")),
+        "near_duplicates": plot_near_threshold(
+            con, storage, os.path.join(out_dir, "near_duplicates.png")
+        ),
     }
     return paths
 
@@ -108,6 +114,39 @@ def plot_duplicates(con: duckdb.DuckDBPyConnection, storage: Storage, path: str)
                 with Image.open(io.BytesIO(data)) as image:
                     axes[row][col].imshow(image.convert("RGB"))
             axes[row][col].set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_near_threshold(con: duckdb.DuckDBPyConnection, storage: Storage, path: str) -> str:
+    """Each row: a near-duplicate candidate pair and its similarity, the closest to the
+    threshold first on either side (verified: dropped; rejected: both kept)."""
+    pairs = run_sql(con, "curate/near_threshold_pairs", {"limit": NEAR_THRESHOLD_EXAMPLES})
+    rows = pairs.fetchall()
+    wanted: dict[str, set[str]] = {}
+    for key_a, shard_a, key_b, shard_b, _, _ in rows:
+        wanted.setdefault(shard_a, set()).add(key_a)
+        wanted.setdefault(shard_b, set()).add(key_b)
+    images: dict[tuple[str, str], bytes] = {}
+    for shard, keys in wanted.items():
+        images |= {(shard, k): v for k, v in read_members(storage, shard, keys).items()}
+    fig, axes = plt.subplots(max(1, len(rows)), 2, figsize=(4.4, 2.0 * max(1, len(rows))),
+                             squeeze=False)  # fmt: skip
+    for ax in axes.ravel():
+        ax.axis("off")
+    if not rows:
+        axes[0][0].text(0, 0.5, "no near-duplicate candidates", fontsize=12)
+    for row, (key_a, shard_a, key_b, shard_b, similarity, verified) in enumerate(rows):
+        verdict = "near duplicate" if verified else "kept apart"
+        for col, (shard, key) in enumerate(((shard_a, key_a), (shard_b, key_b))):
+            data = images.get((shard, key))
+            if data is not None:
+                with Image.open(io.BytesIO(data)) as image:
+                    axes[row][col].imshow(image.convert("RGB"))
+            title = f"{key}\n{verdict} {similarity:.4f}" if col == 0 else key
+            axes[row][col].set_title(title, fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -31,10 +31,16 @@ from tasks.core.manifest import StageResult
 from tasks.core.sql import bind, run_sql
 from tasks.core.stage import PLAIN_RUN, RunContext
 from tasks.core.storage import Storage
-from tasks.curate.dedup import DEDUP_RULES, DedupOutcome, decontamination_matches, run_dedup
+from tasks.curate.dedup import (
+    DEDUP_RULES,
+    DedupOutcome,
+    decontamination_matches,
+    match_config,
+    run_dedup,
+)
 from tasks.curate.features import ShardJob, curate_shard, embeddings_uri
 from tasks.curate.gate import write_report
-from tasks.curate.phash import phash64
+from tasks.curate.near_dup import image_thumbnail, thumbnails_array
 from tasks.curate.rules import apply_rules, combine
 
 log = logging.getLogger(__name__)
@@ -73,7 +79,9 @@ def curate(cfg: PipelineConfig, storage: Storage, ctx: RunContext = PLAIN_RUN) -
             combine(con, _decisions(keys, contamination, outcome))
             samples_uri = storage.uri("curate", "samples.parquet")
             _write_samples(con, storage, samples_uri, tmp)
-            report = write_report(con, cfg, storage, storage.uri("curate", "report"), tmp)
+            report = write_report(
+                con, cfg, storage, storage.uri("curate", "report"), tmp, outcome.pairs
+            )
         finally:
             con.close()
     log.info("curate: %d in, %d kept", report.summary["input"], report.summary["kept"])
@@ -116,10 +124,11 @@ def _embeddings_by_rid(storage: Storage, parts: list[str]) -> Callable[[np.ndarr
     return lookup
 
 
-def eval_image_hashes(cfg: PipelineConfig, storage: Storage) -> tuple[np.ndarray, list[str]]:
-    """pHashes of every image in the evaluate stage's datasets (CLIP_benchmark WebDataset
-    layout ``{path}/{split}/*.tar``), with labels ``dataset/sample``."""
-    hashes: list[int] = []
+def eval_image_thumbnails(cfg: PipelineConfig, storage: Storage) -> tuple[np.ndarray, list[str]]:
+    """Matching thumbnails (``thumbnails_array``) of every image in the evaluate stage's
+    datasets (CLIP_benchmark WebDataset layout ``{path}/{split}/*.tar``), with labels
+    ``dataset/sample``."""
+    thumbs: list[bytes] = []
     labels: list[str] = []
     for dataset in cfg.evaluate.datasets:
         pattern = posixpath.join(dataset.path.rstrip("/"), dataset.split, "*.tar")
@@ -133,9 +142,9 @@ def eval_image_hashes(cfg: PipelineConfig, storage: Storage) -> tuple[np.ndarray
             with of as fh:
                 for name, data in iter_members(fh, of.path, is_image):
                     with Image.open(io.BytesIO(data)) as image:
-                        hashes.append(phash64(image))
+                        thumbs.append(image_thumbnail(image))
                     labels.append(f"{dataset.name}/{name.rsplit('.', 1)[0]}")
-    return np.asarray(hashes, dtype=np.int64), labels
+    return thumbnails_array(thumbs), labels
 
 
 def _decontaminate(
@@ -145,18 +154,18 @@ def _decontaminate(
     flags = np.zeros(n, dtype=bool)
     match: list[str | None] = [None] * n
     if cfg.curate.decontaminate and cfg.evaluate.datasets:
-        eval_hashes, eval_labels = eval_image_hashes(cfg, storage)
+        eval_thumbs, eval_labels = eval_image_thumbnails(cfg, storage)
         rows = run_sql(con, "curate/hashed_rows").fetchnumpy()
         rids = np.asarray(rows["rid"], dtype=np.int64)
         found = decontamination_matches(
-            np.asarray(rows["phash"], dtype=np.int64), eval_hashes, eval_labels,
-            cfg.curate.decontam_hamming_radius,
+            thumbnails_array(list(rows["thumb"])), eval_thumbs, eval_labels,
+            match_config(cfg.curate),
         )  # fmt: skip
         for i, label in found.items():
             flags[rids[i]] = True
             match[rids[i]] = label
         log.info("decontamination: %d training images match %d eval images", len(found),
-                 len(eval_hashes))  # fmt: skip
+                 len(eval_thumbs))  # fmt: skip
     return pa.table(
         {"rid": pa.array(np.arange(n), pa.int64()), "drop_eval_contamination": flags,
          "eval_match": pa.array(match, pa.string())}

@@ -110,11 +110,12 @@ def test_output_contract_columns_and_types(curated):
                    "language", "clip_score", "duplicate_of", "keep", "reasons"):  # fmt: skip
         assert column in samples.columns, column
     schema = pq.read_schema(root / "curate" / "samples.parquet")
-    assert schema.field("phash").type == pa.int64()
+    assert schema.field("phash").type == pa.binary()  # 8 bytes a row: never a lossy float
+    assert "thumb" not in schema.names  # a working column
     assert schema.field("reasons").type == pa.list_(pa.string())
     assert schema.field("keep").type == pa.bool_()
     kept = samples[samples["keep"]]
-    assert kept["key"].is_unique and kept["phash"].notna().all()
+    assert kept["key"].is_unique and kept["phash"].map(len).eq(8).all()
     assert kept["caption"].str.strip().str.len().gt(0).all()
     assert all(c in samples.columns for c in (f"drop_{rule}" for rule in RULES))
 

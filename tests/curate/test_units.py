@@ -18,14 +18,15 @@ from tasks.core.sql import SQL_DIR, bind, load_sql
 from tasks.curate import dedup
 from tasks.curate.dedup import (
     BinaryIndexSpec,
-    choose_binary_index,
     decontamination_matches,
     embedding_pairs,
     hamming_pairs,
+    match_config,
     multihash_layout,
     survivors_of,
 )
 from tasks.curate.features import FEATURE_SCHEMA, decode_caption, inspect_image, normalise_caption
+from tasks.curate.near_dup import image_thumbnail, thumbnails_array
 from tasks.curate.phash import hamming, hashes_to_bytes, phash64
 from tasks.curate.rules import RULES, apply_rules
 
@@ -73,14 +74,6 @@ def test_multihash_layout_trades_substrings_for_flips_as_n_grows():
         hamming_pairs(np.zeros((4, 8), np.uint8), 4, BinaryIndexSpec("multihash", nhash=4))
 
 
-def test_choose_binary_index_by_size_and_radius():
-    cfg = CurateConfig(phash_flat_max_rows=100)
-    assert choose_binary_index(cfg, 100, 4).kind == "flat"
-    assert choose_binary_index(cfg, 101, 4).kind == "multihash"
-    assert choose_binary_index(cfg, 500, 20).kind == "ivf"  # ~630 lookups/query > 500 rows
-    assert choose_binary_index(CurateConfig(phash_index="ivf"), 5, 4).kind == "ivf"
-
-
 def test_survivors_follow_groups_and_prefer_lowest_index():
     survivor = survivors_of(6, np.array([1, 3, 4]), np.array([3, 4, 5]))
     assert survivor.tolist() == [0, 1, 2, 1, 1, 1]
@@ -111,6 +104,12 @@ def test_semdedup_probing_every_cluster_equals_brute_force(monkeypatch, block):
     assert found < truth  # SemDeDup proper misses the pairs split across clusters
 
 
+def _jpeg(image: Image.Image, quality: int) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
 def _png(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
@@ -127,17 +126,25 @@ def test_phash_is_stable_under_resizing_and_recompression_and_separates_images()
     assert hamming(phash64(a), phash64(big)) <= 4
     assert hamming(phash64(a), phash64(jpeg)) <= 4
     assert hamming(phash64(a), phash64(b)) > 8
-    hashes = np.array([phash64(Image.fromarray(images[k])) for k in range(3)], dtype=np.int64)
+    hashes = np.array([phash64(Image.fromarray(images[k])) for k in range(3)], dtype=np.uint64)
     assert hashes_to_bytes(hashes).shape == (3, 8)
 
 
 def test_decontamination_matches_name_the_eval_image():
-    eval_hashes = np.array([0, 0x0F0F], dtype=np.int64)
-    train = np.array([0b111, 0x7FFF_FFFF_FFFF_FFFF, 0x0F0F ^ 1], dtype=np.int64)
-    assert decontamination_matches(train, eval_hashes, ["e/a", "e/b"], radius=3) == {
-        0: "e/a",
-        2: "e/b",
-    }
+    images, _ = fashion_mnist("test")
+    evals = [Image.fromarray(images[k]) for k in range(20)]
+    train = [
+        evals[3].resize((112, 112), Image.Resampling.NEAREST),  # an upscaled copy
+        Image.fromarray(images[100]),  # another image of the test set, not an eval image
+        Image.open(io.BytesIO(_jpeg(evals[7], 60))),  # a re-encoded copy
+    ]
+    found = decontamination_matches(
+        thumbnails_array([image_thumbnail(p) for p in train]),
+        thumbnails_array([image_thumbnail(p) for p in evals]),
+        [f"e/{k}" for k in range(20)],
+        match_config(CurateConfig()),
+    )
+    assert found == {0: "e/3", 2: "e/7"}
 
 
 def test_inspect_image_states():

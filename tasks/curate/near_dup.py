@@ -1,0 +1,310 @@
+"""Near-duplicate matching: FAISS candidates, then verification by aligned correlation.
+
+Every image becomes one small colour thumbnail (``image_thumbnail``): transparency composited
+onto white, uniform borders (padding, letterboxing, plain backgrounds) trimmed away, the rest
+resized to THUMB x THUMB. Two thumbnails are compared in two steps:
+
+1. **Candidates.** Each thumbnail's coarse view (CANDIDATE_GRID^2 colour pixels, centred and
+   L2-normalised, so an inner product is a Pearson correlation) goes into a FAISS
+   inner-product index; every image asks for its ``candidate_k`` nearest neighbours and keeps
+   those above ``candidate_min_similarity``. Cost: n * k pairs, searched flat up to
+   ``flat_max_rows`` and with an IVF index beyond.
+2. **Verification.** A candidate pair is a duplicate only when the best Pearson correlation
+   between one image's full view and a window of the other (windows keep 77-100 % of each
+   side at several offsets, so crops align) reaches ``min_similarity``, and when the pair
+   stands out from the crowd (a ratio test, as in SIFT matching): its distance (1 - similarity)
+   is at most ``max_distance_ratio`` times each image's distance to its ``ratio_rank``-th
+   closest other candidate. Thousands of plain t-shirts at 28 px correlate as well as a
+   re-encoded copy does, but a copy is far closer to its original than to any look-alike. The correlation runs
+   over all three colour channels at once, centred by one scalar: brightness and contrast
+   changes (c -> a*c + b, the same a and b in every channel) leave it unchanged, while a
+   colour change (a red and a blue copy of one shape) lowers it.
+
+Thresholds come from CurateConfig and were calibrated with ``bench/bench_dedup_quality.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+from PIL import Image
+
+from tasks.curate.phash import flatten_alpha
+
+THUMB = 32
+"""Side of the stored thumbnails (pixels)."""
+VIEWS = 2
+"""Views per image: the whole image, and the image with its uniform borders trimmed."""
+THUMB_BYTES = VIEWS * THUMB * THUMB * 3
+CANDIDATE_GRID = 8
+VERIFY_GRID = 16
+_BORDER_TOLERANCE = 40
+"""A pixel differs from the border colour when one channel differs by more (of 255)."""
+_BORDER_UNIFORM = 0.8
+"""Trim only when this share of the edge pixels has the border colour."""
+_WINDOW_SIDES = (1.0, 0.94, 0.88)
+_WINDOW_OFFSETS = (0.0, 0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class MatchConfig:
+    """Thresholds of the matcher (from CurateConfig ``near_dup_*``)."""
+
+    min_similarity: float
+    candidate_k: int
+    candidate_min_similarity: float
+    max_distance_ratio: float = 1.0
+    ratio_rank: int = 2
+    flat_max_rows: int = 50_000
+    ivf_nprobe: int = 16
+
+
+def _uniform(line: np.ndarray, colour: np.ndarray) -> bool:
+    """Whether a row or column of pixels (k, 3) is (nearly all) ``colour``."""
+    close = np.abs(line.astype(np.int16) - colour).max(axis=1) <= _BORDER_TOLERANCE
+    return bool(close.mean() >= _BORDER_UNIFORM)
+
+
+def _trim_once(pixels: np.ndarray) -> np.ndarray:
+    """Strip rows and columns of the corners' colour from every side (as ``convert -trim``
+    with a fuzz does); the picture's first non-uniform lines stay."""
+    h, w = pixels.shape[:2]
+    corners = np.stack([pixels[0, 0], pixels[0, -1], pixels[-1, 0], pixels[-1, -1]])
+    colour = np.median(corners.astype(np.int16), axis=0)
+    top, bottom, left, right = 0, h, 0, w
+    while bottom - top > 2 and _uniform(pixels[top, left:right], colour):
+        top += 1
+    while bottom - top > 2 and _uniform(pixels[bottom - 1, left:right], colour):
+        bottom -= 1
+    while right - left > 2 and _uniform(pixels[top:bottom, left], colour):
+        left += 1
+    while right - left > 2 and _uniform(pixels[top:bottom, right - 1], colour):
+        right -= 1
+    if bottom - top <= 2 or right - left <= 2:  # a blank image: nothing to trim to
+        return pixels
+    return pixels[top:bottom, left:right]
+
+
+def trim_borders(pixels: np.ndarray, passes: int = 3) -> np.ndarray:
+    """(h, w, 3) uint8 without uniform borders: a letterbox of one colour around a picture
+    with a background of another comes off in two passes."""
+    for _ in range(passes):
+        trimmed = _trim_once(pixels)
+        if trimmed.shape == pixels.shape:
+            break
+        pixels = trimmed
+    return pixels
+
+
+def _thumb(pixels: np.ndarray) -> np.ndarray:
+    resized = Image.fromarray(pixels).resize((THUMB, THUMB), Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def image_thumbnail(image: Image.Image) -> bytes:
+    """The image's matching views, VIEWS x THUMB x THUMB x 3 uint8 (THUMB_BYTES bytes): the
+    whole image, and the image with its uniform borders trimmed."""
+    pixels = np.asarray(flatten_alpha(image), dtype=np.uint8)
+    return np.stack([_thumb(pixels), _thumb(trim_borders(pixels))]).tobytes()
+
+
+def thumbnails_array(blobs: list[bytes]) -> np.ndarray:
+    """THUMB_BYTES blobs -> (n, VIEWS, THUMB, THUMB, 3) float32."""
+    flat = np.frombuffer(b"".join(blobs), dtype=np.uint8)
+    return flat.reshape(len(blobs), VIEWS, THUMB, THUMB, 3).astype(np.float32)
+
+
+def _normalised(x: np.ndarray) -> np.ndarray:
+    """Rows centred by their own mean and scaled to unit length (blank rows stay zero)."""
+    x = x - x.mean(axis=-1, keepdims=True)
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(norm, 1e-6)).astype(np.float32)
+
+
+def _area_matrix(start: float, side: float, grid: int) -> np.ndarray:
+    """(grid, THUMB) weights: cell g averages the thumbnail over its share of the span
+    [start, start + side) (fractions of the side), so sampling does not alias."""
+    edges = (start + side * np.arange(grid + 1) / grid) * THUMB
+    pixel_lo = np.arange(THUMB)[None, :]
+    overlap = np.clip(
+        np.minimum(edges[1:, None], pixel_lo + 1) - np.maximum(edges[:-1, None], pixel_lo), 0, None
+    )
+    return (overlap / overlap.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _spans() -> list[tuple[float, float]]:
+    """(start, side) of each window along one axis, as fractions of the side."""
+    return sorted({((1 - s) * o, s) for s in _WINDOW_SIDES for o in _WINDOW_OFFSETS})
+
+
+_SPAN_MATRICES = np.stack([_area_matrix(start, side, VERIFY_GRID) for start, side in _spans()])
+_FULL_MATRIX = _area_matrix(0.0, 1.0, VERIFY_GRID)
+
+
+def _windows(thumbs: np.ndarray) -> np.ndarray:
+    """(m, T, T, 3) -> every window, normalised: (m, S*S, G*G*3) for S spans per axis."""
+    spans = _SPAN_MATRICES
+    rows = np.einsum("sgt,mtuc->msguc", spans, thumbs, optimize=True)
+    both = np.einsum("rhu,msguc->msrghc", spans, rows, optimize=True)
+    return _normalised(both.reshape(len(thumbs), len(spans) ** 2, -1))
+
+
+def _full(thumbs: np.ndarray) -> np.ndarray:
+    """(m, T, T, 3) -> the whole view, normalised: (m, G*G*3)."""
+    full = _FULL_MATRIX
+    cells = np.einsum("gt,mtuc,hu->mghc", full, thumbs, full, optimize=True)
+    return _normalised(cells.reshape(len(thumbs), -1))
+
+
+def candidate_vectors(thumbs: np.ndarray) -> np.ndarray:
+    """(n, VIEWS, T, T, 3) thumbnails -> (n * VIEWS, CANDIDATE_GRID^2 * 3) centred unit
+    vectors, view-major within each image (row i * VIEWS + v)."""
+    step = THUMB // CANDIDATE_GRID
+    views = thumbs.reshape(-1, CANDIDATE_GRID, step, CANDIDATE_GRID, step, 3)
+    return _normalised(views.mean(axis=(2, 4)).reshape(len(views), -1))
+
+
+def _index(dim: int, n: int, cfg: MatchConfig, train: np.ndarray) -> faiss.Index:
+    """Flat inner product for small n; IVF (sqrt(n) lists, nprobe) beyond flat_max_rows."""
+    if n <= cfg.flat_max_rows:
+        return faiss.IndexFlatIP(dim)
+    nlist = max(1, int(np.sqrt(n)))
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    ivf.train(train)
+    ivf.nprobe = min(cfg.ivf_nprobe, nlist)
+    return ivf
+
+
+def candidate_pairs(
+    db: np.ndarray, cfg: MatchConfig, queries: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate (query i, database j) image pairs: one view of each is among the other's
+    candidate_k nearest views with similarity >= candidate_min_similarity. ``db`` and
+    ``queries`` are (n, VIEWS, T, T, 3). Without ``queries`` the database queries itself and
+    each unordered pair comes once, i < j."""
+    n_db = len(db)
+    n_q = n_db if queries is None else len(queries)
+    if n_db == 0 or n_q == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    db_vectors = candidate_vectors(db)
+    probe = db_vectors if queries is None else candidate_vectors(queries)
+    index = _index(db_vectors.shape[1], len(db_vectors), cfg, db_vectors)
+    index.add(db_vectors)
+    k = min(cfg.candidate_k * VIEWS + (VIEWS if queries is None else 0), len(db_vectors))
+    sims, found = index.search(probe, k)
+    rows = np.repeat(np.arange(len(probe), dtype=np.int64) // VIEWS, k)
+    cols, sims = found.ravel().astype(np.int64), sims.ravel()
+    keep = (cols >= 0) & (sims >= cfg.candidate_min_similarity)
+    rows, cols = rows[keep], cols[keep] // VIEWS
+    if queries is None:
+        rows, cols = np.minimum(rows, cols), np.maximum(rows, cols)
+        keep = rows != cols
+        rows, cols = rows[keep], cols[keep]
+    pairs = np.unique(rows * n_db + cols)
+    return pairs // n_db, pairs % n_db
+
+
+_CHUNK = 256
+"""Images whose windows are computed at once ((CHUNK, W, D) float32: ~38 MiB)."""
+
+
+def _directed_similarity(
+    src: np.ndarray, dst_full: np.ndarray, rows: np.ndarray, cols: np.ndarray
+) -> np.ndarray:
+    """For pairs (rows[p], cols[p]): the best correlation between a window of src[rows[p]]
+    and the whole dst_full[cols[p]]. src: (n, T, T, 3); dst_full: (n', D) normalised."""
+    out = np.full(len(rows), -1.0, np.float32)
+    order = np.argsort(rows, kind="stable")
+    images, starts = np.unique(rows[order], return_index=True)
+    bounds = np.append(starts, len(order))
+    for first in range(0, len(images), _CHUNK):
+        windows = _windows(src[images[first : first + _CHUNK]])  # (u, W, D)
+        for u in range(len(windows)):
+            part = order[bounds[first + u] : bounds[first + u + 1]]
+            out[part] = (windows[u] @ dst_full[cols[part]].T).max(axis=0)
+    return out
+
+
+def pair_similarity(a: np.ndarray, b: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Verified similarity of pairs (a[rows[p]], b[cols[p]]), thumbnails (n, VIEWS, T, T, 3):
+    per view, the best correlation of one image's whole view with a window of the other's,
+    either way round; then the best view. Shape (len(rows),) float32."""
+    best = np.full(len(rows), -1.0, np.float32)
+    for view in range(VIEWS):
+        va, vb = a[:, view], b[:, view]
+        one_way = _directed_similarity(va, _full(vb), rows, cols)
+        other_way = _directed_similarity(vb, _full(va), cols, rows)
+        best = np.maximum(best, np.maximum(one_way, other_way))
+    return best
+
+
+def candidate_similarities(
+    thumbs: np.ndarray, cfg: MatchConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every candidate pair i < j among (n, VIEWS, T, T, 3) thumbnails, with its verified
+    similarity (``verified`` says which are duplicates)."""
+    rows, cols = candidate_pairs(thumbs, cfg)
+    return rows, cols, pair_similarity(thumbs, thumbs, rows, cols)
+
+
+def verified(
+    rows: np.ndarray,
+    cols: np.ndarray,
+    sims: np.ndarray,
+    cfg: MatchConfig,
+    cross: bool = False,
+) -> np.ndarray:
+    """Which candidate pairs are duplicates: similar enough, and standing out from each
+    image's other candidates (the ratio test). With ``cross`` rows and cols index two
+    different sets (queries, database). (len(rows),) bool."""  # fmt: skip
+    offset = int(rows.max()) + 1 if cross and len(rows) else 0
+    a, b = rows, cols + offset
+    distance = 1.0 - sims.astype(np.float64)
+    reference = np.minimum(_rank_distance(a, b, distance, cfg.ratio_rank),
+                           _rank_distance(b, a, distance, cfg.ratio_rank))  # fmt: skip
+    return (sims >= cfg.min_similarity) & (distance <= cfg.max_distance_ratio * reference)
+
+
+def _rank_distance(node: np.ndarray, other: np.ndarray, distance: np.ndarray,
+                   rank: int) -> np.ndarray:  # fmt: skip
+    """Per pair p: node[p]'s distance to its rank-th closest partner other than other[p]
+    (2.0, the largest correlation distance, where it has fewer)."""
+    both_nodes = np.concatenate([node, other])
+    both_distance = np.concatenate([distance, distance])
+    order = np.lexsort((both_distance, both_nodes))
+    nodes, dists = both_nodes[order], both_distance[order]
+    starts = np.searchsorted(nodes, nodes, side="left")
+    position = np.arange(len(nodes)) - starts  # 0 = the node's closest partner
+    count = np.searchsorted(nodes, nodes, side="right") - starts
+    nth = np.full(len(nodes), 2.0)
+    has = count > rank
+    nth[has] = dists[starts[has] + rank]  # the (rank+1)-th closest: skips the pair itself
+    nth_before = np.full(len(nodes), 2.0)
+    has = count >= rank
+    nth_before[has] = dists[starts[has] + rank - 1]
+    # The pair's own partner is among the node's `rank` closest: look one further.
+    reference = np.where(position < rank, nth, nth_before)
+    out = np.empty(len(nodes))
+    out[order] = reference
+    return out[: len(node)]
+
+
+def near_duplicate_pairs(
+    thumbs: np.ndarray, cfg: MatchConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Verified pairs i < j among (n, VIEWS, T, T, 3) thumbnails, with their similarity."""
+    rows, cols, sims = candidate_similarities(thumbs, cfg)
+    keep = verified(rows, cols, sims, cfg)
+    return rows[keep], cols[keep], sims[keep]
+
+
+def cross_matches(
+    queries: np.ndarray, db: np.ndarray, cfg: MatchConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Verified pairs (query i, database j) between two thumbnail sets, with similarity."""
+    rows, cols = candidate_pairs(db, cfg, queries)
+    sims = pair_similarity(queries, db, rows, cols)
+    keep = verified(rows, cols, sims, cfg, cross=True)
+    return rows[keep], cols[keep], sims[keep]
