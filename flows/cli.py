@@ -9,7 +9,7 @@ import os
 import sys
 from datetime import UTC, datetime
 
-from tasks.core.config import ConfigError, PipelineConfig, load_config
+from tasks.core.config import ALLOW_PRIVATE_ENV, ConfigError, PipelineConfig, load_config
 from tasks.core.lineage import StaleUpstream, pipeline_status, read_manifest
 from tasks.core.storage import Storage
 from tasks.stages import PIPELINE, STAGES, stage
@@ -112,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("httpx", "great_expectations", "docket"):  # a line per API call or import
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.command == "demo":
+        # The demo web is served on loopback: the demo (only it) opens private networks for
+        # the configs that ask, before they are validated.
+        os.environ[ALLOW_PRIVATE_ENV] = "1"
     try:
         cfg = load_config(args.config)  # validated once, here; flows receive it typed
     except ConfigError as e:

@@ -49,3 +49,16 @@ def test_run_rejects_unknown_stages(tmp_path):
     path = write_config(tmp_path, {"storage": {"root": "root"}})
     with pytest.raises(SystemExit, match="unknown stage"):
         main(["run", path, "--stages", "crawl,dowload"])
+
+
+def test_demo_opens_loopback_for_its_own_config_only(monkeypatch):
+    """`clipflow demo` serves the demo web on 127.0.0.1, so it sets the private-network
+    switch itself before the config is validated; `clipflow run` on the same config does not."""
+    import flows.demo
+
+    monkeypatch.delenv("CLIPFLOW_ALLOW_PRIVATE_NETWORKS")
+    assert main(["run", "configs/demo.yaml", "--stages", "crawl"]) == 2  # refused up front
+    calls: list[str] = []
+    monkeypatch.setattr(flows.demo, "run_demo", lambda path, with_moto: calls.append(path) or 0)
+    assert main(["demo", "configs/demo.yaml"]) == 0
+    assert calls == ["configs/demo.yaml"]
