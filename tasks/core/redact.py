@@ -9,6 +9,7 @@ URLs a user may legitimately pass, such as a presigned checkpoint URL.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
@@ -42,6 +43,14 @@ def redact_url(value: str) -> str:
         netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
     query = REDACTED if keys & SECRET_QUERY_KEYS else parts.query
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def redact_text(text: str) -> str:
+    """``redact_url`` on every URL inside a message (an exception's text, a log line)."""
+    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
 
 
 def redact(obj: Any) -> Any:

@@ -41,7 +41,7 @@ from model.zeroshot import ClassificationReport, classification_report, classify
 from model.zeroshot import zeroshot_classifier as build_classifier
 from tasks.core.config import EvalDataset, PipelineConfig
 from tasks.core.manifest import StageResult
-from tasks.core.redact import redact_url
+from tasks.core.redact import redact_text, redact_url
 from tasks.core.stage import PLAIN_RUN, RunContext
 from tasks.core.storage import Storage
 
@@ -90,16 +90,20 @@ def _device(setting: str) -> str:
 def load_model(cfg: PipelineConfig, storage: Storage) -> LoadedModel:
     """Build the architecture and load the checkpoint into it (strict key and shape checks)."""
     uri = default_checkpoint(cfg, storage)
+    shown = redact_url(uri)  # a presigned URL's signature stays out of logs and errors
     options = storage.storage_options() if uri.startswith("s3://") else {}
     try:
         with fsspec.open(uri, "rb", **options) as f:
             checkpoint = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
-    except FileNotFoundError as e:
+    except FileNotFoundError:
         raise FileNotFoundError(
-            f"evaluate: checkpoint {uri} not found (run the train stage or pass --checkpoint)"
-        ) from e
+            f"evaluate: checkpoint {shown} not found (run the train stage or pass --checkpoint)"
+        ) from None
+    except Exception as e:  # the reader's own message may carry the URL, secrets and all
+        message = redact_text(f"{type(e).__name__}: {e}")
+        raise RuntimeError(f"evaluate: cannot read checkpoint {shown}: {message}") from None
     if not isinstance(checkpoint, dict):
-        raise ValueError(f"{uri}: expected a dict checkpoint, got {type(checkpoint).__name__}")
+        raise ValueError(f"{shown}: expected a dict checkpoint, got {type(checkpoint).__name__}")
     architecture: Any = cfg.evaluate.model or checkpoint.get("model_config") or cfg.train.model
     model = create_model(architecture)
     load_checkpoint(model, checkpoint)
@@ -108,7 +112,7 @@ def load_model(cfg: PipelineConfig, storage: Storage) -> LoadedModel:
     device = _device(cfg.evaluate.device)
     model = model.to(device).eval()
     described = architecture if isinstance(architecture, str) else "checkpoint model_config"
-    log.info("evaluating %s (%s) on %s", uri, described, device)
+    log.info("evaluating %s (%s) on %s", shown, described, device)
     transform = image_transform(model.config.vision.image_size, is_train=False)
     return LoadedModel(model, tokenizer, transform, device, uri, described)
 
