@@ -30,8 +30,5 @@ def balanced(name: str, counts: dict[str, Any]) -> dict[str, Any]:
             if not part.endswith("*"):
                 counts.setdefault(part, 0)
         if identity.total not in counts:
-            counts[identity.total] = sum(
-                v for k, v in counts.items()
-                if any(k.startswith(p[:-1]) if p.endswith("*") else k == p for p in identity.parts)
-            )  # fmt: skip
+            counts[identity.total] = sum(v for k, v in counts.items() if identity.is_part(k))
     return counts

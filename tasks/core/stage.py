@@ -52,13 +52,12 @@ class Identity:
     total: str
     parts: tuple[str, ...]
 
+    def is_part(self, key: str) -> bool:
+        """Whether count ``key`` is one of the parts (by name, or by a ``prefix*``)."""
+        return any(key.startswith(p[:-1]) if p.endswith("*") else key == p for p in self.parts)
+
     def check(self, stage: str, counts: dict[str, Any]) -> None:
-        terms = {
-            key: int(value)
-            for part in self.parts
-            for key, value in counts.items()
-            if (key.startswith(part[:-1]) if part.endswith("*") else key == part)
-        }
+        terms = {key: int(value) for key, value in counts.items() if self.is_part(key)}
         missing = [p for p in (self.total, *self.parts) if not p.endswith("*") and p not in counts]
         if missing:
             raise AccountingError(f"{stage}: counts lack {missing} (have {sorted(counts)})")

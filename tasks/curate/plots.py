@@ -88,16 +88,21 @@ def plot_histograms(con: duckdb.DuckDBPyConnection, out_dir: str) -> dict[str, s
     return paths
 
 
+def _images(storage: Storage, wanted: list[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
+    """The image bytes of each (download shard, key), one pass over each shard tar."""
+    by_shard: dict[str, set[str]] = {}
+    for shard, key in wanted:
+        by_shard.setdefault(shard, set()).add(key)
+    images: dict[tuple[str, str], bytes] = {}
+    for shard, keys in by_shard.items():
+        images |= {(shard, k): v for k, v in read_members(storage, shard, keys).items()}
+    return images
+
+
 def plot_duplicates(con: duckdb.DuckDBPyConnection, storage: Storage, path: str) -> str:
     """Each row: a dropped duplicate and the kept image it duplicates, with keys and reason."""
     pairs = run_sql(con, "curate/duplicate_examples", {"limit": DUPLICATE_EXAMPLES}).fetchall()
-    wanted: dict[str, set[str]] = {}
-    for dropped_key, dropped_shard, _, kept_key, kept_shard in pairs:
-        wanted.setdefault(dropped_shard, set()).add(dropped_key)
-        wanted.setdefault(kept_shard, set()).add(kept_key)
-    images: dict[tuple[str, str], bytes] = {}
-    for shard, keys in wanted.items():
-        images |= {(shard, k): v for k, v in read_members(storage, shard, keys).items()}
+    images = _images(storage, [(p[1], p[0]) for p in pairs] + [(p[4], p[3]) for p in pairs])
     fig, axes = plt.subplots(max(1, len(pairs)), 2, figsize=(5, 2.4 * max(1, len(pairs))),
                              squeeze=False)  # fmt: skip
     for ax in axes.ravel():
@@ -125,13 +130,7 @@ def plot_near_threshold(con: duckdb.DuckDBPyConnection, storage: Storage, path: 
     threshold first on either side (verified: dropped; rejected: both kept)."""
     pairs = run_sql(con, "curate/near_threshold_pairs", {"limit": NEAR_THRESHOLD_EXAMPLES})
     rows = pairs.fetchall()
-    wanted: dict[str, set[str]] = {}
-    for key_a, shard_a, key_b, shard_b, _, _ in rows:
-        wanted.setdefault(shard_a, set()).add(key_a)
-        wanted.setdefault(shard_b, set()).add(key_b)
-    images: dict[tuple[str, str], bytes] = {}
-    for shard, keys in wanted.items():
-        images |= {(shard, k): v for k, v in read_members(storage, shard, keys).items()}
+    images = _images(storage, [(r[1], r[0]) for r in rows] + [(r[3], r[2]) for r in rows])
     fig, axes = plt.subplots(max(1, len(rows)), 2, figsize=(4.4, 2.0 * max(1, len(rows))),
                              squeeze=False)  # fmt: skip
     for ax in axes.ravel():

@@ -34,7 +34,6 @@ from urllib.parse import urljoin, urlsplit
 
 from tasks.core.safe_http import (
     DNS_ERROR,
-    SSRF_REFUSED,
     IPAddress,
     Refusal,
     host_port,
@@ -432,7 +431,6 @@ __all__ = [
     "FetchRefused",
     "HTTPStatusError",
     "Response",
-    "SSRF_REFUSED",
     "WATCHDOG",
     "check_destinations",
     "checked_addresses",
