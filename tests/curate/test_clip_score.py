@@ -1,6 +1,11 @@
 """The CLIP-score filter and SemDeDup, with a randomly initialised tiny CLIP saved to disk:
 random weights say nothing about quality, so this checks the mechanics (scores computed and
-correct, top fraction applied, embeddings reach the semantic dedup step)."""
+correct, top fraction applied, embeddings reach the semantic dedup step).
+
+SemDeDup's planted duplicates are the web's near copies (resized, re-encoded): the pixel
+matcher is set to accept only identical thumbnails here, so those copies reach the semantic
+step, and a random tower still maps an image and its copy closer together (under
+SEMANTIC_EPS) than any two different images."""
 
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from tasks.curate.stage import curate
 from tests.curate.conftest import DownloadedWeb
 
 TOP_FRACTION = 0.5
+SEMANTIC_EPS = 1e-6
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +39,8 @@ def scored(downloaded_web: DownloadedWeb, tmp_path_factory: pytest.TempPathFacto
     root = downloaded_web.root_with_download(work / "root")
     cfg = downloaded_web.config(
         root, clip_score_checkpoint=str(checkpoint), clip_score_model="clipflow-tiny",
-        clip_score_top_fraction=TOP_FRACTION, semantic_dedup=True, semantic_dedup_eps=1e-6,
-        gate="warn",
+        clip_score_top_fraction=TOP_FRACTION, semantic_dedup=True,
+        semantic_dedup_eps=SEMANTIC_EPS, near_dup_min_similarity=1.0, gate="warn",
     )  # fmt: skip
     result = curate(cfg, Storage(cfg.storage))
     samples = pd.read_parquet(root / "curate" / "samples.parquet")
@@ -76,7 +82,21 @@ def test_semantic_dedup_ran_on_the_embeddings(scored):
     assert embeddings.shape[1] == 64  # clipflow-tiny embed_dim
     summary = json.loads((root / "curate" / "report" / "summary.json").read_text())
     assert summary["kept"] + sum(summary["dropped_by_reason"].values()) == summary["input"]
-    assert "dropped_semantic_duplicate" in result.counts
+
+
+def test_semantic_dedup_drops_the_planted_copies_and_only_them(scored, downloaded_web):
+    _, samples, _, _ = scored
+    assert samples["drop_near_duplicate"].sum() == 0  # the pixel matcher let the copies through
+    near = downloaded_web.planted.near_copies
+    by_url = samples.set_index("url")
+    dropped = set(samples.loc[samples["drop_semantic_duplicate"], "url"])
+    assert len(dropped) == len(near)
+    for copy, original in near.items():
+        # One of each pair goes, named after the other (the survivor is the larger image).
+        (gone,) = {copy, original} & dropped
+        (kept,) = {copy, original} - {gone}
+        assert by_url.loc[gone, "duplicate_of"] == by_url.loc[kept, "key"]
+        assert by_url.loc[kept, "keep"]
 
 
 def test_semantic_dedup_without_a_checkpoint_is_a_config_error(downloaded_web, tmp_path):
