@@ -13,10 +13,31 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def run_records(flow_run_id: UUID) -> tuple[list[Any], list[Any]]:
+    """The artifacts and task runs of one flow run: the session's harness serves every test,
+    so a lookup by artifact key alone could find another test's."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    runs = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+    with get_client(sync_client=True) as client:
+        return (
+            client.read_artifacts(flow_run_filter=runs),
+            client.read_task_runs(flow_run_filter=runs),
+        )
+
+
+def run_artifacts(flow_run_id: UUID) -> dict[str, Any]:
+    """One flow run's artifacts by key."""
+    return {a.key: a for a in run_records(flow_run_id)[0]}
 
 
 @pytest.fixture(scope="session")

@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from uuid import UUID
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from flows.curate import curate_flow
 from tasks.core.manifest import read_manifest
 from tasks.core.storage import Storage
 from tests.curate.conftest import DownloadedWeb
 from tests.finished_stages import record_finished
+from tests.fixtures_prefect import run_records
 
 
 def _mark_download_done(root: Path, cfg) -> Storage:
@@ -29,14 +27,6 @@ def _mark_download_done(root: Path, cfg) -> Storage:
     return Storage(cfg.storage)
 
 
-def _run_records(flow_run_id: UUID) -> tuple[list, list]:
-    runs = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-    with get_client(sync_client=True) as client:
-        return client.read_artifacts(flow_run_filter=runs), client.read_task_runs(
-            flow_run_filter=runs
-        )
-
-
 def test_flow_maps_shards_as_tasks_and_publishes_the_report(
     prefect_harness, downloaded_web: DownloadedWeb, tmp_path: Path
 ):
@@ -45,7 +35,7 @@ def test_flow_maps_shards_as_tasks_and_publishes_the_report(
     storage = _mark_download_done(root, cfg)
     state = curate_flow(config=cfg.model_dump(mode="json"), return_state=True)
     assert state.is_completed(), state.message
-    artifacts, task_runs = _run_records(state.state_details.flow_run_id)
+    artifacts, task_runs = run_records(state.state_details.flow_run_id)
     by_key = {a.key: a for a in artifacts}
     assert {"curate-summary", "curate-funnel", "curate-data-docs", "curate-counts"} <= set(by_key)
     assert f"file://{root}/curate/report/data_docs/index.html" in str(
@@ -87,7 +77,7 @@ def test_quality_gate_fails_the_flow_on_bad_input(
     assert summary["gate"]["success"] is False and summary["kept"] == 0
     failed = {e["expectation"] for e in summary["gate"]["expectations"] if not e["success"]}
     assert "expect_column_mean_to_be_between" in failed  # kept fraction 0 < the minimum
-    artifacts, _ = _run_records(state.state_details.flow_run_id)
+    artifacts, _ = run_records(state.state_details.flow_run_id)
     assert "curate-summary" in {a.key for a in artifacts}  # the failed run shows why
 
     warned = downloaded_web.config(root, gate="warn")

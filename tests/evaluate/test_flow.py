@@ -14,6 +14,7 @@ from tasks.core.manifest import manifest_uri
 from tasks.core.storage import Storage
 from tasks.evaluate.stage import load_model
 from tests.finished_stages import record_finished
+from tests.fixtures_prefect import run_artifacts
 
 
 def _config(root, datasets, **storage):
@@ -36,23 +37,14 @@ def _finish_train_stage(cfg, checkpoint) -> None:
     record_finished(cfg, train={"steps": 30})
 
 
-def _artifacts(key: str):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    with get_client(sync_client=True) as client:
-        return client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
-        )
-
-
 @pytest.mark.integration
 def test_flow_writes_results_publishes_artifacts_and_skips(
     prefect_harness, tmp_root, fashion_small, emoji_retrieval_small, trained_checkpoint
 ):
     cfg = load_config(_config(tmp_root, _datasets(fashion_small, emoji_retrieval_small)))
     _finish_train_stage(cfg, trained_checkpoint)
-    manifest = evaluate_flow(config=cfg.model_dump(mode="json"))
+    state = evaluate_flow(config=cfg.model_dump(mode="json"), return_state=True)
+    manifest = state.result()
     assert manifest["skipped"] is False
     assert manifest["counts"] == {"fashion/test": 240, "emoji_ret/test": 160,
                                   "fashion_lp/train": 300, "fashion_lp/test": 240}  # fmt: skip
@@ -77,7 +69,9 @@ def test_flow_writes_results_publishes_artifacts_and_skips(
     assert probe["chosen_on_validation"] is True and 1e-4 <= probe["C"] <= 1e4
     per_class = (tmp_root / "eval" / "fashion" / "per_class.csv").read_text().splitlines()
     assert len(per_class) == 11 and sum(int(line.split(",")[1]) for line in per_class[1:]) == 240
-    assert _artifacts("evaluate-results") and _artifacts("evaluate-results-md")
+    artifacts = run_artifacts(state.state_details.flow_run_id)
+    assert {"evaluate-results", "evaluate-results-md"} <= set(artifacts)
+    assert "fashion_lp" in str(artifacts["evaluate-results-md"].data)
 
     assert evaluate_flow(config=cfg.model_dump(mode="json"))["skipped"] is True
 

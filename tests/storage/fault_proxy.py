@@ -16,12 +16,24 @@ from collections.abc import Callable
 class FaultProxy:
     """Forward 127.0.0.1:``port`` to ``upstream_port``; the first request whose bytes match
     ``pattern`` runs ``on_match`` and is dropped. While ``down`` is set, connections are
-    closed unanswered (an endpoint that is not there)."""
+    closed unanswered (an endpoint that is not there).
 
-    def __init__(self, upstream_port: int, pattern: bytes, on_match: Callable[[], None]) -> None:
+    With ``every=True`` the proxy never goes down: every matching request is dropped (and
+    counted in ``dropped``) while all others pass, as when one request keeps failing on the
+    network while the server keeps its state."""
+
+    def __init__(
+        self,
+        upstream_port: int,
+        pattern: bytes,
+        on_match: Callable[[], None] = lambda: None,
+        every: bool = False,
+    ) -> None:
         self.upstream_port = upstream_port
         self.pattern = re.compile(pattern)
         self.on_match = on_match
+        self.every = every
+        self.dropped = 0
         self.matched = threading.Event()
         self.down = threading.Event()
         self._lock = threading.Lock()
@@ -74,9 +86,12 @@ class FaultProxy:
 
     def _fires(self, data: bytes) -> bool:
         with self._lock:
-            if self.matched.is_set() or not self.pattern.search(data):
+            if (self.matched.is_set() and not self.every) or not self.pattern.search(data):
                 return False
             self.matched.set()
+            self.dropped += 1
+            if self.every:
+                return True
             self.down.set()
         self.on_match()
         return True

@@ -14,6 +14,7 @@ from model.s3 import S3UploadError, UploadPolicy, make_client, upload_file
 from tasks.core.config import StorageConfig
 from tasks.core.storage import Storage
 from tests.fixtures_s3 import MotoServer, free_port
+from tests.storage.fault_proxy import FaultProxy
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -77,6 +78,41 @@ def private_server(s3_server: MotoServer):
     server.start()
     yield server
     server.stop()
+
+
+def test_a_multipart_upload_that_fails_mid_way_is_aborted_and_leaves_no_object(
+    private_server: MotoServer, tmp_path: Path
+) -> None:
+    """Part 1 of 3 is stored, then part 2 never gets through (a proxy drops it on every
+    try) while the server keeps its state: each attempt is aborted, so neither an object nor
+    an unfinished upload with its stored parts is left; with the fault gone, a rerun lands."""
+    client = make_client(private_server.endpoint_url)
+    client.create_bucket(Bucket="multipart-bucket")
+    local = tmp_path / "big.bin"
+    local.write_bytes(os.urandom(11 * 1024 * 1024 + 17))
+    proxy = FaultProxy(
+        private_server.port, rb"PUT /multipart-bucket/big\.bin\?[^ ]*partNumber=2\b", every=True
+    )
+    policy = UploadPolicy(chunk_bytes=5 * 1024 * 1024, concurrency=1, retries=1,
+                          backoff_seconds=0.05)  # fmt: skip
+    try:
+        with pytest.raises(
+            S3UploadError, match=r"upload s3://multipart-bucket/big\.bin: failed after 2"
+        ):
+            upload_file(
+                make_client(proxy.endpoint_url), str(local), "s3://multipart-bucket/big.bin", policy
+            )
+    finally:
+        proxy.close()
+    assert proxy.dropped >= 2  # each attempt reached part 2 (botocore retries it, too)
+    assert "Contents" not in client.list_objects_v2(Bucket="multipart-bucket")
+    assert client.list_multipart_uploads(Bucket="multipart-bucket").get("Uploads", []) == []
+    digest = upload_file(client, str(local), "s3://multipart-bucket/big.bin", policy)
+    assert digest == hashlib.sha256(local.read_bytes()).hexdigest()
+    assert (
+        client.get_object(Bucket="multipart-bucket", Key="big.bin")["Body"].read()
+        == local.read_bytes()
+    )
 
 
 def test_upload_retries_with_backoff_until_the_server_is_back(

@@ -7,11 +7,13 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import yaml
 
+from tests.fixtures_prefect import run_artifacts
 from tests.train.conftest import finish, pipeline_config, read_metrics, torchrun, wait_for
 
 pytestmark = pytest.mark.timeout(600)
@@ -19,17 +21,22 @@ METRIC_KEYS = {"step", "loss", "lr", "logit_scale", "samples_per_s", "data_wait"
 
 
 @pytest.fixture(scope="module")
-def flow_run(sharded_root: Path, prefect_harness: None) -> dict:
+def flow_state(sharded_root: Path, prefect_harness: None) -> Any:
     """The train flow on the shard stage's output: 24 steps of 2 ranks x 32."""
     from flows.train import train_flow
 
     os.environ["OMP_NUM_THREADS"] = "1"
-    return train_flow(config=pipeline_config(sharded_root), force=True)
+    return train_flow(config=pipeline_config(sharded_root), force=True, return_state=True)
 
 
-def test_flow_trains_checkpoints_and_publishes(flow_run: dict, sharded_root: Path) -> None:
-    from prefect.artifacts import Artifact
+@pytest.fixture(scope="module")
+def flow_run(flow_state: Any) -> dict:
+    return flow_state.result()
 
+
+def test_flow_trains_checkpoints_and_publishes(
+    flow_run: dict, flow_state: Any, sharded_root: Path
+) -> None:
     train_dir = sharded_root / "train"
     assert flow_run["counts"]["steps"] == 24
     assert flow_run["counts"]["samples_seen"] == 24 * 64
@@ -45,10 +52,9 @@ def test_flow_trains_checkpoints_and_publishes(flow_run: dict, sharded_root: Pat
     assert (train_dir / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
     saved = yaml.safe_load((train_dir / "config.yaml").read_text())
     assert saved["batch_size"] == 32 and saved["shards"] == str(sharded_root / "shards")
-    table = Artifact.get("train-final-metrics")
-    curve = Artifact.get("train-loss-curve")
-    assert table is not None and "logit_scale" in str(table.data)
-    assert curve is not None and "data:image/png;base64," in str(curve.data)
+    artifacts = run_artifacts(flow_state.state_details.flow_run_id)
+    assert "logit_scale" in str(artifacts["train-final-metrics"].data)
+    assert "data:image/png;base64," in str(artifacts["train-loss-curve"].data)
 
 
 def test_killed_run_resumes_to_the_same_end(flow_run: dict, sharded_root: Path, tmp_path):
