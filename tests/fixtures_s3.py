@@ -78,3 +78,14 @@ def s3_bucket(s3_server: MotoServer) -> str:
     name = f"clipflow-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_server.endpoint_url).create_bucket(Bucket=name)
     return name
+
+
+def upload_tree(local: Path, endpoint_url: str, bucket: str, prefix: str) -> None:
+    """Copy a local folder into ``s3://bucket/prefix`` with plain boto3."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint_url)
+    for path in sorted(local.rglob("*")):
+        if path.is_file():
+            key = f"{prefix}/{path.relative_to(local).as_posix()}"
+            client.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())

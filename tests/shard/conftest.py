@@ -15,7 +15,6 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import pandas as pd
 import pytest
 from PIL import Image
@@ -23,6 +22,7 @@ from PIL import Image
 from demo.offline_data import FASHION_MNIST_CLASSES, fashion_mnist
 from model.tario import IMAGE_EXTENSIONS, image_extension, open_samples
 from tasks.core.config import PipelineConfig
+from tests.fixtures_s3 import upload_tree
 
 N_IMAGES = 48
 PER_DOWNLOAD_SHARD = 20
@@ -136,15 +136,6 @@ def local_config(root: Path, **shard: object) -> PipelineConfig:
     return PipelineConfig.model_validate(
         {"storage": {"root": str(root)}, "shard": {"samples_per_shard": 5, **shard}}
     )
-
-
-def upload_tree(local: Path, endpoint_url: str, bucket: str, prefix: str) -> None:
-    """Copy a local folder into ``s3://bucket/prefix`` with plain boto3."""
-    client = boto3.client("s3", endpoint_url=endpoint_url)
-    for path in sorted(local.rglob("*")):
-        if path.is_file():
-            key = f"{prefix}/{path.relative_to(local).as_posix()}"
-            client.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
 
 
 @pytest.fixture

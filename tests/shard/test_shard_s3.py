@@ -16,8 +16,8 @@ from tasks.core.config import PipelineConfig
 from tasks.core.storage import Storage
 from tasks.shard.stage import shard
 from tasks.shard.verify import verify_shards
-from tests.fixtures_s3 import MotoServer, free_port
-from tests.shard.conftest import load_kept, upload_tree
+from tests.fixtures_s3 import MotoServer, free_port, upload_tree
+from tests.shard.conftest import load_kept
 from tests.storage.fault_proxy import FaultProxy
 
 BUCKET = "fault-bucket"

@@ -4,6 +4,7 @@ checkpoint loads into OpenCLIP."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch
 import yaml
 
 from tests.fixtures_prefect import run_artifacts
+from tests.fixtures_s3 import upload_tree
 from tests.train.conftest import finish, pipeline_config, read_metrics, torchrun, wait_for
 
 pytestmark = pytest.mark.timeout(600)
@@ -78,6 +80,29 @@ def test_killed_run_resumes_to_the_same_end(flow_run: dict, sharded_root: Path, 
     for got, want in zip(resumed, reference, strict=True):
         assert got["loss"] == pytest.approx(want["loss"], abs=1e-4), got["step"]
         assert got["lr"] == pytest.approx(want["lr"], rel=1e-9)
+
+
+def test_shards_on_s3_train_the_same_loss_curve(
+    flow_run: dict, sharded_root: Path, tmp_path: Path, s3_server, s3_bucket: str
+) -> None:
+    """The same run with its shards read from, and its output written to, S3 (moto_server):
+    every logged loss equals the local run's, so storage does not change what is learned."""
+    import boto3
+
+    upload_tree(sharded_root / "shards", s3_server.endpoint_url, s3_bucket, "shards")
+    config = yaml.safe_load((sharded_root / "train" / "config.yaml").read_text())
+    config["shards"] = f"s3://{s3_bucket}/shards"
+    config["output"] = f"s3://{s3_bucket}/train"
+    config["storage_options"] = {"client_kwargs": {"endpoint_url": s3_server.endpoint_url}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    finish(torchrun(path))
+    client = boto3.client("s3", endpoint_url=s3_server.endpoint_url)
+    body = client.get_object(Bucket=s3_bucket, Key="train/metrics.jsonl")["Body"].read()
+    on_s3 = [json.loads(line) for line in body.decode().splitlines()]
+    local = read_metrics(sharded_root / "train")
+    assert [r["step"] for r in on_s3] == [r["step"] for r in local]
+    assert [r["loss"] for r in on_s3] == pytest.approx([r["loss"] for r in local], abs=1e-6)
 
 
 def test_checkpoint_loads_into_open_clip_with_the_same_embeddings(
