@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 from tasks.core.config import ALLOW_PRIVATE_ENV, ConfigError, PipelineConfig, load_config
 from tasks.core.lineage import StaleUpstream, pipeline_status, read_manifest
@@ -82,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="serve the demo web and run the whole pipeline on it")
     demo.add_argument("config")
     demo.add_argument("--with-moto", action="store_true", help="start a local S3 API server")
+    demo.add_argument(
+        "--web-size", default="demo", choices=("demo", "test"),
+        help="the demo web's size: demo (~11,600 images) or test (~300, for a quick try)",
+    )  # fmt: skip
+    demo.add_argument("--web-dir", type=Path, help="where the demo web is built (default .cache)")
     sub.add_parser(
         "demo-web", help="build or serve the demo web: demo-web build|serve DIR", add_help=False
     )
@@ -128,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from flows.demo import run_demo
 
-        return run_demo(args.config, with_moto=args.with_moto)
+        return run_demo(
+            args.config, with_moto=args.with_moto, web_size=args.web_size, web_dir=args.web_dir
+        )
     started = datetime.now(UTC)
     try:
         _run(args, cfg)

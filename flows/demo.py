@@ -27,19 +27,19 @@ REPO = Path(__file__).resolve().parent.parent
 DEMO_WEB_DIR = REPO / ".cache" / "demo-web"
 
 
-def ensure_demo_web(out_dir: Path = DEMO_WEB_DIR) -> Path:
-    """Build the demo web once; a finished build leaves ``planted.json`` last, recording its
-    sizes. A build of other sizes (an older clipflow's) is replaced."""
+def ensure_demo_web(out_dir: Path = DEMO_WEB_DIR, size: str = "demo") -> Path:
+    """Build the demo web (preset ``size`` of demo.web.PRESETS) once; a finished build leaves
+    ``planted.json`` last, recording its sizes. A build of other sizes is replaced."""
     from demo.web import PRESETS, build_demo_web
 
     planted = out_dir / "planted.json"
     if planted.exists():
-        if json.loads(planted.read_text()).get("sizes") == asdict(PRESETS["demo"]):
+        if json.loads(planted.read_text()).get("sizes") == asdict(PRESETS[size]):
             return out_dir
         log.info("the demo web in %s has other sizes: rebuilding it", out_dir)
         shutil.rmtree(out_dir)
-    log.info("building the demo web into %s", out_dir)
-    build_demo_web(out_dir, "demo")
+    log.info("building the %r demo web into %s", size, out_dir)
+    build_demo_web(out_dir, size)
     return out_dir
 
 
@@ -96,8 +96,11 @@ def planted_copies_line(cfg: PipelineConfig, site: Path) -> str:
     )
 
 
-def run_demo(config_path: str, with_moto: bool = False) -> int:
-    """Serve the demo web, run the pipeline on it, print the summary."""
+def run_demo(
+    config_path: str, with_moto: bool = False, web_size: str = "demo", web_dir: Path | None = None
+) -> int:
+    """Serve the demo web (preset ``web_size``, built into ``web_dir``), run the pipeline on
+    it, print the summary."""
     from demo.web import serve
 
     # The demo web is served on loopback: the demo (and only the demo) opens the SSRF guard
@@ -106,7 +109,7 @@ def run_demo(config_path: str, with_moto: bool = False) -> int:
     cfg = load_config(config_path)
     seed = urlsplit(cfg.crawl.seeds[0])
     ensure_benchmark_sets(cfg)
-    site = ensure_demo_web()
+    site = ensure_demo_web(web_dir or DEMO_WEB_DIR, web_size)
     moto = None
     if with_moto:
         if not cfg.storage.is_s3 or not cfg.storage.s3_endpoint_url:

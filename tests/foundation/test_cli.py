@@ -59,6 +59,6 @@ def test_demo_opens_loopback_for_its_own_config_only(monkeypatch):
     monkeypatch.delenv("CLIPFLOW_ALLOW_PRIVATE_NETWORKS")
     assert main(["run", "configs/demo.yaml", "--stages", "crawl"]) == 2  # refused up front
     calls: list[str] = []
-    monkeypatch.setattr(flows.demo, "run_demo", lambda path, with_moto: calls.append(path) or 0)
+    monkeypatch.setattr(flows.demo, "run_demo", lambda path, **_: calls.append(path) or 0)
     assert main(["demo", "configs/demo.yaml"]) == 0
     assert calls == ["configs/demo.yaml"]
