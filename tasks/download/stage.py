@@ -27,6 +27,7 @@ import img2dataset  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from tasks.core.config import PipelineConfig  # noqa: E402
+from tasks.core.lineage import upstream_digests
 from tasks.core.manifest import StageResult
 from tasks.core.stage import PLAIN_RUN, RunContext
 from tasks.core.storage import Storage
@@ -81,12 +82,23 @@ def failure_reason(status: str, error_message: str | None) -> str:
 
 
 def read_candidates(storage: Storage) -> pd.DataFrame:
-    """All crawl candidates, in file order."""
+    """All crawl candidates, in an order that depends on the pairs only.
+
+    The crawler's workers write pairs as pages finish, so two crawls of one web list the same
+    pairs in different orders; img2dataset names samples by position, so that order would
+    become the sample keys and the training data's order. Ordering by a fixed hash of
+    (url, caption) makes both repeatable, and spreads each host's images over the list."""
     files = storage.glob("crawl/candidates-*.parquet")
     if not files:
         raise FileNotFoundError(f"no crawl candidates under {storage.uri('crawl')}")
     frames = [pd.read_parquet(f, storage_options=storage.storage_options()) for f in files]
-    return pd.concat(frames, ignore_index=True)[CANDIDATE_COLUMNS]
+    candidates = pd.concat(frames, ignore_index=True)[CANDIDATE_COLUMNS]
+    order = pd.util.hash_pandas_object(candidates[["url", "caption"]], index=False)
+    # The hash first, then the columns themselves for (rare) equal hashes: a total order.
+    ranked = candidates.assign(_order=order.to_numpy()).sort_values(
+        ["_order", *CANDIDATE_COLUMNS], kind="stable"
+    )
+    return ranked.drop(columns="_order").reset_index(drop=True)
 
 
 def fetch_policy(cfg: PipelineConfig) -> FetchPolicy:
@@ -115,10 +127,13 @@ def split_refused(
     return candidates[~refused_mask].reset_index(drop=True), refused.reset_index(drop=True)
 
 
-def input_fingerprint(to_fetch: pd.DataFrame, cfg: PipelineConfig) -> str:
+def input_fingerprint(to_fetch: pd.DataFrame, cfg: PipelineConfig, crawl: str | None) -> str:
     """What img2dataset's output depends on: the list it fetches (after the SSRF pre-check,
-    so a changed guard starts over) and the download config."""
+    so a changed guard starts over), the download config, and which crawl listed it (the
+    crawl manifest's digest ``crawl``): a rerun after a kill resumes, while a new crawl, even
+    one that lists the same pairs, fetches afresh what the web serves now."""
     h = hashlib.sha256(pd.util.hash_pandas_object(to_fetch, index=False).values.tobytes())
+    h.update(str(crawl).encode())
     h.update(cfg.download.model_dump_json().encode())
     h.update(repr(fetch_policy(cfg)).encode())
     return h.hexdigest()
@@ -232,7 +247,8 @@ def download(cfg: PipelineConfig, storage: Storage, ctx: RunContext = PLAIN_RUN)
     """The download stage: candidates in, img2dataset shards out, every candidate counted."""
     candidates = read_candidates(storage)
     to_fetch, refused = split_refused(candidates, fetch_policy(cfg))
-    _prepare_output(storage, input_fingerprint(to_fetch, cfg), ctx.force)
+    crawl = upstream_digests(storage, cfg, "download")["crawl"]
+    _prepare_output(storage, input_fingerprint(to_fetch, cfg, crawl), ctx.force)
     input_dir = storage.uri("download", "_input")
     with storage.atomic_local_path(f"{input_dir}/refused.parquet") as (fh, _):
         refused.to_parquet(fh, index=False)

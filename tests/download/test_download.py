@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -21,7 +22,13 @@ from demo.planted import bomb_png
 from tasks.core.config import PipelineConfig
 from tasks.core.storage import Storage
 from tasks.download.fetch import FetchRefused, check_image, png_or_gif_size
-from tasks.download.stage import download, failure_reason, shard_results
+from tasks.download.stage import (
+    download,
+    failure_reason,
+    input_fingerprint,
+    read_candidates,
+    shard_results,
+)
 
 EXPECTED_HOSTILE_REASON = {
     "http_404": "http_404",
@@ -160,6 +167,29 @@ def _run_download(config_path: Path) -> subprocess.Popen[bytes]:
         [sys.executable, "-c", _RUN_DOWNLOAD, str(config_path)],
         cwd=Path(__file__).resolve().parents[2],
         start_new_session=True,  # so the kill reaches img2dataset's worker processes too
+    )
+
+
+def test_candidate_order_depends_on_the_pairs_not_on_the_crawl(tmp_path):
+    """Two crawls of one web list the same pairs in different orders (the crawler's workers
+    write pairs as pages finish: measured on the test web, runs differed from the 37th pair
+    on). Download's list, whose positions become the sample keys, is the same for both."""
+    urls = [f"http://127.0.0.{1 + i % 3}/img/{i}.png" for i in range(200)]
+    captions = [f"caption {i % 50}" for i in range(200)]  # repeated captions, other URLs
+    lists = []
+    for name, order in (("a", range(200)), ("b", np.random.default_rng(1).permutation(200))):
+        storage = Storage(make_config(tmp_path / name).storage)
+        write_candidates(storage, [urls[i] for i in order], [captions[i] for i in order])
+        lists.append(read_candidates(storage))
+    assert lists[0].equals(lists[1])
+    assert sorted(lists[0]["url"]) == sorted(urls)
+    assert list(lists[0]["url"]) != urls  # hosts interleaved, not in crawl (page) order
+    cfg = make_config(tmp_path / "a")
+    assert input_fingerprint(lists[0], cfg, "crawl-1") == input_fingerprint(
+        lists[1], cfg, "crawl-1"
+    )
+    assert input_fingerprint(lists[0], cfg, "crawl-1") != input_fingerprint(
+        lists[0], cfg, "crawl-2"
     )
 
 
