@@ -20,6 +20,7 @@ from PIL import Image, ImageFile
 
 from demo.planted import bomb_png
 from tasks.core.config import PipelineConfig
+from tasks.core.stage import RunContext
 from tasks.core.storage import Storage
 from tasks.download.fetch import FetchRefused, check_image, png_or_gif_size
 from tasks.download.stage import (
@@ -191,6 +192,32 @@ def test_candidate_order_depends_on_the_pairs_not_on_the_crawl(tmp_path):
     assert input_fingerprint(lists[0], cfg, "crawl-1") != input_fingerprint(
         lists[0], cfg, "crawl-2"
     )
+
+
+def test_a_changed_input_or_force_clears_the_old_output(demo_web, tmp_root):
+    """--force: everything is fetched again, into new files. New input: no row of the old list
+    is left. (Same input, not forced, resumes: test_killed_download_resumes_to_the_same_samples.)"""
+    cfg = make_config(tmp_root, number_sample_per_shard=10)
+    storage = Storage(cfg.storage)
+    first, second = fashion_urls(demo_web, 40)[:20], fashion_urls(demo_web, 40)[20:]
+
+    def fetched(urls: list[str]) -> int:
+        return sum(demo_web.requests[urlsplit(u).path] for u in urls)
+
+    def files() -> dict[str, tuple[int, int]]:
+        return {t.name: (t.stat().st_ino, t.stat().st_mtime_ns)
+                for t in tmp_root.glob("download/*.tar")}  # fmt: skip
+
+    write_candidates(storage, first)
+    download(cfg, storage)
+    stamps, requests = files(), fetched(first)
+    assert len(stamps) == 2 and requests >= 20
+    download(cfg, storage, RunContext(force=True))
+    assert fetched(first) == requests + 20
+    assert not set(files().values()) & set(stamps.values())  # every file written anew
+    write_candidates(storage, second)
+    download(cfg, storage)
+    assert sorted(shard_results(storage)["url"]) == sorted(second)
 
 
 def _write_config(root: Path, path: Path) -> Path:
