@@ -295,9 +295,9 @@ class EvalDataset(_Section):
     name: str
     path: str
     """Folder in CLIP_benchmark's WebDataset layout ({path}/{split}/*.tar), local or s3://."""
-    task: Literal["zeroshot_classification", "zeroshot_retrieval", "linear_probe"] = (
-        "zeroshot_classification"
-    )
+    task: Literal[
+        "zeroshot_classification", "zeroshot_retrieval", "linear_probe", "prompt_tuning", "adapter"
+    ] = "zeroshot_classification"
     split: str = "test"
     templates: list[str] | None = None
     """Prompts ("a photo of a {c}."); None means the dataset folder's
@@ -306,6 +306,8 @@ class EvalDataset(_Section):
     """linear_probe: the split the probe is fitted on."""
     fewshot_k: int | None = Field(None, gt=0)
     """linear_probe: fit on k train samples per class; None means all of them."""
+    shots: list[int] = Field(default_factory=lambda: [1, 4, 16], min_length=1)
+    """prompt_tuning / adapter: the K (train images per class) of each result."""
 
     @field_validator("name")
     @classmethod
@@ -344,7 +346,20 @@ class EvaluateConfig(_Section):
     """Linear probe: the fraction of the train split held out to choose C."""
     linear_probe_max_iter: int = Field(1000, gt=0)
     seed: int = 0
-    """Linear probe: few-shot sampling and solver seed."""
+    """Linear probe, prompt tuning and adapter: few-shot sampling and solver seed."""
+    prompt_tuning_init: str = "a photo of a"
+    """prompt_tuning: the words whose embeddings start the learned context (CoOp)."""
+    prompt_tuning_epochs: int = Field(50, gt=0)
+    prompt_tuning_lr: float = Field(0.002, gt=0)
+    prompt_tuning_batch_size: int = Field(32, gt=0)
+    adapter_alphas: list[float] = Field(
+        default_factory=lambda: [0.1, 0.3, 1.0, 3.0, 10.0], min_length=1
+    )
+    """adapter (Tip-Adapter): residual ratios searched on held-out train images."""
+    adapter_betas: list[float] = Field(
+        default_factory=lambda: [1.0, 3.0, 5.5, 10.0, 20.0], min_length=1
+    )
+    """adapter: cache sharpness values searched with the alphas."""
     datasets: list[EvalDataset] = Field(default_factory=list)
 
     @field_validator("datasets")

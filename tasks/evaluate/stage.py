@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from model import create_model, get_tokenizer, image_transform, load_checkpoint
+from model.adapt import FEW_SHOT, AdapterSearch, PromptTuning, few_shot
 from model.eval_data import (
     RETRIEVAL,
     EvalDataError,
@@ -46,6 +47,8 @@ from tasks.core.stage import PLAIN_RUN, RunContext
 from tasks.core.storage import Storage
 
 log = logging.getLogger(__name__)
+ZERO_SHOT_CLASSIFIERS = ("zeroshot_classification", *FEW_SHOT)
+"""Tasks that build the prompt-ensembled zero-shot classifier (and need templates)."""
 
 
 @dataclass
@@ -71,7 +74,8 @@ class DatasetResult:
     report: ClassificationReport | None = None
     classnames: list[str] = field(default_factory=list)
     probe: dict[str, Any] | None = None
-    """linear_probe: the C used, whether it was chosen, and its held-out accuracy."""
+    """What a fitted task chose: the linear probe's C (and how), the adapter's alpha and
+    beta per K; written to ``{task}.json``."""
 
 
 def default_checkpoint(cfg: PipelineConfig, storage: Storage) -> str:
@@ -126,7 +130,7 @@ def evaluate_dataset(
 ) -> DatasetResult:
     """Run one configured dataset's task; every sample of the split is counted."""
     options = storage.storage_options() if spec.path.startswith("s3://") else {}
-    needs_templates = spec.task == "zeroshot_classification" and spec.templates is None
+    needs_templates = spec.task in ZERO_SHOT_CLASSIFIERS and spec.templates is None
     info = read_dataset_info(spec.path, needs_templates, options)
     if (info.dataset_type == RETRIEVAL) != (spec.task == "zeroshot_retrieval"):
         raise EvalDataError(
@@ -139,6 +143,8 @@ def evaluate_dataset(
         metrics: dict[str, float | None] = dict(retrieval_recall(pairs, cfg.evaluate.recall_k))
         return DatasetResult(spec.name, spec.task, metrics, {spec.split: len(pairs.images)})
     classnames = list(info.classnames or [])
+    if spec.task in FEW_SHOT:
+        return _few_shot(spec, cfg, lm, info, test, classnames, options)
     if spec.task == "zeroshot_classification":
         templates = spec.templates or list(info.templates or [])
         weights = build_classifier(lm.model, lm.tokenizer, classnames, templates, lm.device)
@@ -163,6 +169,35 @@ def evaluate_dataset(
     return DatasetResult(spec.name, spec.task, report.metrics, samples, report, classnames)
 
 
+def _few_shot(
+    spec: EvalDataset,
+    cfg: PipelineConfig,
+    lm: LoadedModel,
+    info: Any,
+    test: WdsEvalDataset,
+    classnames: list[str],
+    options: dict[str, Any],
+) -> DatasetResult:
+    """Prompt tuning or the adapter at each K of ``spec.shots``, beside the zero-shot
+    classifier of the same prompts; the towers stay frozen (model.adapt)."""
+    e = cfg.evaluate
+    templates = spec.templates or list(info.templates or [])
+    zeroshot = build_classifier(lm.model, lm.tokenizer, classnames, templates, lm.device).cpu()
+    train = WdsEvalDataset(info, spec.train_split, lm.transform, options)
+    train_xy = image_features(lm.model, _loader(train, cfg), lm.device)
+    test_xy = image_features(lm.model, _loader(test, cfg), lm.device)
+    settings = PromptTuning(e.prompt_tuning_init, e.prompt_tuning_epochs, e.prompt_tuning_lr,
+                            e.prompt_tuning_batch_size, e.seed)  # fmt: skip
+    result = few_shot(
+        spec.task, lm.model.cpu(), lm.tokenizer, classnames, zeroshot, train_xy, test_xy,
+        spec.shots, settings, AdapterSearch(tuple(e.adapter_alphas), tuple(e.adapter_betas)),
+    )  # fmt: skip
+    lm.model.to(lm.device)
+    samples = {spec.train_split: len(train_xy[1]), spec.split: len(test_xy[1])}
+    return DatasetResult(spec.name, spec.task, dict(result.metrics), samples,
+                         classnames=classnames, probe=result.details)  # fmt: skip
+
+
 def _json_safe(metrics: dict[str, float | None]) -> dict[str, float | None]:
     """NaN is not JSON: an undefined metric is written as null."""
     return {k: None if v is None or math.isnan(v) else v for k, v in metrics.items()}
@@ -182,9 +217,9 @@ def write_outputs(storage: Storage, results: list[DatasetResult], lm: LoadedMode
              "checkpoint": redact_url(lm.checkpoint), "architecture": lm.architecture},
         )  # fmt: skip
         files = [f"{folder}/metrics.json"]
-        if r.probe is not None:
-            storage.write_json(f"{folder}/linear_probe.json", r.probe)
-            files.append(f"{folder}/linear_probe.json")
+        if r.probe is not None:  # linear_probe.json, prompt_tuning.json, adapter.json
+            storage.write_json(f"{folder}/{r.task}.json", r.probe)
+            files.append(f"{folder}/{r.task}.json")
         if r.report is not None:
             files += _write_classification(storage, folder, r)
         outputs["datasets"][r.name] = files
