@@ -56,18 +56,18 @@ class AdapterSearch:
     betas: Sequence[float] = (1.0, 3.0, 5.5, 10.0, 20.0)
 
 
-class LearnedPrompts(torch.nn.Module):
-    """Class prompts whose context words are parameters: ``[SOT] ctx_1..ctx_n name . [EOT]``."""
+class LearnedPrompts:
+    """Class prompts whose context words are parameters: ``[SOT] ctx_1..ctx_n name . [EOT]``.
+    ``ctx`` is the only parameter; the model is used, not owned."""
 
     def __init__(self, model: Any, tokenizer: Tokenizer, classnames: Sequence[str], init: str):
-        super().__init__()
         self.model = model
         init_tokens = tokenizer([init])[0]
         n_ctx = int(init_tokens.argmax()) - 1  # tokens between start- and end-of-text
         if n_ctx < 1:
             raise ValueError(f"prompt tuning: init {init!r} has no tokens")
         prompts = instantiate_prompts(classnames, [f"{init} {{c}}."])
-        self.register_buffer("tokens", tokenizer([p[0] for p in prompts]), persistent=False)
+        self.tokens = tokenizer([p[0] for p in prompts])
         if not torch.equal(self.tokens[:, 1 : 1 + n_ctx], init_tokens[1 : 1 + n_ctx].expand(
             len(classnames), n_ctx
         )):  # fmt: skip
@@ -77,7 +77,7 @@ class LearnedPrompts(torch.nn.Module):
         self.ctx = torch.nn.Parameter(start.detach().clone().float())  # (n_ctx, W)
         self.n_ctx = n_ctx
 
-    def forward(self) -> Tensor:
+    def __call__(self) -> Tensor:
         """Unit text features (C, D) of the class prompts with the current context."""
         model, tokens = self.model, self.tokens
         eot = tokens.argmax(dim=-1)
