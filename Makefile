@@ -31,7 +31,7 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy model tasks
 
 test: setup lint typecheck
-	$(VENV)/bin/pytest -q -ra
+	$(VENV)/bin/pytest -q -ra --durations=20
 
 demo: setup
 	$(VENV)/bin/clipflow demo configs/demo.yaml
