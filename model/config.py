@@ -7,11 +7,11 @@ A config file looks like OpenCLIP's own ``ViT-B-32.json``::
      "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8,
                   "layers": 12}}
 
-so ``open_clip.add_model_config`` accepts the same files. As in OpenCLIP, a ``vision_cfg`` whose
-``layers`` is a list of four block counts is the CLIP paper's modified ResNet (``RN50.json``),
-any other the ViT. Keys this package does not
-implement (timm towers, attentional pooling, HF text towers, ...) are refused by name rather
-than silently ignored, because ignoring them would build a different model.
+so ``open_clip.add_model_config`` accepts the same files. As in OpenCLIP, a ``vision_cfg``
+whose ``layers`` is a list of four block counts is the CLIP paper's modified ResNet
+(``RN50.json``); any other is a ViT. Keys this package does not implement (timm towers,
+attentional pooling, HF text towers, ...) are refused by name rather than silently ignored,
+because ignoring them would build a different model.
 """
 
 from __future__ import annotations
@@ -50,8 +50,9 @@ class VisionConfig:
 @dataclass(frozen=True)
 class ResNetConfig:
     """Modified-ResNet image tower (``model/resnet.py``): ``layers`` bottleneck blocks in each
-    of four stages; ``width`` channels after the stem, 32x that (4 stages x 2 x expansion 4)
-    into the attention pool, which has ``width * 32 // head_width`` heads."""
+    of four stages; ``width`` channels after the stem and 32x that into the attention pool
+    (stages 2-4 each double the width, and a bottleneck expands it 4x), which has
+    ``width * 32 // head_width`` heads."""
 
     image_size: int = 224
     layers: tuple[int, int, int, int] = (3, 4, 6, 3)
