@@ -4,9 +4,11 @@ One step = forward + contrastive loss + backward + AdamW step. Both models start
 weights and see the same images and tokens (realistic captions, so the padded tail is real).
 Steps are interleaved (ours, theirs, ours, ...) so a noisy shared machine penalises both
 alike; the median step time is reported. On CUDA it also runs ViT-B-32 in bf16 (at batch 256,
-or each of --cuda-batches) and reports MFU against the GPU's dense bf16 peak.
+or each of --cuda-batches) and reports MFU against the GPU's dense bf16 peak. ``--model`` runs
+the named configs instead (repeatable: ``--model RN50 --model clipflow-tiny-rn``), on CPU at a
+small batch (``--cpu-batch``) and on CUDA at --cuda-batches.
 
-    .venv/bin/python bench/bench_model_step.py [--quick] [--threads N]
+    .venv/bin/python bench/bench_model_step.py [--quick] [--threads N] [--model RN50]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import open_clip
 import torch
 from open_clip.loss import ClipLoss as RefClipLoss
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -32,9 +35,12 @@ from model.config import CONFIG_DIR  # noqa: E402
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 
-def train_flops_per_sample(cfg: dict) -> float:
+def train_flops_per_sample(name: str) -> float:
     """Model FLOPs of one sample's forward + backward (3x forward), full 77-token text."""
+    cfg = open_clip.get_model_config(name)
     v, t = cfg["vision_cfg"], cfg["text_cfg"]
+    if isinstance(v["layers"], list):
+        return 3.0 * counted_forward_flops(name)
     tokens = (v["image_size"] // v["patch_size"]) ** 2 + 1
     width, head_width = v["width"], v.get("head_width", 64)
     del head_width
@@ -43,6 +49,18 @@ def train_flops_per_sample(cfg: dict) -> float:
     ctx, tw = t["context_length"], t["width"]
     text = t["layers"] * ctx * (24 * tw**2 + 4 * ctx * tw)
     return 3.0 * (vision + text)
+
+
+def counted_forward_flops(name: str) -> float:
+    """FLOPs of OpenCLIP's forward on one image and one full-length text, as counted by
+    torch's FlopCounterMode (convolutions are no sum of a few matrix products to write out)."""
+    cfg = open_clip.get_model_config(name)
+    size, context = cfg["vision_cfg"]["image_size"], cfg["text_cfg"]["context_length"]
+    model = open_clip.create_model(name).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.randn(1, 3, size, size), torch.ones(1, context, dtype=torch.long))
+    return float(counter.get_total_flops())
 
 
 def make_pair(name: str, device: str) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -105,7 +123,6 @@ def bench(name: str, batch: int, steps: int, device: str, dtype: torch.dtype) ->
         "threads": torch.get_num_threads(),
         "first_loss": first,
     }
-    flops = train_flops_per_sample(open_clip.get_model_config(name))
     peak = next(
         (
             p
@@ -114,6 +131,7 @@ def bench(name: str, batch: int, steps: int, device: str, dtype: torch.dtype) ->
         ),
         None,
     )
+    flops = train_flops_per_sample(name) if peak else 0.0
     for k, ts in times.items():
         sps = batch / statistics.median(ts)
         result[k] = {"samples_per_s": sps, "step_s_median": statistics.median(ts)}
@@ -121,6 +139,21 @@ def bench(name: str, batch: int, steps: int, device: str, dtype: torch.dtype) ->
             result[k]["mfu"] = sps * flops / (peak * 1e12)
     result["speedup"] = result["clipflow"]["samples_per_s"] / result["open_clip"]["samples_per_s"]
     return result
+
+
+def cases(args: argparse.Namespace) -> list[tuple[str, int, str, torch.dtype]]:
+    """(config, batch, device, dtype) of each run: tiny configs at a larger CPU batch."""
+    names = args.model or ["clipflow-tiny", "ViT-B-32"]
+    out = []
+    for name in names:
+        tiny = name.startswith("clipflow-tiny")
+        default = (64 if args.quick else 256) if tiny else (4 if args.quick else 8)
+        out.append((name, args.cpu_batch or default, "cpu", torch.float32))
+    if torch.cuda.is_available():
+        for name in args.model or ["ViT-B-32"]:
+            for batch in map(int, args.cuda_batches.split(",")):
+                out.append((name, batch, "cuda", torch.bfloat16))
+    return out
 
 
 def main() -> None:
@@ -131,25 +164,22 @@ def main() -> None:
     parser.add_argument(
         "--cuda-batches", default="256", help="comma-separated ViT-B-32 batches on CUDA"
     )
+    parser.add_argument(
+        "--model", action="append", help="a config to run instead of the defaults; repeatable"
+    )
+    parser.add_argument("--cpu-batch", type=int, help="CPU batch for every --model")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     steps = 3 if args.quick else 10
-    cases = [
-        ("clipflow-tiny", 64 if args.quick else 256, "cpu", torch.float32),
-        ("ViT-B-32", 4 if args.quick else 8, "cpu", torch.float32),
-    ]
-    if torch.cuda.is_available():
-        for batch in map(int, args.cuda_batches.split(",")):
-            cases.append(("ViT-B-32", batch, "cuda", torch.bfloat16))
-    results = [bench(*case[:2], steps, case[2], case[3]) for case in cases]
-    header = f"{'config':<15}{'device':<7}{'dtype':<10}{'batch':>6}{'clipflow/s':>12}"
+    results = [bench(*case[:2], steps, case[2], case[3]) for case in cases(args)]
+    header = f"{'config':<18}{'device':<7}{'dtype':<10}{'batch':>6}{'clipflow/s':>12}"
     header += f"{'open_clip/s':>13}{'ratio':>7}{'MFU ours':>10}{'MFU ref':>9}"
     print(header)
     for r in results:
         mfu = [r[k].get("mfu") for k in ("clipflow", "open_clip")]
         print(
-            f"{r['config']:<15}{r['device']:<7}{r['dtype']:<10}{r['batch']:>6}"
+            f"{r['config']:<18}{r['device']:<7}{r['dtype']:<10}{r['batch']:>6}"
             f"{r['clipflow']['samples_per_s']:>12.1f}{r['open_clip']['samples_per_s']:>13.1f}"
             f"{r['speedup']:>6.2f}x" + "".join(f"{m:>10.1%}" if m else f"{'-':>10}" for m in mfu)
         )

@@ -3,7 +3,7 @@
 The public API mirrors OpenCLIP's::
 
     from model import create_model, get_tokenizer, image_transform, load_checkpoint
-    m = create_model("ViT-B-32")            # or "clipflow-tiny", a JSON path, a config dict
+    m = create_model("ViT-B-32")            # or "RN50", "clipflow-tiny", a JSON path, a dict
     tok = get_tokenizer()                   # CLIP's BPE; get_tokenizer(vocab_path) for a trained one
     img_f, txt_f, logit_scale = m(images, tok(texts))
 
@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from model.checkpoint import load_checkpoint
     from model.clip import CLIP, create_model
-    from model.config import ModelConfig, TextConfig, VisionConfig, get_model_config, list_models
+    from model.config import (
+        ModelConfig,
+        ResNetConfig,
+        TextConfig,
+        VisionConfig,
+        get_model_config,
+        list_models,
+    )
     from model.loss import ClipLoss, SigLipLoss
     from model.tokenizer import ClipTokenizer, get_tokenizer, train_tokenizer
     from model.transforms import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, image_transform
@@ -30,6 +37,7 @@ _EXPORTS = {
     "CLIP": "model.clip",
     "create_model": "model.clip",
     "ModelConfig": "model.config",
+    "ResNetConfig": "model.config",
     "TextConfig": "model.config",
     "VisionConfig": "model.config",
     "get_model_config": "model.config",
@@ -51,6 +59,7 @@ __all__ = [
     "ClipLoss",
     "ClipTokenizer",
     "ModelConfig",
+    "ResNetConfig",
     "SigLipLoss",
     "TextConfig",
     "VisionConfig",

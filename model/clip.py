@@ -1,8 +1,9 @@
-"""CLIP (Radford et al., 2021): a ViT image tower and a causal text transformer, each projected
-into one embedding space, compared by a learned temperature.
+"""CLIP (Radford et al., 2021): a ViT or modified-ResNet image tower and a causal text
+transformer, each projected into one embedding space, compared by a learned temperature.
 
-Parameter names and shapes are OpenCLIP's ``CLIP`` with a ViT tower, so OpenAI / OpenCLIP
-ViT checkpoints load with ``strict=True`` and ours load into ``open_clip.create_model``.
+Parameter names and shapes are OpenCLIP's ``CLIP`` with a ViT or ``ModifiedResNet`` tower, so
+OpenAI / OpenCLIP checkpoints load with ``strict=True`` and ours load into
+``open_clip.create_model``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.config import ModelConfig, VisionConfig, get_model_config
+from model.config import ModelConfig, ResNetConfig, VisionConfig, get_model_config
+from model.resnet import ModifiedResNet
 from model.transformer import Transformer
 
 log = logging.getLogger(__name__)
@@ -70,7 +72,11 @@ class CLIP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.config = cfg
-        self.visual = VisionTransformer(cfg.vision, cfg.embed_dim, cfg.quick_gelu)
+        self.visual: VisionTransformer | ModifiedResNet = (
+            ModifiedResNet(cfg.vision, cfg.embed_dim)
+            if isinstance(cfg.vision, ResNetConfig)
+            else VisionTransformer(cfg.vision, cfg.embed_dim, cfg.quick_gelu)
+        )
         # The text tower lives at the top level, under OpenCLIP's names.
         text = cfg.text
         self.token_embedding = nn.Embedding(text.vocab_size, text.width)
@@ -108,8 +114,11 @@ class CLIP(nn.Module):
         return self.config.text.context_length
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each block in the backward pass instead of storing its activations."""
-        self.visual.transformer.grad_checkpointing = enable
+        """Recompute each transformer block in the backward pass instead of storing its
+        activations. A ResNet image tower is not recomputed (as in OpenCLIP): recomputing a
+        BatchNorm in training mode would update its running statistics twice."""
+        if isinstance(self.visual, VisionTransformer):
+            self.visual.transformer.grad_checkpointing = enable
         self.transformer.grad_checkpointing = enable
 
     def encode_image(self, images: Tensor, normalize: bool = False) -> Tensor:

@@ -7,9 +7,11 @@ A config file looks like OpenCLIP's own ``ViT-B-32.json``::
      "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8,
                   "layers": 12}}
 
-so ``open_clip.add_model_config`` accepts the same files. Keys this package does not
-implement (timm towers, attentional pooling, HF text towers, ...) are refused by name rather
-than silently ignored, because ignoring them would build a different model.
+so ``open_clip.add_model_config`` accepts the same files. As in OpenCLIP, a ``vision_cfg``
+whose ``layers`` is a list of four block counts is the CLIP paper's modified ResNet
+(``RN50.json``); any other is a ViT. Keys this package does not implement (timm towers,
+attentional pooling, HF text towers, ...) are refused by name rather than silently ignored,
+because ignoring them would build a different model.
 """
 
 from __future__ import annotations
@@ -46,6 +48,33 @@ class VisionConfig:
 
 
 @dataclass(frozen=True)
+class ResNetConfig:
+    """Modified-ResNet image tower (``model/resnet.py``): ``layers`` bottleneck blocks in each
+    of four stages; ``width`` channels after the stem and 32x that into the attention pool
+    (stages 2-4 each double the width, and a bottleneck expands it 4x), which has
+    ``width * 32 // head_width`` heads."""
+
+    image_size: int = 224
+    layers: tuple[int, int, int, int] = (3, 4, 6, 3)
+    width: int = 64
+    head_width: int = 64
+
+    @property
+    def embed_dim(self) -> int:
+        """Channels of the last stage: the attention pool's width."""
+        return self.width * 32
+
+    @property
+    def heads(self) -> int:
+        return self.embed_dim // self.head_width
+
+    @property
+    def grid_size(self) -> int:
+        """Side of the last stage's feature map: the stem and stages 2-4 halve it."""
+        return self.image_size // 32
+
+
+@dataclass(frozen=True)
 class TextConfig:
     """Causal text transformer over BPE ids; pooled at the end-of-text (highest) id."""
 
@@ -63,7 +92,7 @@ class ModelConfig:
     """A whole CLIP: two towers projected into a shared ``embed_dim`` space."""
 
     embed_dim: int = 512
-    vision: VisionConfig = field(default_factory=VisionConfig)
+    vision: VisionConfig | ResNetConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
     quick_gelu: bool = False
     init_logit_scale: float = math.log(1 / 0.07)
@@ -73,7 +102,7 @@ class ModelConfig:
         """The config in OpenCLIP's JSON layout (``vision_cfg`` / ``text_cfg``)."""
         out: dict[str, Any] = {
             "embed_dim": self.embed_dim,
-            "vision_cfg": dataclasses.asdict(self.vision),
+            "vision_cfg": _plain(dataclasses.asdict(self.vision)),
             "text_cfg": dataclasses.asdict(self.text),
             "quick_gelu": self.quick_gelu,
             "init_logit_scale": self.init_logit_scale,
@@ -88,16 +117,16 @@ class ModelConfig:
         cfg = dict(cfg)
         top_level = _field_names(cls) - {"vision", "text"} | {"vision_cfg", "text_cfg"}
         _refuse_unknown(cfg, top_level, source)
-        vision = _section(VisionConfig, cfg.pop("vision_cfg", {}), f"{source}: vision_cfg")
+        vision = _vision_section(dict(cfg.pop("vision_cfg", {})), f"{source}: vision_cfg")
         text = _section(TextConfig, cfg.pop("text_cfg", {}), f"{source}: text_cfg")
-        if vision.image_size % vision.patch_size or vision.width % vision.head_width:
-            raise ValueError(
-                f"{source}: vision_cfg image_size must be a multiple of patch_size and width "
-                f"a multiple of head_width, got {vision}"
-            )
         if text.width % text.heads:
             raise ValueError(f"{source}: text_cfg width must be a multiple of heads, got {text}")
         return cls(vision=vision, text=text, **cfg)
+
+
+def _plain(section: dict[str, Any]) -> dict[str, Any]:
+    """Tuples as lists, as they read back from JSON (a ResNet's ``layers``)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in section.items()}
 
 
 def _field_names(cls: type) -> set[str]:
@@ -113,6 +142,36 @@ def _refuse_unknown(cfg: dict[str, Any], allowed: set[str], source: str) -> None
 def _section(cls: Any, cfg: dict[str, Any], source: str) -> Any:
     _refuse_unknown(cfg, _field_names(cls), source)
     return cls(**cfg)
+
+
+def _vision_section(cfg: dict[str, Any], source: str) -> VisionConfig | ResNetConfig:
+    """The ViT or, when ``layers`` is a list (OpenCLIP's rule), the ResNet tower's config."""
+    if not isinstance(cfg.get("layers"), list | tuple):
+        vit: VisionConfig = _section(VisionConfig, cfg, source)
+        if vit.image_size % vit.patch_size or vit.width % vit.head_width:
+            raise ValueError(
+                f"{source}: image_size must be a multiple of patch_size and width a multiple "
+                f"of head_width, got {vit}"
+            )
+        return vit
+    # OpenCLIP's RN*.json files carry "patch_size": null, which its ResNet ignores.
+    if cfg.pop("patch_size", None) is not None:
+        raise ValueError(f"{source}: patch_size does not apply to a ResNet (layers is a list)")
+    layers = cfg["layers"] = tuple(cfg["layers"])
+    resnet: ResNetConfig = _section(ResNetConfig, cfg, source)
+    if len(layers) != 4 or not all(isinstance(n, int) and n > 0 for n in layers):
+        raise ValueError(f"{source}: a ResNet's layers must be 4 block counts > 0, got {layers}")
+    if resnet.image_size % 32 or resnet.image_size < 32:
+        raise ValueError(
+            f"{source}: a ResNet's image_size must be a multiple of 32 (it downsamples by 32), "
+            f"got {resnet.image_size}"
+        )
+    if resnet.width % 2 or resnet.embed_dim % resnet.head_width:
+        raise ValueError(
+            f"{source}: a ResNet's width must be even and width * 32 a multiple of head_width, "
+            f"got {resnet}"
+        )
+    return resnet
 
 
 def list_models() -> list[str]:

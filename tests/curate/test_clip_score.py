@@ -102,3 +102,27 @@ def test_semantic_dedup_drops_the_planted_copies_and_only_them(scored, downloade
 def test_semantic_dedup_without_a_checkpoint_is_a_config_error(downloaded_web, tmp_path):
     with pytest.raises(ConfigError, match="semantic_dedup needs image embeddings"):
         downloaded_web.config(tmp_path, semantic_dedup=True)
+
+
+def test_a_resnet_scorer_embeds_each_image_alone_as_in_a_batch(tmp_path):
+    """The modified-ResNet tower scores too, with BatchNorm's running statistics (eval mode):
+    an image's embedding does not depend on the others in its batch."""
+    torch.manual_seed(1)
+    model = create_model("clipflow-tiny-rn")
+    with torch.no_grad():
+        for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            norm.running_mean.normal_(0, 0.1)
+            norm.running_var.uniform_(0.5, 1.5)
+    checkpoint = tmp_path / "tiny-rn.pt"
+    torch.save(
+        {"state_dict": model.state_dict(), "model_config": model.config.to_dict()}, checkpoint
+    )
+    scorer = ClipScorer(str(checkpoint), "clipflow-tiny-rn")
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (40 + i, 50, 3), np.uint8)) for i in range(5)]
+    together = scorer.image_embeddings(images)
+    alone = np.concatenate([scorer.image_embeddings([image]) for image in images])
+    assert together.shape == (5, 64)
+    np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(alone, together, atol=1e-5)
+    assert scorer.text_embeddings(["a red coat", "a sneaker"]).shape == (2, 64)

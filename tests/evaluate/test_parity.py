@@ -170,3 +170,35 @@ def test_vit_b_32_random_checkpoint_matches_clip_benchmark(clip_benchmark, tmp_p
     result = evaluate_dataset(cfg.evaluate.datasets[0], cfg, load_model(cfg, storage), storage)
     assert result.samples == {"test": 24}
     assert_close(result.metrics, reference, CLS_KEYS)
+
+
+def test_resnet_checkpoint_evaluates_as_clip_benchmark_on_open_clip(
+    clip_benchmark, tmp_path, fashion_small
+):
+    """The stage builds the modified ResNet from the checkpoint's own model_config (no
+    evaluate.model) and runs it in eval mode, as CLIP_benchmark runs OpenCLIP's."""
+    import open_clip
+
+    from model import create_model
+    from model.config import CONFIG_DIR
+
+    open_clip.add_model_config(CONFIG_DIR / "clipflow-tiny-rn.json")
+    torch.manual_seed(0)
+    ours = create_model("clipflow-tiny-rn")
+    with torch.no_grad():
+        for norm in (m for m in ours.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            norm.weight.uniform_(0.5, 1.5)
+            norm.running_var.uniform_(0.5, 1.5)
+    checkpoint = tmp_path / "tiny-rn.pt"
+    torch.save({"state_dict": ours.state_dict(), "model_config": ours.config.to_dict()}, checkpoint)
+    model, preprocess, tokenizer = openclip_model("clipflow-tiny-rn", checkpoint)
+    reference = reference_classification(
+        clip_benchmark, model, preprocess, tokenizer, fashion_small
+    )
+    cfg = stage_config(tmp_path, checkpoint, [{"name": "fashion", "path": str(fashion_small)}])
+    storage = Storage(cfg.storage)
+    lm = load_model(cfg, storage)
+    assert lm.architecture == "checkpoint model_config" and not lm.model.training
+    result = evaluate_dataset(cfg.evaluate.datasets[0], cfg, lm, storage)
+    assert result.samples == {"test": 240}
+    assert_close(result.metrics, reference, CLS_KEYS)
