@@ -70,16 +70,17 @@ def _embed(lm: Any, images: list[bytes]) -> np.ndarray:
 def _index_for(vectors: np.ndarray) -> faiss.Index:
     n, dim = vectors.shape
     if n <= FLAT_MAX_ROWS:
-        index = faiss.IndexFlatIP(dim)
-    else:
-        quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFFlat(
-            quantizer, dim, int(4 * math.sqrt(n)), faiss.METRIC_INNER_PRODUCT
-        )
-        index.train(vectors)
-        index.nprobe = IVF_NPROBE
-    index.add(vectors)
-    return index
+        flat = faiss.IndexFlatIP(dim)
+        flat.add(vectors)
+        return flat
+    ivf = faiss.IndexIVFFlat(
+        faiss.IndexFlatIP(dim), dim, int(4 * math.sqrt(n)), faiss.METRIC_INNER_PRODUCT
+    )
+    ivf.train(vectors)
+    ivf.nprobe = IVF_NPROBE
+    ivf.add(vectors)
+    ivf.make_direct_map()  # reconstruct(row), for image -> nearest neighbours
+    return ivf
 
 
 def build_search_index(storage: Storage, lm: Any, batch_size: int) -> dict[str, Any]:
