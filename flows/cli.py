@@ -116,7 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("httpx", "great_expectations", "docket"):  # a line per API call or import
+    for noisy in (
+        "httpx",
+        "great_expectations",
+        "docket",
+        "faiss.loader",
+    ):  # a line per call or import
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.command in ("demo", "inspect"):
         # The demo web is served on loopback: the demo opens private networks for the configs

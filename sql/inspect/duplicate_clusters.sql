@@ -4,7 +4,9 @@
 WITH members AS (
     SELECT
         d.duplicate_of AS kept_key,
-        d.reasons[1] AS reason,
+        -- the dedup rule (a row may also be counted under an earlier rule)
+        coalesce(list_filter(d.reasons, lambda r: contains(r, 'duplicate'))[1], d.reasons[1])
+            AS reason,
         bit_count(xor(('0x' || hex(d.phash))::UBIGINT, ('0x' || hex(s.phash))::UBIGINT))
             AS distance
     FROM samples AS d
