@@ -1,6 +1,6 @@
 """DuckDB over the stage outputs, for the inspect app: every query is a file in
 ``sql/inspect/`` with named parameters (request values are bound, never spliced into SQL) and
-pages with LIMIT/OFFSET, so no page reads more rows than it shows.
+pages with LIMIT/OFFSET and counts apart, so a page sorts no more than it skips and shows.
 
 Tables are views over the Parquet files where they are (local, or S3 through fsspec and a
 pyarrow dataset that DuckDB scans lazily), never loaded whole.
@@ -16,7 +16,7 @@ import duckdb
 import pyarrow.dataset as pads
 from pyarrow.fs import FSSpecHandler, PyFileSystem
 
-from tasks.core.sql import run_sql
+from tasks.core.sql import load_sql, run_sql
 from tasks.core.storage import Storage
 
 
@@ -69,20 +69,28 @@ class Catalog:
 
     def has_samples(self) -> bool:
         with self._lock:
-            return self._view("samples", self.storage.uri("curate", "samples.parquet"))
+            return self._samples()
+
+    def _samples(self) -> bool:
+        """View ``samples`` and the table macros over it (``sql/inspect/macros.sql``)."""
+        if "samples" in self._views:
+            return True
+        if not self._view("samples", self.storage.uri("curate", "samples.parquet")):
+            return False
+        self._con.execute(load_sql("inspect/macros"))
+        return True
 
     def query(self, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """The rows of ``sql/inspect/<name>.sql`` over ``samples``, as dicts."""
         with self._lock:
-            if not self._view("samples", self.storage.uri("curate", "samples.parquet")):
-                return []
-            return self._fetch(name, params)
+            return self._fetch(name, params) if self._samples() else []
 
     def page(self, name: str, params: dict[str, Any], offset: int, limit: int) -> Page:
-        """One page of a query that returns a ``total`` window count."""
+        """One page of ``<name>.sql`` and the count of all its rows, ``<name>_count.sql``
+        (a window count over every row would make the page query sort them all)."""
         rows = self.query(name, {**params, "limit": limit, "offset": offset})
-        total = int(rows[0]["total"]) if rows else 0
-        return Page(rows, total, offset, limit)
+        counted = self.query(f"{name}_count", params)
+        return Page(rows, int(counted[0]["total"]) if counted else 0, offset, limit)
 
     def predictions(self, dataset_index: int, dataset: str, name: str,
                     params: dict[str, Any]) -> list[dict[str, Any]]:  # fmt: skip

@@ -107,7 +107,7 @@ def test_worker_runs_a_deployment_and_the_ui_shows_the_quality_report(deployed, 
     keys = {a["key"] for a in artifacts}
     assert {"curate-summary", "curate-data-docs"} <= keys, keys
     (docs,) = [a for a in artifacts if a["key"] == "curate-data-docs"]
-    assert docs["data"].startswith("http://127.0.0.1:8770/files/"), docs["data"]  # not file://
+    assert "http://127.0.0.1:8770/files/curate/report/data_docs/" in docs["data"]  # not file://
     (summary,) = [a for a in artifacts if a["key"] == "curate-summary"]
     _screenshot_artifact_in_ui(deployed.url, curate_run["id"], summary["id"])
 
