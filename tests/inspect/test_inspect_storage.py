@@ -78,3 +78,18 @@ def test_the_pages_work_on_an_s3_root(small_pipeline, s3_server, s3_bucket: str)
     assert client.get("/files/curate/report/funnel.png").content[:4] == b"\x89PNG"
     assert client.get("/files/../_manifests/curate.json").status_code in (403, 404)
     assert client.get("/search?q=bag").text.count('class="card') == cfg.inspect.search_results
+
+
+def test_clipflow_inspect_serves_the_config_on_loopback_by_default(monkeypatch):
+    """`clipflow inspect CONFIG` loads the demo config (it only reads outputs, so the demo's
+    loopback seeds do not refuse it) and binds 127.0.0.1 unless told otherwise."""
+    import uvicorn
+
+    from flows.cli import main
+
+    monkeypatch.delenv("CLIPFLOW_ALLOW_PRIVATE_NETWORKS")
+    bound: list[tuple[str, int]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: bound.append((host, port)))
+    assert main(["inspect", "configs/demo.yaml"]) == 0
+    assert main(["inspect", "configs/demo.yaml", "--port", "8799"]) == 0
+    assert bound == [("127.0.0.1", 8770), ("127.0.0.1", 8799)]
