@@ -31,6 +31,15 @@ from tasks.inspect.search import ImageSearch
 log = logging.getLogger(__name__)
 
 MAX_QUERY_CHARS = 200
+PAGE_POLICY = (
+    "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+"""The app's pages run no script at all: escaping keeps web captions text, and this policy
+is the second wall should a value ever slip through."""
+REPORT_POLICY = "sandbox allow-scripts"
+"""Report files (the Data Docs run their own scripts) are served as an opaque origin: their
+scripts cannot reach the app's pages."""
 
 
 def web_link(url: Any) -> str | None:
@@ -80,7 +89,9 @@ class InspectApp:
     def render(self, request: Request, name: str, **context: Any) -> Response:
         context |= {"cfg": self.cfg, "root": self.storage.root,
                     "search_available": self.search.available()}  # fmt: skip
-        return self.templates.TemplateResponse(request, name, context)
+        return self.templates.TemplateResponse(
+            request, name, context, headers={"Content-Security-Policy": PAGE_POLICY}
+        )
 
     def _require_samples(self) -> None:
         if not self.catalog.has_samples():
@@ -231,7 +242,8 @@ class InspectApp:
         if not self.storage.exists(uri):
             raise HTTPException(404, "no such report file")
         media_type = mimetypes.guess_type(uri)[0] or "application/octet-stream"
-        return Response(self.storage.read_bytes(uri), media_type=media_type)
+        return Response(self.storage.read_bytes(uri), media_type=media_type,
+                        headers={"Content-Security-Policy": REPORT_POLICY})  # fmt: skip
 
 
 async def _error(request: Request, exc: Exception) -> Response:
