@@ -31,6 +31,7 @@ from tasks.inspect.search import ImageSearch
 log = logging.getLogger(__name__)
 
 MAX_QUERY_CHARS = 200
+MAX_INT_PARAM = 2**62  # an offset or size past it would overflow DuckDB's BIGINT
 PAGE_POLICY = (
     "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -62,9 +63,13 @@ def _int_param(request: Request, name: str, default: int | None = None) -> int |
     if not value:
         return default
     try:
-        return max(0, int(value))
+        return min(max(0, int(value)), MAX_INT_PARAM)
     except ValueError:
         raise HTTPException(400, f"{name} must be a whole number") from None
+
+
+def _offset(request: Request) -> int:
+    return _int_param(request, "offset", 0) or 0
 
 
 def _text_param(request: Request, name: str) -> str | None:
@@ -116,7 +121,7 @@ class InspectApp:
         if reason not in RULES:
             raise HTTPException(404, "no such rule")
         page = self.catalog.page("dropped_by_rule", {"reason": reason},
-                                 _int_param(request, "offset", 0) or 0, self.page_size)  # fmt: skip
+                                 _offset(request), self.page_size)  # fmt: skip
         return self.render(request, "gallery.html", title=f"dropped: {reason}", page=page,
                            rule=reason, thresholds=rule_thresholds(self.cfg.curate, reason),
                            filters=None)  # fmt: skip
@@ -129,7 +134,7 @@ class InspectApp:
             "min_side": _int_param(request, "min_side"),
             "max_side": _int_param(request, "max_side"),
         }
-        page = self.catalog.page("kept", filters, _int_param(request, "offset", 0) or 0,
+        page = self.catalog.page("kept", filters, _offset(request),
                                  self.page_size)  # fmt: skip
         languages = self.catalog.query("languages")
         return self.render(request, "gallery.html", title="kept samples", page=page, rule=None,
@@ -148,7 +153,7 @@ class InspectApp:
 
     def duplicates(self, request: Request) -> Response:
         self._require_samples()
-        page = self.catalog.page("duplicate_clusters", {}, _int_param(request, "offset", 0) or 0,
+        page = self.catalog.page("duplicate_clusters", {}, _offset(request),
                                  self.page_size)  # fmt: skip
         return self.render(request, "duplicates.html", page=page)
 
@@ -161,7 +166,7 @@ class InspectApp:
 
     def decontamination(self, request: Request) -> Response:
         self._require_samples()
-        page = self.catalog.page("decontamination", {}, _int_param(request, "offset", 0) or 0,
+        page = self.catalog.page("decontamination", {}, _offset(request),
                                  self.page_size)  # fmt: skip
         return self.render(request, "decontamination.html", page=page)
 
