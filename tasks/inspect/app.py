@@ -27,6 +27,7 @@ from tasks.inspect.evaluation import Evaluation, rule_thresholds
 from tasks.inspect.files import PathRefused, resolve
 from tasks.inspect.images import TarImages
 from tasks.inspect.search import ImageSearch
+from tasks.inspect.similarity import matcher_similarities
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +161,20 @@ class InspectApp:
     def cluster(self, request: Request) -> Response:
         self._require_samples()
         rows = self.catalog.query("cluster", {"key": request.path_params["key"]})
-        if not rows:
+        if not rows or not rows[0]["is_survivor"]:
             raise HTTPException(404, "no such duplicate cluster")
-        return self.render(request, "cluster.html", rows=rows)
+        images = [self._training_image(r) for r in rows]
+        if images[0] is not None:
+            for row, score in zip(rows, matcher_similarities(images[0], images), strict=True):
+                row["similarity"] = score
+        return self.render(request, "cluster.html", rows=rows,
+                           threshold=self.cfg.curate.near_dup_min_similarity)  # fmt: skip
+
+    def _training_image(self, row: dict[str, Any]) -> bytes | None:
+        if row["image_state"] != "ok":
+            return None
+        shard = posixpath.basename(row["download_shard"])
+        return self.images.image(self.storage.uri("download", shard), row["key"])
 
     def decontamination(self, request: Request) -> Response:
         self._require_samples()
@@ -222,8 +234,7 @@ class InspectApp:
         rows = self.catalog.query("image_location", {"key": key})
         if not rows:
             raise HTTPException(404, "no image for this sample")
-        shard = posixpath.basename(rows[0]["download_shard"])
-        return self._image_response(self.images.image(self.storage.uri("download", shard), key))
+        return self._image_response(self._training_image({**rows[0], "key": key}))
 
     def eval_image(self, request: Request) -> Response:
         found = self.evaluation.dataset(request.path_params["name"])

@@ -81,6 +81,7 @@ def test_duplicate_cluster_shows_the_kept_and_the_dropped_image(served: Served, 
     assert _images(ui, "#cluster img") >= 2
     assert ui.page.locator("#cluster .distance", has_text="kept (survivor)").count() == 1
     assert ui.page.locator("#cluster .distance", has_text="bits").count() >= 1
+    assert ui.page.locator("#cluster .similarity").count() >= 1  # the matcher's, recomputed
     ui.page.screenshot(path=str(SCREENSHOTS / "cluster.png"), full_page=True)
 
 
