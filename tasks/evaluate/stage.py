@@ -3,9 +3,12 @@
     {root}/eval/results.json       {"results": [{"dataset", "task", "metrics"}, ...]}, metrics
                                    as fractions (CLIP_benchmark's keys)
     {root}/eval/results.md         one table, one row per dataset
-    {root}/eval/{dataset}/         per_class.csv, confusion_matrix.csv and PNG plots
-                                   (classification); metrics.json (every task);
+    {root}/eval/{dataset}/         per_class.csv, confusion_matrix.csv, PNG plots and
+                                   predictions.parquet (classification: each test image's
+                                   prediction); metrics.json (every task);
                                    linear_probe.json (linear probes: the C used, how chosen)
+    {root}/eval/search/            the image-embedding index of every training image, which
+                                   ``clipflow inspect`` searches (``search_index``)
 
 The checkpoint is ``evaluate.checkpoint`` (any OpenCLIP-format file) or the train stage's
 ``latest.pt``; the architecture is ``evaluate.model``, else the checkpoint's own
