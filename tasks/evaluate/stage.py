@@ -80,7 +80,7 @@ class DatasetResult:
     """linear_probe: the C used, whether it was chosen, and its held-out accuracy."""
     predictions: pa.Table | None = None
     """zeroshot_classification: one row per test image (tar, key, target, predicted and their
-    probabilities), for the most confused examples in ``clipflow inspect``."""
+    similarities), for the most confused examples in ``clipflow inspect``."""
 
 
 def default_checkpoint(cfg: PipelineConfig, storage: Storage) -> str:
@@ -175,21 +175,22 @@ def evaluate_dataset(
 def prediction_table(
     logits: torch.Tensor, targets: torch.Tensor, keys: list[tuple[str, str]]
 ) -> pa.Table | None:
-    """tar (file name), key, target, predicted, and the softmax probability of each, one row
-    per image; None when the images were read in worker processes (keys unknown here)."""
+    """tar (file name), key, target, predicted, and the image's cosine similarity to each of
+    the two classes' prompt embeddings (logits / 100), one row per image; None when the images
+    were read in worker processes (keys unknown here)."""
     if len(keys) != len(targets):
         log.info("predictions not written: images were read by DataLoader workers")
         return None
-    probs = logits.float().softmax(dim=1)
-    predicted = probs.argmax(dim=1)
+    similarity = logits.float() / 100.0  # classify()'s logits are 100 * cosine
+    predicted = similarity.argmax(dim=1)
     rows = torch.arange(len(targets))
     return pa.table({
         "tar": [os.path.basename(url) for url, _ in keys],
         "key": [key for _, key in keys],
         "target": targets.numpy().astype(np.int32),
         "predicted": predicted.numpy().astype(np.int32),
-        "target_prob": probs[rows, targets].numpy(),
-        "predicted_prob": probs[rows, predicted].numpy(),
+        "target_similarity": similarity[rows, targets].numpy(),
+        "predicted_similarity": similarity[rows, predicted].numpy(),
     })  # fmt: skip
 
 
