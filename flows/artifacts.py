@@ -21,14 +21,41 @@ def publish_curate(
 ) -> None:
     """The data-quality report, also when the gate stopped the run."""
     if isinstance(error, QualityGateFailed):
-        publish_report(error.report.summary, error.report.uris)
+        publish_report(cfg, storage, error.report.summary, error.report.uris)
     elif manifest is not None:
         report = manifest["outputs"]["report"]
-        publish_report(storage.read_json(report["summary"]), report)
+        publish_report(cfg, storage, storage.read_json(report["summary"]), report)
 
 
-def publish_report(summary: dict[str, Any], uris: dict[str, str]) -> None:
-    """The report on the flow run: funnel table, summary markdown, link to the Data Docs."""
+DATA_DOCS = "files/curate/report/data_docs/index.html"
+"""The Data Docs' page in ``clipflow inspect``, which serves them over HTTP from local or S3
+storage alike (a presigned URL would put a signature into the artifact, which the run
+records keep free of secrets)."""
+
+
+REPORT_PLOTS = (
+    ("funnel", "funnel"),
+    ("caption_length", "caption lengths"),
+    ("image_size", "image sizes"),
+    ("duplicates", "dropped duplicates beside what they duplicate"),
+    ("near_duplicates", "near-duplicate candidates closest to the threshold"),
+)
+
+
+def inline_png(storage: Storage, uri: str | None, alt: str) -> str:
+    """A markdown image with the PNG at ``uri`` inline (a data URI: the Prefect UI shows it
+    without reaching the storage); empty when there is none."""
+    if not uri or not storage.exists(uri):
+        return ""
+    png = base64.b64encode(storage.read_bytes(uri)).decode()
+    return f"![{alt}](data:image/png;base64,{png})"
+
+
+def publish_report(
+    cfg: PipelineConfig, storage: Storage, summary: dict[str, Any], uris: dict[str, str]
+) -> None:
+    """The report on the flow run: funnel table, summary markdown with the plots inline,
+    and links to this run's pages in ``clipflow inspect`` (the Data Docs among them)."""
     create_table_artifact(
         key="curate-funnel",
         table=[s for s in summary["funnel"] if s["step"] == "input" or s["dropped"]],
@@ -36,6 +63,7 @@ def publish_report(summary: dict[str, Any], uris: dict[str, str]) -> None:
     )
     gate = summary["gate"]
     failed = [e for e in gate["expectations"] if not e["success"]]
+    inspect = cfg.inspect.base_url
     lines = [
         f"## curate: {summary['kept']} of {summary['input']} kept",
         "",
@@ -44,15 +72,22 @@ def publish_report(summary: dict[str, Any], uris: dict[str, str]) -> None:
         f"- duplicate rate: {summary['duplicate_rate']:.3f}",
         f"- eval-contaminated samples dropped: {summary['eval_contaminated']}",
         f"- shards: {summary['shards']} ({summary['truncated_shards']} truncated)",
+        f"- browse the dropped samples of each rule: [{inspect}/]({inspect}/) "
+        f"(`clipflow inspect CONFIG`), [Data Docs]({inspect}/{DATA_DOCS})",
         "",
         "| reason | dropped (first reason) | flagged |",
         "|---|---|---|",
         *(
-            f"| {rule} | {n} | {summary['flagged_by_rule'][rule]} |"
+            f"| [{rule}]({inspect}/rule/{rule}) | {n} | {summary['flagged_by_rule'][rule]} |"
             for rule, n in summary["dropped_by_reason"].items()
             if summary["flagged_by_rule"][rule]
         ),
         "",
+        *(
+            f"### {title}\n\n{inline_png(storage, uris.get(name), title)}\n"
+            for name, title in REPORT_PLOTS
+            if uris.get(name)
+        ),  # fmt: skip
         f"Report: `{uris.get('summary', '')}`",
     ]
     create_markdown_artifact(
@@ -60,14 +95,10 @@ def publish_report(summary: dict[str, Any], uris: dict[str, str]) -> None:
     )
     create_link_artifact(
         key="curate-data-docs",
-        link=_browsable(uris["data_docs"]),
-        link_text="great-expectations Data Docs",
+        link=f"{inspect}/{DATA_DOCS}",
+        link_text="great-expectations Data Docs (served by clipflow inspect)",
         description="curate data-quality report",
     )
-
-
-def _browsable(uri: str) -> str:
-    return uri if "://" in uri else f"file://{uri}"
 
 
 def publish_train(
@@ -86,11 +117,13 @@ def publish_train(
         description="metrics at the last logged step",
     )
     curve = manifest["outputs"].get("loss_curve")
-    if curve and storage.exists(curve):
-        png = base64.b64encode(storage.read_bytes(curve)).decode()
+    image = inline_png(storage, curve, "loss curve")
+    if image:
         create_markdown_artifact(
             key="train-loss-curve",
-            markdown=f"## training loss\n\n![loss curve](data:image/png;base64,{png})\n\n{curve}",
+            markdown=f"## training loss\n\n{image}\n\n{curve}\n\nSearch the training images "
+            f"with this model: {cfg.inspect.base_url}/search (`clipflow inspect CONFIG`, once the "
+            "evaluate stage has built its index)",
             description="loss and learning rate against step",
         )
 
@@ -101,7 +134,8 @@ def publish_evaluate(
     manifest: dict[str, Any] | None,
     error: Exception | None,
 ) -> None:
-    """The results table (one row per dataset) as a table and a markdown artifact."""
+    """The results table (one row per dataset) as a table, and as markdown with each
+    classification dataset's confusion matrix inline and links to its inspect page."""
     if manifest is None:
         return
     results = storage.read_json(storage.uri("eval", "results.json"))["results"]
@@ -110,6 +144,18 @@ def publish_evaluate(
         key="evaluate-results", table=table, description="evaluation metrics (fractions)"
     )
     markdown = storage.read_bytes(storage.uri("eval", "results.md")).decode()
+    inspect = cfg.inspect.base_url
+    for r in results:
+        matrix = storage.uri("eval", r["dataset"], "confusion_matrix.png")
+        if r["task"] == "zeroshot_classification":
+            markdown += (
+                f"\n### {r['dataset']}\n\nPer-class accuracy and the most confused examples: "
+                f"[{inspect}/eval/{r['dataset']}]({inspect}/eval/{r['dataset']})\n\n"
+                f"{inline_png(storage, matrix, r['dataset'] + ' confusion matrix')}\n"
+            )
+    markdown += (
+        f"\nSearch the training images with this checkpoint: [{inspect}/search]({inspect}/search)\n"
+    )
     create_markdown_artifact(
         key="evaluate-results-md", markdown=markdown, description="evaluation results"
     )

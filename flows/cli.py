@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--force", action="store_true", help="rerun even if up to date")
         for option in record.options:
             p.add_argument(option.flag, dest=option.field, help=f"{option.help} ({option.field})")
+    inspect = sub.add_parser(
+        "inspect", help="browse the stage outputs in a local web app (127.0.0.1 by default)"
+    )
+    inspect.add_argument("config")
+    inspect.add_argument("--port", type=int, help="default: inspect.port (8770)")
+    inspect.add_argument("--host", help="default: inspect.host (127.0.0.1)")
     demo = sub.add_parser("demo", help="serve the demo web and run the whole pipeline on it")
     demo.add_argument("config")
     demo.add_argument("--with-moto", action="store_true", help="start a local S3 API server")
@@ -116,11 +122,17 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("httpx", "great_expectations", "docket"):  # a line per API call or import
+    for noisy in (
+        "httpx",
+        "great_expectations",
+        "docket",
+        "faiss.loader",
+    ):  # a line per call or import
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if args.command == "demo":
-        # The demo web is served on loopback: the demo (only it) opens private networks for
-        # the configs that ask, before they are validated.
+    if args.command in ("demo", "inspect"):
+        # The demo web is served on loopback: the demo opens private networks for the configs
+        # that ask, before they are validated. Inspect only reads the outputs, never fetches,
+        # so it can load the same configs.
         os.environ[ALLOW_PRIVATE_ENV] = "1"
     try:
         cfg = load_config(args.config)  # validated once, here; flows receive it typed
@@ -131,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_status(args.config)
     if args.command == "verify":
         return cmd_verify(args.config)
+    if args.command == "inspect":
+        from tasks.inspect.app import serve
+
+        serve(cfg, args.host, args.port)
+        return 0
     if args.command == "demo":
         from flows.demo import run_demo
 

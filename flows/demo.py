@@ -96,6 +96,15 @@ def planted_copies_line(cfg: PipelineConfig, site: Path) -> str:
     )
 
 
+def inspect_line(config_path: str, cfg: PipelineConfig) -> str:
+    """The command that browses this run's outputs (the samples each rule dropped, duplicate
+    clusters, search with the trained model)."""
+    return (
+        f"browse the outputs: .venv/bin/clipflow inspect {config_path}   "
+        f"(then open {cfg.inspect.base_url}/)"
+    )
+
+
 def run_demo(
     config_path: str, with_moto: bool = False, web_size: str = "demo", web_dir: Path | None = None
 ) -> int:
@@ -126,6 +135,8 @@ def run_demo(
         print(f"outputs under {Storage(cfg.storage).root}; wall time {elapsed:.1f}s")
         if moto is not None:
             print("moto_server keeps objects in memory: they are gone once the demo ends")
+        else:
+            print(inspect_line(config_path, cfg))
     finally:
         if moto is not None:
             moto.kill()

@@ -214,6 +214,9 @@ class WdsEvalDataset(IterableDataset):
         self.storage_options = storage_options
         self.urls = shard_urls(info.root, split, storage_options)
         self.samples_read = 0
+        self.keys_read: list[tuple[str, str]] = []
+        """(tar URL, sample key) of each sample yielded in this process, in order: which
+        image each row of the logits is (all of them when ``num_workers=0``)."""
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, Any]]:
         worker = get_worker_info()
@@ -232,6 +235,7 @@ class WdsEvalDataset(IterableDataset):
                     else _label_of(sample, where, num_classes, classnames_path)
                 )
                 self.samples_read += 1
+                self.keys_read.append((url, sample["__key__"]))
                 yield image, target
             if self.samples_read == before:
                 raise EvalDataError(f"{url}: empty shard (no samples in the tar)")

@@ -7,7 +7,8 @@
 - ``SampleWriter`` writes samples with webdataset's ``TarWriter`` and fixed member metadata,
   so the same samples always give the same bytes and sha256.
 - ``IndexedTar`` reads any member of a local tar by offset once its headers are read: the
-  random access webdataset does not offer.
+  random access webdataset does not offer; ``member_index`` gives those offsets for any
+  stream (an object store's, read by range afterwards).
 
 Every read error is a ``TarReadError`` that names the tar and the last member read: a bad
 header checksum, or a stream that ends before its end-of-archive block (``tarfile`` takes a
@@ -272,20 +273,28 @@ class SampleWriter:
         self.close()
 
 
+def member_index(stream: IO[bytes], uri: str) -> dict[str, dict[str, tuple[int, int]]]:
+    """key -> extension -> (data offset, size) of every member of a tar stream, from its
+    headers alone (each member checked by ``check_member``); with these a reader fetches one
+    member by a range read, without the rest of the tar."""
+    index: dict[str, dict[str, tuple[int, int]]] = {}
+    for member in _walk(stream, uri, lambda name, kind: False):
+        check_member(uri, member.name, member.kind)
+        key, _, ext = member.name.partition(".")
+        index.setdefault(key, {})[ext.lower()] = (member.offset, member.size)
+    return index
+
+
 class IndexedTar:
     """Random access to the members of a local tar: its headers are walked once (every member
     checked by ``check_member``), then any member is read by offset."""
 
     def __init__(self, path: str, uri: str) -> None:
         self.uri = uri
-        self.index: dict[str, dict[str, tuple[int, int]]] = {}
-        """key -> extension -> (data offset, size), keys in the order the tar holds them."""
         self._handle = open(path, "rb")  # noqa: SIM115 (read by offset until close())
         try:
-            for member in _walk(self._handle, uri, lambda name, kind: False):
-                check_member(uri, member.name, member.kind)
-                key, _, ext = member.name.partition(".")
-                self.index.setdefault(key, {})[ext.lower()] = (member.offset, member.size)
+            # key -> extension -> (data offset, size), keys in the order the tar holds them
+            self.index = member_index(self._handle, uri)
         except BaseException:
             self._handle.close()
             raise

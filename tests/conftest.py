@@ -24,6 +24,7 @@ pytest_plugins = [
     "tests.fixtures_prefect",
     "tests.fixtures_web",
     "tests.fixtures_s3",
+    "tests.fixtures_pipeline",
 ]
 
 

@@ -361,6 +361,10 @@ class EvaluateConfig(_Section):
     )
     """adapter: cache sharpness values searched with the alphas."""
     datasets: list[EvalDataset] = Field(default_factory=list)
+    search_index: bool = True
+    """After evaluating, embed every training image (the shards) with the checkpoint into a
+    FAISS index, ``eval/search/``: what ``clipflow inspect`` searches by text and by image."""
+    search_batch_size: int = Field(512, gt=0)
 
     @field_validator("datasets")
     @classmethod
@@ -379,6 +383,26 @@ class EvaluateConfig(_Section):
         return v
 
 
+class InspectConfig(_Section):
+    """``clipflow inspect``: the local web app over the stage outputs. No stage reads it."""
+
+    host: str = "127.0.0.1"
+    """Address it binds; loopback unless you mean to share the data (captions and URLs come
+    from the open web, and the app has no login)."""
+    port: int = Field(8770, gt=0, lt=65536)
+    url: str | None = None
+    """Where the run's Prefect artifacts link to; None means ``http://{host}:{port}``."""
+    page_size: int = Field(48, gt=0, le=500)
+    """Samples per gallery page."""
+    thumbnail_px: int = Field(160, gt=0)
+    """Images larger than this (either side) are scaled down in memory before they are sent."""
+    search_results: int = Field(24, gt=0, le=500)
+
+    @property
+    def base_url(self) -> str:
+        return (self.url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
 class PipelineConfig(_Section):
     name: str = "clipflow"
     storage: StorageConfig = StorageConfig()
@@ -388,6 +412,7 @@ class PipelineConfig(_Section):
     shard: ShardConfig = ShardConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    inspect: InspectConfig = InspectConfig()
 
     @field_validator("name")
     @classmethod

@@ -3,9 +3,12 @@
     {root}/eval/results.json       {"results": [{"dataset", "task", "metrics"}, ...]}, metrics
                                    as fractions (CLIP_benchmark's keys)
     {root}/eval/results.md         one table, one row per dataset
-    {root}/eval/{dataset}/         per_class.csv, confusion_matrix.csv and PNG plots
-                                   (classification); metrics.json (every task);
+    {root}/eval/{dataset}/         per_class.csv, confusion_matrix.csv, PNG plots and
+                                   predictions.parquet (classification: each test image's
+                                   prediction); metrics.json (every task);
                                    linear_probe.json (linear probes: the C used, how chosen)
+    {root}/eval/search/            the image-embedding index of every training image, which
+                                   ``clipflow inspect`` searches (``search_index``)
 
 The checkpoint is ``evaluate.checkpoint`` (any OpenCLIP-format file) or the train stage's
 ``latest.pt``; the architecture is ``evaluate.model``, else the checkpoint's own
@@ -25,6 +28,8 @@ from typing import Any
 
 import fsspec
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from model import create_model, get_tokenizer, image_transform, load_checkpoint
@@ -45,6 +50,7 @@ from tasks.core.manifest import StageResult
 from tasks.core.redact import redact_text, redact_url
 from tasks.core.stage import PLAIN_RUN, RunContext
 from tasks.core.storage import Storage
+from tasks.evaluate.search_index import build_search_index
 
 log = logging.getLogger(__name__)
 ZERO_SHOT_CLASSIFIERS = ("zeroshot_classification", *FEW_SHOT)
@@ -76,6 +82,9 @@ class DatasetResult:
     probe: dict[str, Any] | None = None
     """What a fitted task chose: the linear probe's C (and how), the adapter's alpha and
     beta per K; written to ``{task}.json``."""
+    predictions: pa.Table | None = None
+    """zeroshot_classification: one row per test image (tar, key, target, predicted and their
+    similarities), for the most confused examples in ``clipflow inspect``."""
 
 
 def default_checkpoint(cfg: PipelineConfig, storage: Storage) -> str:
@@ -151,22 +160,44 @@ def evaluate_dataset(
         logits, targets = classify(lm.model, _loader(test, cfg), weights, lm.device)
         report = classification_report(logits, targets, classnames)
         samples = {spec.split: len(targets)}
-    else:
-        train = WdsEvalDataset(info, spec.train_split, lm.transform, options)
-        train_xy = image_features(lm.model, _loader(train, cfg), lm.device)
-        test_xy = image_features(lm.model, _loader(test, cfg), lm.device)
-        probe = linear_probe(
-            train_xy, test_xy, classnames, cfg.evaluate.linear_probe_c,
-            spec.fewshot_k, cfg.evaluate.linear_probe_max_iter, cfg.evaluate.seed,
-            cfg.evaluate.linear_probe_validation,
-        )  # fmt: skip
-        samples = {spec.train_split: len(train_xy[1]), spec.split: len(test_xy[1])}
-        chosen = {"C": probe.inverse_regularization, "validation_acc1": probe.validation_acc1,
-                  "chosen_on_validation": cfg.evaluate.linear_probe_c is None}  # fmt: skip
         return DatasetResult(
-            spec.name, spec.task, probe.metrics, samples, probe, classnames, chosen
-        )
-    return DatasetResult(spec.name, spec.task, report.metrics, samples, report, classnames)
+            spec.name, spec.task, report.metrics, samples, report, classnames,
+            predictions=prediction_table(logits, targets, test.keys_read),
+        )  # fmt: skip
+    train = WdsEvalDataset(info, spec.train_split, lm.transform, options)
+    train_xy = image_features(lm.model, _loader(train, cfg), lm.device)
+    test_xy = image_features(lm.model, _loader(test, cfg), lm.device)
+    probe = linear_probe(
+        train_xy, test_xy, classnames, cfg.evaluate.linear_probe_c,
+        spec.fewshot_k, cfg.evaluate.linear_probe_max_iter, cfg.evaluate.seed,
+        cfg.evaluate.linear_probe_validation,
+    )  # fmt: skip
+    samples = {spec.train_split: len(train_xy[1]), spec.split: len(test_xy[1])}
+    chosen = {"C": probe.inverse_regularization, "validation_acc1": probe.validation_acc1,
+              "chosen_on_validation": cfg.evaluate.linear_probe_c is None}  # fmt: skip
+    return DatasetResult(spec.name, spec.task, probe.metrics, samples, probe, classnames, chosen)
+
+
+def prediction_table(
+    logits: torch.Tensor, targets: torch.Tensor, keys: list[tuple[str, str]]
+) -> pa.Table | None:
+    """tar (file name), key, target, predicted, and the image's cosine similarity to each of
+    the two classes' prompt embeddings (logits / 100), one row per image; None when the images
+    were read in worker processes (keys unknown here)."""
+    if len(keys) != len(targets):
+        log.info("predictions not written: images were read by DataLoader workers")
+        return None
+    similarity = logits.float() / 100.0  # classify()'s logits are 100 * cosine
+    predicted = similarity.argmax(dim=1)
+    rows = torch.arange(len(targets))
+    return pa.table({
+        "tar": [os.path.basename(url) for url, _ in keys],
+        "key": [key for _, key in keys],
+        "target": targets.numpy().astype(np.int32),
+        "predicted": predicted.numpy().astype(np.int32),
+        "target_similarity": similarity[rows, targets].numpy(),
+        "predicted_similarity": similarity[rows, predicted].numpy(),
+    })  # fmt: skip
 
 
 def _few_shot(
@@ -222,6 +253,11 @@ def write_outputs(storage: Storage, results: list[DatasetResult], lm: LoadedMode
             files.append(f"{folder}/{r.task}.json")
         if r.report is not None:
             files += _write_classification(storage, folder, r)
+        if r.predictions is not None:
+            sink = io.BytesIO()
+            pq.write_table(r.predictions, sink)
+            storage.write_bytes(f"{folder}/predictions.parquet", sink.getvalue())
+            files.append(f"{folder}/predictions.parquet")
         outputs["datasets"][r.name] = files
     markdown = results_markdown(rows, redact_url(lm.checkpoint), lm.architecture)
     storage.write_bytes(markdown_uri, markdown.encode())
@@ -370,6 +406,8 @@ def run_evaluate(cfg: PipelineConfig, storage: Storage, ctx: RunContext = PLAIN_
     for r in results:
         log.info("%s %s: %s (%s)", r.name, r.task, _json_safe(r.metrics), r.samples)
     outputs = write_outputs(storage, results, lm)
+    if cfg.evaluate.search_index and storage.glob("shards/*.tar"):
+        outputs["search"] = build_search_index(storage, lm, cfg.evaluate.search_batch_size)
     counts = {f"{r.name}/{split}": n for r in results for split, n in r.samples.items()}
     extra = {
         "checkpoint": redact_url(lm.checkpoint),

@@ -38,11 +38,13 @@ def test_flow_maps_shards_as_tasks_and_publishes_the_report(
     artifacts, task_runs = run_records(state.state_details.flow_run_id)
     by_key = {a.key: a for a in artifacts}
     assert {"curate-summary", "curate-funnel", "curate-data-docs", "curate-counts"} <= set(by_key)
-    assert f"file://{root}/curate/report/data_docs/index.html" in str(
-        by_key["curate-data-docs"].data
-    )
+    # The Data Docs over HTTP, served by `clipflow inspect` (a file:// link opens nowhere).
+    docs = "http://127.0.0.1:8770/files/curate/report/data_docs/index.html"
+    assert docs in str(by_key["curate-data-docs"].data)
     summary = json.loads((root / "curate" / "report" / "summary.json").read_text())
-    assert f"{summary['kept']} of {summary['input']} kept" in str(by_key["curate-summary"].data)
+    markdown = str(by_key["curate-summary"].data)
+    assert f"{summary['kept']} of {summary['input']} kept" in markdown
+    assert markdown.count("](data:image/png;base64,") == 5  # funnel, histograms, duplicates
     shard_runs = [t for t in task_runs if t.name.startswith("curate-curate_shard")]
     assert len(shard_runs) == len(list((root / "download").glob("0*.parquet")))
     assert all(t.state.is_completed() for t in shard_runs)

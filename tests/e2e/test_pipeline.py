@@ -20,46 +20,16 @@ from prefect.client.schemas.filters import (
     FlowRunFilterParentFlowRunId,
 )
 
-from demo.benchmark_sets import build_set
 from flows.pipeline import pipeline_flow
 from tasks.core.config import PipelineConfig
 from tasks.core.manifest import read_manifest
 from tasks.core.storage import Storage
 from tasks.stages import PIPELINE, STAGES
-
-
-@pytest.fixture(scope="module")
-def fashion_eval_set(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench") / "fashion_mnist"
-    build_set("fashion_mnist", out, train_samples=100)
-    return out
-
+from tests.fixtures_pipeline import pipeline_config
 
 MIN_MARGIN_OVER_CHANCE = 0.03
 """Untrained clipflow-tiny models score 0.079-0.100 on this set (3 seeds, measured); trained
 here, 0.20 (0.11 with lr 5e-4: hence lr 1e-3, as in the demo)."""
-
-
-def pipeline_config(root, demo_web, eval_set, **overrides) -> dict:
-    config = {
-        "storage": {"root": str(root)},
-        "crawl": {"seeds": [demo_web.url + "/"], "allow_private_networks": True, "max_pages": 300},
-        "download": {"processes_count": 1, "thread_count": 16, "timeout": 3, "image_size": 28},
-        "curate": {"decontaminate": True, "gate": "fail"},
-        "shard": {"samples_per_shard": 64},
-        "train": {
-            "model": "clipflow-tiny", "batch_size": 32, "samples": 4096, "lr": 1.0e-3, "warmup": 10,
-            "precision": "fp32", "nproc_per_node": 1, "workers": 0, "log_every_steps": 2,
-        },
-        "evaluate": {
-            "batch_size": 256,
-            "datasets": [{"name": "fashion_mnist", "path": str(eval_set),
-                          "task": "zeroshot_classification"}],
-        },
-    }  # fmt: skip
-    for section, values in overrides.items():
-        config[section] = {**config[section], **values}
-    return config
 
 
 async def _artifact_keys_by_flow(pipeline_run: UUID) -> dict[str, set[str]]:
@@ -109,11 +79,8 @@ def _assert_counts_agree(storage: Storage) -> None:
     assert curate["kept"] == shard["kept"] == shard["samples"] == sum(sizes.values()) > 0
 
 
-def test_pipeline_end_to_end_rerun_and_force(prefect_harness, demo_web, fashion_eval_set, tmp_path):
-    config = pipeline_config(tmp_path / "root", demo_web, fashion_eval_set)
-    storage = Storage(PipelineConfig.model_validate(config).storage)
-
-    state = pipeline_flow(config=config, return_state=True)
+def test_pipeline_end_to_end_rerun_and_force(small_pipeline, demo_web):
+    config, storage, state = small_pipeline.config, small_pipeline.storage, small_pipeline.state
     first = state.result()
     assert [s for s in STAGES if first[s]["skipped"]] == []
     for stage in STAGES:
@@ -126,6 +93,11 @@ def test_pipeline_end_to_end_rerun_and_force(prefect_harness, demo_web, fashion_
     assert planted.isdisjoint(shard_urls), sorted(planted & set(shard_urls))[:5]
     # ~13 epochs over the small web's ~300 samples, on a tiny model: above chance (10
     # classes) by a margin no untrained model reached.
+    # The evaluate stage indexes every training image for search (clipflow inspect), and
+    # records each test image's prediction.
+    search = read_manifest(storage, "evaluate")["outputs"]["search"]
+    assert search["images"] == read_manifest(storage, "curate")["counts"]["kept"]
+    assert storage.exists(storage.uri("eval", "fashion_mnist", "predictions.parquet"))
     acc1 = read_manifest(storage, "evaluate")["extra"]["metrics"]["fashion_mnist"]["acc1"]
     assert acc1 >= 0.10 + MIN_MARGIN_OVER_CHANCE, acc1
     keys = asyncio.run(_artifact_keys_by_flow(state.state_details.flow_run_id))

@@ -1,6 +1,7 @@
 """Against a real `prefect server start` on 127.0.0.1: every deployment in prefect.yaml
 deploys, a process worker picks up a pipeline run and completes it, and headless Chromium
-finds the data-quality artifact on the curate flow run's page in the UI."""
+finds the data-quality artifact on the curate flow run's page in the UI, its plots drawn
+inline."""
 
 from __future__ import annotations
 
@@ -105,10 +106,13 @@ def test_worker_runs_a_deployment_and_the_ui_shows_the_quality_report(deployed, 
     )  # fmt: skip
     keys = {a["key"] for a in artifacts}
     assert {"curate-summary", "curate-data-docs"} <= keys, keys
-    _screenshot_artifact_in_ui(deployed.url, curate_run["id"])
+    (docs,) = [a for a in artifacts if a["key"] == "curate-data-docs"]
+    assert "http://127.0.0.1:8770/files/curate/report/data_docs/" in docs["data"]  # not file://
+    (summary,) = [a for a in artifacts if a["key"] == "curate-summary"]
+    _screenshot_artifact_in_ui(deployed.url, curate_run["id"], summary["id"])
 
 
-def _screenshot_artifact_in_ui(ui_url: str, flow_run_id: str) -> None:
+def _screenshot_artifact_in_ui(ui_url: str, flow_run_id: str, summary_id: str) -> None:
     from playwright.sync_api import sync_playwright
 
     SCREENSHOTS.mkdir(exist_ok=True)
@@ -124,4 +128,14 @@ def _screenshot_artifact_in_ui(ui_url: str, flow_run_id: str) -> None:
         page.get_by_text("curate-summary").first.wait_for(timeout=60_000)
         page.screenshot(path=str(SCREENSHOTS / "prefect-ui-curate-artifacts.png"), full_page=True)
         assert time.monotonic() - started < 60
+        # The summary's plots are inline images, drawn by the UI itself (no storage access).
+        page.goto(f"{ui_url}/artifacts/artifact/{summary_id}", wait_until="networkidle")
+        page.locator('img[src^="data:image/png"]').first.wait_for(timeout=60_000)
+        widths = page.evaluate(
+            """() => Array.from(document.images)
+                .filter(img => img.src.startsWith("data:image/png"))
+                .map(img => img.complete ? img.naturalWidth : 0)"""
+        )
+        assert len(widths) >= 3 and min(widths) > 0, widths  # funnel, histograms, duplicates
+        page.screenshot(path=str(SCREENSHOTS / "prefect-ui-curate-summary.png"), full_page=True)
         browser.close()
