@@ -147,18 +147,27 @@ def eval_image_thumbnails(cfg: PipelineConfig, storage: Storage) -> tuple[np.nda
                 f"evaluate.datasets[{dataset.name!r}]: no tars at {pattern} to decontaminate against"
             )
         cache = storage.uri("curate", "_eval_thumbs", f"{dataset.name}-{_tars_digest(files)}.npz")
-        if storage.exists(cache):
-            with np.load(io.BytesIO(storage.read_bytes(cache))) as cached:
-                thumbs, names = list(cached["thumbs"]), cached["names"].tolist()
-        else:
-            thumbs, names = _thumbnails_of_tars(files)
-            buf = io.BytesIO()
-            np.savez(buf, thumbs=np.array(thumbs, np.uint8).reshape(len(thumbs), THUMB_BYTES),
-                     names=np.array(names, dtype=str))  # fmt: skip
-            storage.write_bytes(cache, buf.getvalue())
-        blobs += [bytes(t) for t in thumbs]
+        thumbs, names = _dataset_thumbnails(files, cache, storage)
+        blobs += [row.tobytes() for row in thumbs]
         labels += [f"{dataset.name}/{name}" for name in names]
     return thumbnails_array(blobs), labels
+
+
+def _dataset_thumbnails(
+    files: list[Any], cache: str, storage: Storage
+) -> tuple[np.ndarray, list[str]]:
+    """(n, THUMB_BYTES) uint8 thumbnails and sample names of one dataset's tars: read from
+    ``cache`` when it is there, else computed and written there."""
+    if storage.exists(cache):
+        with np.load(io.BytesIO(storage.read_bytes(cache))) as cached:
+            return cached["thumbs"], cached["names"].tolist()
+    thumbs, names = _thumbnails_of_tars(files)
+    array = np.frombuffer(b"".join(thumbs), np.uint8).reshape(len(thumbs), THUMB_BYTES)
+    buf = io.BytesIO()
+    np.savez(buf, thumbs=array, names=np.array(names, dtype=str))
+    storage.write_bytes(cache, buf.getvalue())
+    log.info("decontamination: thumbnails of %d evaluation images cached at %s", len(names), cache)
+    return array, names
 
 
 def _tars_digest(files: list[Any]) -> str:
