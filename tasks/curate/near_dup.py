@@ -61,7 +61,7 @@ _YCBCR = np.array(
 )
 """RGB -> (Y, Cb, Cr) with chroma centred on grey (JPEG's matrix, without its offsets)."""
 _RGB = np.linalg.inv(_YCBCR).astype(np.float32)
-_CHROMA_BLUR = 4
+_CHROMA_BLUR = 6
 """Box filter (thumbnail pixels) over the chroma channels before verification: JPEG stores
 colour at half resolution, which at 28 px smears colour edges over several pixels."""
 
@@ -136,9 +136,9 @@ def thumbnails_array(blobs: list[bytes]) -> np.ndarray:
 
 def _normalised(x: np.ndarray) -> np.ndarray:
     """Rows centred by their own mean and scaled to unit length (blank rows stay zero)."""
-    x = x - x.mean(axis=-1, keepdims=True)
-    norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return (x / np.maximum(norm, 1e-6)).astype(np.float32)
+    x = (x - x.mean(axis=-1, keepdims=True)).astype(np.float32, copy=False)
+    x /= np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
+    return x
 
 
 def _verification_space(thumbs: np.ndarray) -> np.ndarray:
@@ -194,7 +194,7 @@ def _windows(thumbs: np.ndarray) -> np.ndarray:
     both = np.matmul(_SPAN_MATRICES[horizontal], picked)  # (W, G, m*G*3): w, h, (m, g, c)
     both = both.reshape(len(vertical), g, m, g, 3).transpose(2, 0, 3, 1, 4)  # (m, W, G, G, 3)
     both = both.reshape(m, len(vertical), g * g * 3)
-    return _normalised(np.ascontiguousarray(both))
+    return _normalised(both)
 
 
 def _full(thumbs: np.ndarray) -> np.ndarray:
