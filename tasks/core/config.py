@@ -235,7 +235,7 @@ class CurateConfig(_Section):
     """Regex over the whole normalised caption: camera and file names are not captions."""
     boilerplate_filename_max_words: int = Field(3, ge=0)
     """Captions of more words are never taken for a file name (the regex is skipped)."""
-    near_dup_min_similarity: float = Field(0.97, ge=-1, le=1)
+    near_dup_min_similarity: float = Field(0.99, ge=-1, le=1)
     """Verified similarity (best windowed colour correlation, tasks.curate.near_dup) at or
     above which two images are near-duplicates; calibrated by bench/bench_dedup_quality.py."""
     near_dup_max_distance_ratio: float = Field(0.15, gt=0)
