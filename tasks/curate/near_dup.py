@@ -55,7 +55,7 @@ _WINDOW_OFFSETS = (0.0, 0.25, 0.5, 0.75, 1.0)
 area land within about 1 % of the side of one (coarser steps, 88-100 % at three offsets,
 missed a third of the crops at 64 and 224 px)."""
 _CHUNK = 128
-"""Images whose windows are computed at once ((CHUNK, W, D) float32: ~48 MiB)."""
+"""Images whose windows are computed at once ((CHUNK, W, D) float32: ~25 MiB)."""
 _YCBCR = np.array(
     [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], np.float32
 )
