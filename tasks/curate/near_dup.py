@@ -52,7 +52,7 @@ _BORDER_UNIFORM = 0.8
 _WINDOW_SIDES = (1.0, 0.96, 0.92)
 _WINDOW_OFFSETS = (0.0, 0.25, 0.5, 0.75, 1.0)
 """Windows keep 92-100 % of each side, a quarter of the slack apart: crops of 80-95 % of the
-area land within about 1 % of the side of one (coarser steps, 88-100 % at three offsets,
+area land within about 2 % of the side of one (coarser steps, 88-100 % at three offsets,
 missed a third of the crops at 64 and 224 px)."""
 _CHUNK = 128
 """Images whose windows are computed at once ((CHUNK, W, D) float32: ~25 MiB)."""
