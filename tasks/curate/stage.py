@@ -9,6 +9,7 @@ whole table in DuckDB and FAISS.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -40,7 +41,12 @@ from tasks.curate.dedup import (
 )
 from tasks.curate.features import ShardJob, curate_shard, embeddings_uri
 from tasks.curate.gate import write_report
-from tasks.curate.near_dup import image_thumbnail, thumbnails_array
+from tasks.curate.near_dup import (
+    THUMB_BYTES,
+    THUMBNAIL_VERSION,
+    image_thumbnail,
+    thumbnails_array,
+)
 from tasks.curate.rules import apply_rules, combine
 
 log = logging.getLogger(__name__)
@@ -127,8 +133,10 @@ def _embeddings_by_rid(storage: Storage, parts: list[str]) -> Callable[[np.ndarr
 def eval_image_thumbnails(cfg: PipelineConfig, storage: Storage) -> tuple[np.ndarray, list[str]]:
     """Matching thumbnails (``thumbnails_array``) of every image in the evaluate stage's
     datasets (CLIP_benchmark WebDataset layout ``{path}/{split}/*.tar``), with labels
-    ``dataset/sample``."""
-    thumbs: list[bytes] = []
+    ``dataset/sample``. Each dataset's thumbnails are cached under ``curate/_eval_thumbs/``,
+    keyed by the digest of its tars' bytes and the thumbnail format, so a rerun decodes
+    none of them again."""
+    blobs: list[bytes] = []
     labels: list[str] = []
     for dataset in cfg.evaluate.datasets:
         pattern = posixpath.join(dataset.path.rstrip("/"), dataset.split, "*.tar")
@@ -138,13 +146,51 @@ def eval_image_thumbnails(cfg: PipelineConfig, storage: Storage) -> tuple[np.nda
             raise FileNotFoundError(
                 f"evaluate.datasets[{dataset.name!r}]: no tars at {pattern} to decontaminate against"
             )
-        for of in files:
-            with of as fh:
-                for name, data in iter_members(fh, of.path, is_image):
-                    with Image.open(io.BytesIO(data)) as image:
-                        thumbs.append(image_thumbnail(image))
-                    labels.append(f"{dataset.name}/{name.rsplit('.', 1)[0]}")
-    return thumbnails_array(thumbs), labels
+        cache = storage.uri("curate", "_eval_thumbs", f"{dataset.name}-{_tars_digest(files)}.npz")
+        thumbs, names = _dataset_thumbnails(files, cache, storage)
+        blobs += [row.tobytes() for row in thumbs]
+        labels += [f"{dataset.name}/{name}" for name in names]
+    return thumbnails_array(blobs), labels
+
+
+def _dataset_thumbnails(
+    files: list[Any], cache: str, storage: Storage
+) -> tuple[np.ndarray, list[str]]:
+    """(n, THUMB_BYTES) uint8 thumbnails and sample names of one dataset's tars: read from
+    ``cache`` when it is there, else computed and written there."""
+    if storage.exists(cache):
+        with np.load(io.BytesIO(storage.read_bytes(cache))) as cached:
+            return cached["thumbs"], cached["names"].tolist()
+    thumbs, names = _thumbnails_of_tars(files)
+    array = np.frombuffer(b"".join(thumbs), np.uint8).reshape(len(thumbs), THUMB_BYTES)
+    buf = io.BytesIO()
+    np.savez(buf, thumbs=array, names=np.array(names, dtype=str))
+    storage.write_bytes(cache, buf.getvalue())
+    log.info("decontamination: thumbnails of %d evaluation images cached at %s", len(names), cache)
+    return array, names
+
+
+def _tars_digest(files: list[Any]) -> str:
+    """sha256 (hex, 16 digits) of the tars' names and bytes and of the thumbnail format."""
+    digest = hashlib.sha256(f"thumbnail v{THUMBNAIL_VERSION}".encode())
+    for of in files:
+        digest.update(posixpath.basename(of.path).encode() + b"\0")
+        with of as fh:
+            digest.update(hashlib.file_digest(fh, "sha256").digest())
+    return digest.hexdigest()[:16]
+
+
+def _thumbnails_of_tars(files: list[Any]) -> tuple[list[bytes], list[str]]:
+    """Thumbnails of every image in the tars (fsspec OpenFiles), with its sample name (no
+    extension)."""
+    thumbs, names = [], []
+    for of in files:
+        with of as fh:
+            for name, data in iter_members(fh, of.path, is_image):
+                with Image.open(io.BytesIO(data)) as image:
+                    thumbs.append(image_thumbnail(image))
+                names.append(name.rsplit(".", 1)[0])
+    return thumbs, names
 
 
 def _decontaminate(

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,6 +14,7 @@ import pytest
 
 from tasks.core.manifest import StageResult
 from tasks.core.storage import Storage
+from tasks.curate import stage
 from tasks.curate.rules import RULES
 from tasks.curate.stage import curate
 from tests.curate.conftest import DownloadedWeb
@@ -137,3 +139,28 @@ def test_report_files_and_gate_result(curated):
     html = (report / "data_docs" / "index.html").read_text()
     assert "clipflow-curate" in html
     assert result.outputs["report"]["data_docs"].endswith("data_docs/index.html")
+
+
+def test_eval_thumbnails_are_cached_by_content(curated, downloaded_web, tmp_path, monkeypatch):
+    _, _, _, root = curated
+    cached = list((root / "curate" / "_eval_thumbs").glob("fmnist-*.npz"))
+    assert len(cached) == 1  # written by the curate run
+    cfg = downloaded_web.config(tmp_path)
+    fresh_thumbs, fresh_labels = stage.eval_image_thumbnails(cfg, Storage(cfg.storage))
+
+    def no_decoding(image):
+        raise AssertionError("a cached evaluation image was decoded again")
+
+    monkeypatch.setattr(stage, "image_thumbnail", no_decoding)
+    thumbs, labels = stage.eval_image_thumbnails(cfg, Storage(cfg.storage))
+    assert labels == fresh_labels and len(labels) > 0
+    np.testing.assert_array_equal(thumbs, fresh_thumbs)
+    eval_tar = next(Path(downloaded_web.eval_dir).glob("*/*.tar"))
+    changed = tmp_path / "changed" / "test"
+    changed.mkdir(parents=True)
+    (changed / eval_tar.name).write_bytes(eval_tar.read_bytes() + b"\0" * 512)
+    moved = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={
+        "datasets": [cfg.evaluate.datasets[0].model_copy(update={"path": str(changed.parent)})]
+    })})  # fmt: skip
+    with pytest.raises(AssertionError, match="decoded again"):  # other bytes: a new key
+        stage.eval_image_thumbnails(moved, Storage(moved.storage))
