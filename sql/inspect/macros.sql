@@ -1,5 +1,8 @@
 -- Table macros over the view `samples` (curate/samples.parquet): each paged view's rows, so
 -- its page query and its count query share one definition. Created once per connection.
+
+-- Curate's own queries over its output read it as `curated` (the funnel: curate/funnel).
+CREATE OR REPLACE TEMP VIEW curated AS FROM samples;
 CREATE OR REPLACE TEMP MACRO dropped_rows(rule) AS TABLE
     SELECT * FROM samples WHERE reasons[1] = rule;
 

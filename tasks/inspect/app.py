@@ -106,7 +106,7 @@ class InspectApp:
     def overview(self, request: Request) -> Response:
         self._require_samples()
         totals = self.catalog.query("totals")[0]
-        counts = {r["reason"]: r for r in self.catalog.query("funnel")}
+        counts = {r["reason"]: r for r in self.catalog.query("curate/funnel")}
         remaining = totals["input"]
         funnel = []
         for rule in RULES:

@@ -63,7 +63,8 @@ class Catalog:
         return True
 
     def _fetch(self, name: str, params: dict[str, Any] | None) -> list[dict[str, Any]]:
-        cursor = run_sql(self._con, f"inspect/{name}", params)
+        """Rows of ``sql/inspect/<name>.sql``, or of another stage's ``<stage>/<query>``."""
+        cursor = run_sql(self._con, name if "/" in name else f"inspect/{name}", params)
         columns = [d[0] for d in cursor.description or ()]
         return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
 
@@ -81,7 +82,7 @@ class Catalog:
         return True
 
     def query(self, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """The rows of ``sql/inspect/<name>.sql`` over ``samples``, as dicts."""
+        """The rows of ``sql/inspect/<name>.sql`` (or ``<stage>/<query>``) over ``samples``."""
         with self._lock:
             return self._fetch(name, params) if self._samples() else []
 
