@@ -24,6 +24,7 @@ from demo.server import (
     REDIRECT_PAGE_TARGET,
 )
 from demo.site import Item, Site, png_bytes
+from tasks.curate.phash import flatten_alpha
 
 Spare = Iterator[tuple[Image.Image, str]]
 LONG_ALT_CHARS = 5000
@@ -41,7 +42,10 @@ def _spare_png(site: Site, spare: Spare, path: str) -> tuple[str, str]:
 
 
 def _load(site: Site, path: str) -> Image.Image:
-    return Image.open(site.out_dir / path.lstrip("/")).convert("RGB")
+    """The picture a browser (or img2dataset) shows: transparency composited onto white. A
+    plain ``convert("RGB")`` would show the colours stored under transparent pixels, so a
+    "copy" of an emoji could be another picture altogether."""
+    return flatten_alpha(Image.open(site.out_dir / path.lstrip("/")))
 
 
 def _near_copy(image: Image.Image, kind: str) -> tuple[bytes, str]:

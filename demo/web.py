@@ -34,7 +34,7 @@ from demo.site import ORIGIN, Item, Site, png_bytes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PRESETS", "DemoSizes", "DemoWebServer", "build_demo_web", "main", "serve"]
+__all__ = ["BUILD_VERSION", "PRESETS", "DemoSizes", "DemoWebServer", "build_demo_web", "main", "serve"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,10 @@ class DemoSizes:
     """Share of fashion images that are copies of Fashion-MNIST *test* images."""
     seed: int = 0
 
+
+BUILD_VERSION = 2
+"""Recorded in planted.json; a build of another version is rebuilt. 2: planted copies of
+transparent emoji are made from the picture as shown (composited onto white)."""
 
 PRESETS: dict[str, DemoSizes] = {
     "test": DemoSizes(fashion_per_class=20, emoji=50, clipart=30),
@@ -164,6 +168,7 @@ def build_demo_web(out_dir: str | Path, sizes: str | DemoSizes = "test") -> dict
         test_set_copies=[r for r in fashion_records if r["split"] == "test"],
         pages=sorted(site.pages),
         sizes=asdict(preset),
+        version=BUILD_VERSION,
         note="All URLs are paths on the serving origin (prefix them with the server's .url).",
     )
     (out / "planted.json").write_text(json.dumps(planted, indent=1, ensure_ascii=False))

@@ -29,14 +29,15 @@ DEMO_WEB_DIR = REPO / ".cache" / "demo-web"
 
 def ensure_demo_web(out_dir: Path = DEMO_WEB_DIR, size: str = "demo") -> Path:
     """Build the demo web (preset ``size`` of demo.web.PRESETS) once; a finished build leaves
-    ``planted.json`` last, recording its sizes. A build of other sizes is replaced."""
-    from demo.web import PRESETS, build_demo_web
+    ``planted.json`` last, recording its sizes and build version. Another build is replaced."""
+    from demo.web import BUILD_VERSION, PRESETS, build_demo_web
 
     planted = out_dir / "planted.json"
     if planted.exists():
-        if json.loads(planted.read_text()).get("sizes") == asdict(PRESETS[size]):
+        built = json.loads(planted.read_text())
+        if (built.get("sizes"), built.get("version")) == (asdict(PRESETS[size]), BUILD_VERSION):
             return out_dir
-        log.info("the demo web in %s has other sizes: rebuilding it", out_dir)
+        log.info("the demo web in %s has other sizes or an older build: rebuilding it", out_dir)
         shutil.rmtree(out_dir)
     log.info("building the %r demo web into %s", size, out_dir)
     build_demo_web(out_dir, size)
