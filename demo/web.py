@@ -34,7 +34,15 @@ from demo.site import ORIGIN, Item, Site, png_bytes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BUILD_VERSION", "PRESETS", "DemoSizes", "DemoWebServer", "build_demo_web", "main", "serve"]
+__all__ = [
+    "BUILD_VERSION",
+    "PRESETS",
+    "DemoSizes",
+    "DemoWebServer",
+    "build_demo_web",
+    "main",
+    "serve",
+]
 
 
 @dataclass(frozen=True)

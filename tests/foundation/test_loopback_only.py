@@ -60,7 +60,7 @@ def test_a_flow_test_and_a_download_test_connect_only_to_loopback(tmp_path):
         "tests/download/test_download.py::test_every_hostile_image_gets_its_named_reason",
     ]
     run = subprocess.run(
-        [strace, "-f", "-qq", "-e", "trace=connect", "-o", str(log),
+        [strace, "-f", "-qq", "--seccomp-bpf", "-e", "trace=connect", "-o", str(log),
          sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
         cwd=REPO, capture_output=True, text=True, timeout=900,
     )  # fmt: skip

@@ -16,11 +16,15 @@ BROKEN_IMAGES = """() => Array.from(document.images)
     .filter(img => !img.complete || img.naturalWidth === 0).map(img => img.src)"""
 
 
+ALL_IMAGES_DONE = "() => Array.from(document.images).every(img => img.complete)"
+
+
 def _load(ui: Ui, url: str) -> None:
     ui.page.goto(url, wait_until="networkidle")
-    # loading="lazy" images below the fold load only when scrolled to
+    # loading="lazy" images below the fold load only when scrolled to; the load state is
+    # already "networkidle" by then, so wait for every image to finish, loaded or failed.
     ui.page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
-    ui.page.wait_for_load_state("networkidle")
+    ui.page.wait_for_function(ALL_IMAGES_DONE, timeout=60_000)
 
 
 def _images(ui: Ui, selector: str = "img") -> int:
