@@ -3,11 +3,12 @@
 img2dataset starts a pool of workers and a logger process. If the download stage is killed
 (``kill -9``, an out-of-memory kill, a cancelled flow run), those children would live on:
 a worker finishes its shard into ``{root}/download`` after the stage died, racing the rerun
-that rewrites that shard. So img2dataset runs in a child that leads its own process group
-and takes the group down as soon as its parent is gone (at once by the kernel's parent-death
-signal on Linux, within a poll interval by a watchdog thread everywhere), and img2dataset's
-own processes call ``die_with_parent`` when they start, so that they go too when that child
-is killed outright.
+that rewrites that shard. So img2dataset runs in a child that leads its own process group,
+and every process of the tree that can write (that child, img2dataset's workers and logger)
+asks the kernel to SIGKILL it the moment its parent dies: the death runs down the tree with
+no code of the dying processes to run (a Python signal handler would wait while the main
+thread is busy in C, and the worker's other threads would go on writing). A watchdog thread
+in the child takes the group down where the kernel cannot (not Linux).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 _POLL_SECONDS = 0.1
-_DEATH_SIGNAL = signal.SIGUSR1
 
 
 class ChildFailed(RuntimeError):
@@ -52,7 +52,7 @@ def run_in_process_tree(fn: Callable[..., Any], *args: Any) -> None:
 
 def _child_main(parent: int, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
     os.setpgid(0, 0)  # every process fn starts joins this group
-    die_with_parent(on_death=lambda: _kill_group(0))
+    die_with_parent(parent)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     fn(*args)
 
@@ -64,26 +64,21 @@ def _watch_parent(parent: int) -> None:
     _kill_group(0)
 
 
-def die_with_parent(on_death: Callable[[], None] | None = None) -> None:
-    """Call ``on_death`` (default: SIGKILL this process) as soon as the parent process dies.
+def die_with_parent(parent: int | None = None) -> None:
+    """Have the kernel SIGKILL this process as soon as its parent dies (Linux; elsewhere the
+    child's watchdog kills the group). ``parent``: the pid it must still have (default: the
+    one it has now); if that one is already gone, this process dies at once.
 
-    Linux's parent-death signal fires when the *thread* that started this process ends,
-    which for a multiprocessing pool's replacement workers is the pool's handler thread, not
-    the parent's death; so the handler acts only once the parent is really gone. Call it
-    from the process's main thread (signal handlers live there)."""
+    Linux sends the signal when the *thread* that started this process ends. For the workers
+    a multiprocessing pool starts in place of retired ones (img2dataset's ``maxtasksperchild``)
+    that is the pool's handler thread, which ends only when the pool is closed or terminated,
+    after every result has come back: then the worker has nothing left to write."""
     if not sys.platform.startswith("linux"):
         return
-    parent = os.getppid()
-    die = on_death or (lambda: os.kill(os.getpid(), signal.SIGKILL))
-
-    def on_signal(signum: int, frame: Any) -> None:
-        if os.getppid() != parent:
-            die()
-
-    signal.signal(_DEATH_SIGNAL, on_signal)
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, _DEATH_SIGNAL)
+    parent = os.getppid() if parent is None else parent
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before the signal was armed
-        die()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _kill_group(pgid: int) -> None:

@@ -1,0 +1,60 @@
+"""The download stage's process tree dies with the stage, at once: after ``kill -9`` nothing
+it started may write another byte, even a worker whose main thread is busy in C code."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_kill_resume import session_processes
+
+SCENARIO = Path(__file__).with_name("process_tree_scenario.py")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _start(out: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, str(SCENARIO), str(out)], env=env, start_new_session=True
+    )
+    deadline = time.monotonic() + 60
+    while not (out.exists() and out.stat().st_size > 0):  # the worker is writing
+        assert proc.poll() is None, f"the scenario exited with {proc.returncode}"
+        assert time.monotonic() < deadline, "the worker never started writing"
+        time.sleep(0.05)
+    time.sleep(0.3)  # its main thread is in zlib by now
+    return proc
+
+
+@pytest.mark.parametrize("killed", ["stage", "stage and child"])
+def test_nothing_writes_after_the_stage_is_killed(tmp_path: Path, killed: str) -> None:
+    """``stage``: ``kill -9`` of the stage alone. ``stage and child``: the child dies with it,
+    as when the kill reaches both (an OOM kill of the group, the kill-resume test's killer):
+    then the worker alone must notice, with no Python code of its own to run."""
+    out = tmp_path / "written.log"
+    proc = _start(out)
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        if killed == "stage and child":
+            os.kill(int((tmp_path / "written.log.child").read_text()), signal.SIGKILL)
+        proc.wait()
+        size_at_death = out.stat().st_size
+        time.sleep(1.5)
+        left = session_processes(proc.pid)
+        written = out.read_text()[size_at_death:].splitlines()
+        assert not written and not left, (
+            f"{len(written)} lines written after the stage died; still running: {left}"
+        )
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
