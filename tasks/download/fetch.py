@@ -36,7 +36,7 @@ from PIL import Image  # noqa: E402
 
 from tasks.download import pinned_http  # noqa: E402
 from tasks.download.pinned_http import Destination, FetchRefused  # noqa: E402
-from tasks.download.process_tree import die_with_parent  # noqa: E402
+from tasks.download.process_tree import die_with_parent, killed_with_parent  # noqa: E402
 
 HEADER_SIZED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 """Formats whose pixel size Pillow reads from the header without decoding, and OpenCV
@@ -208,7 +208,6 @@ class GuardedDownloader(i2d_downloader.Downloader):
         self.instance_policy: FetchPolicy = policy  # pickled with the instance into workers
 
     def __call__(self, row: Any) -> Any:
-        die_with_parent()  # a worker must not finish its shard after the stage died
         policy: FetchPolicy = self.instance_policy
 
         def fetch(row, timeout, user_agent_token, disallowed_header_directives):
@@ -218,4 +217,5 @@ class GuardedDownloader(i2d_downloader.Downloader):
 
         # download_image_with_retry looks the fetch up in its module at call time.
         i2d_downloader.download_image = fetch
-        return super().__call__(row)
+        with killed_with_parent():  # a worker must not finish its shard after the stage died
+            return super().__call__(row)

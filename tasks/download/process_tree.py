@@ -4,11 +4,20 @@ img2dataset starts a pool of workers and a logger process. If the download stage
 (``kill -9``, an out-of-memory kill, a cancelled flow run), those children would live on:
 a worker finishes its shard into ``{root}/download`` after the stage died, racing the rerun
 that rewrites that shard. So img2dataset runs in a child that leads its own process group,
-and every process of the tree that can write (that child, img2dataset's workers and logger)
-asks the kernel to SIGKILL it the moment its parent dies: the death runs down the tree with
-no code of the dying processes to run (a Python signal handler would wait while the main
-thread is busy in C, and the worker's other threads would go on writing). A watchdog thread
-in the child takes the group down where the kernel cannot (not Linux).
+and the processes of that tree ask the kernel to SIGKILL them the moment their parent dies:
+the death runs down the tree with no code of the dying processes to run. (A Python signal
+handler is not enough: it waits while the main thread is busy in C code, and the process's
+other threads go on writing meanwhile.) A watchdog thread in the child takes the group down
+where the kernel cannot (not Linux).
+
+Linux sends the parent-death signal when the *thread* that started a process ends, not only
+when the parent process dies. That is safe for the child (the stage's thread waits for it)
+and img2dataset's logger (started by the child's main thread), but a multiprocessing pool
+starts replacement workers (img2dataset's ``maxtasksperchild``) from its handler thread,
+which ends when the pool is terminated; a worker killed then, idle in the task queue's lock,
+would hang the pool's shutdown. So a pool worker is armed with SIGKILL only while it writes
+a shard (``killed_with_parent``), and between shards dies through a handler that first checks
+that the parent process is really gone.
 """
 
 from __future__ import annotations
@@ -21,11 +30,12 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 _POLL_SECONDS = 0.1
+_BETWEEN_TASKS_SIGNAL = signal.SIGUSR1
 
 
 class ChildFailed(RuntimeError):
@@ -65,20 +75,46 @@ def _watch_parent(parent: int) -> None:
 
 
 def die_with_parent(parent: int | None = None) -> None:
-    """Have the kernel SIGKILL this process as soon as its parent dies (Linux; elsewhere the
-    child's watchdog kills the group). ``parent``: the pid it must still have (default: the
-    one it has now); if that one is already gone, this process dies at once.
-
-    Linux sends the signal when the *thread* that started this process ends. For the workers
-    a multiprocessing pool starts in place of retired ones (img2dataset's ``maxtasksperchild``)
-    that is the pool's handler thread, which ends only when the pool is closed or terminated,
-    after every result has come back: then the worker has nothing left to write."""
+    """Have the kernel SIGKILL this process as soon as the thread that started it ends
+    (Linux; elsewhere the child's watchdog kills the group). ``parent``: the pid it must
+    still have (default: the one it has now); if that one is gone, this process dies now."""
     if not sys.platform.startswith("linux"):
         return
     parent = os.getppid() if parent is None else parent
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    _set_death_signal(signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before the signal was armed
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def killed_with_parent() -> Iterator[None]:
+    """For a pool worker: inside the block (while it writes), SIGKILL from the kernel when
+    its parent dies; after it, a handler that SIGKILLs this process only if the parent
+    process is gone (not merely the pool thread that started it). Main thread only."""
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    parent = os.getppid()
+    _set_death_signal(signal.SIGKILL)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGKILL)
+    try:
+        yield
+    finally:
+
+        def on_signal(signum: int, frame: Any) -> None:
+            if os.getppid() != parent:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        signal.signal(_BETWEEN_TASKS_SIGNAL, on_signal)
+        _set_death_signal(_BETWEEN_TASKS_SIGNAL)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _set_death_signal(signum: int) -> None:
+    if ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signum) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
 
 
 def _kill_group(pgid: int) -> None:

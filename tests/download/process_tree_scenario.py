@@ -1,9 +1,14 @@
-"""A stage process for ``test_process_tree.py``: it runs ``run_in_process_tree``, whose child
-starts one worker like img2dataset's (``die_with_parent`` armed); the worker's main thread is
-busy in C code (zlib on 32 MiB) while a second thread appends a line to ``OUT`` every 10 ms,
-as img2dataset's workers write a shard while their main thread resizes an image.
+"""Stage processes for ``test_process_tree.py``; each runs ``run_in_process_tree`` as the
+download stage runs img2dataset. ``python process_tree_scenario.py MODE OUT``:
 
-Run as ``python process_tree_scenario.py OUT``; the test kills processes and watches ``OUT``.
+- ``writer``: the child starts one worker like img2dataset's, inside ``killed_with_parent``;
+  the worker's main thread is busy in C code (zlib on 32 MiB) while a second thread appends
+  a line to ``OUT`` every 10 ms, as img2dataset's workers write a shard while their main
+  thread resizes an image. The test kills processes and watches ``OUT``.
+- ``pool``: the child maps 6 tasks over a 1-process spawn pool with ``maxtasksperchild=5``
+  as img2dataset's (the pool's handler thread starts the worker for the 6th, which then
+  waits for more) and terminates it as img2dataset's distributor does; then writes
+  ``OUT``. The test checks that this ends.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import threading
 import time
 import zlib
 
-from tasks.download.process_tree import die_with_parent, run_in_process_tree
+from tasks.download.process_tree import killed_with_parent, run_in_process_tree
 
 
 def _append_forever(out: str) -> None:
@@ -25,21 +30,35 @@ def _append_forever(out: str) -> None:
         time.sleep(0.01)
 
 
-def worker(out: str) -> None:
-    die_with_parent()
-    threading.Thread(target=_append_forever, args=(out,), daemon=True).start()
-    blob = os.urandom(32 << 20)
-    while True:  # the main thread stays in C, where a Python signal handler cannot run
-        zlib.compress(blob, 9)
+def writer_worker(out: str) -> None:
+    with killed_with_parent():
+        threading.Thread(target=_append_forever, args=(out,), daemon=True).start()
+        blob = os.urandom(32 << 20)
+        while True:  # the main thread stays in C, where a Python signal handler cannot run
+            zlib.compress(blob, 9)
 
 
-def child(out: str) -> None:
+def writer(out: str) -> None:
     with open(out + ".child", "w") as f:
         f.write(str(os.getpid()))
-    proc = multiprocessing.get_context("spawn").Process(target=worker, args=(out,))
+    proc = multiprocessing.get_context("spawn").Process(target=writer_worker, args=(out,))
     proc.start()
     proc.join()
 
 
+def pool_task(i: int) -> int:
+    with killed_with_parent():
+        return i * i
+
+
+def pool(out: str) -> None:
+    with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=5) as workers:
+        squares = list(workers.imap_unordered(pool_task, range(6)))
+        workers.terminate()
+        workers.join()
+    with open(out, "w") as f:
+        f.write(" ".join(map(str, sorted(squares))))
+
+
 if __name__ == "__main__":
-    run_in_process_tree(child, sys.argv[1])
+    run_in_process_tree({"writer": writer, "pool": pool}[sys.argv[1]], sys.argv[2])

@@ -1,5 +1,6 @@
 """The download stage's process tree dies with the stage, at once: after ``kill -9`` nothing
-it started may write another byte, even a worker whose main thread is busy in C code."""
+it started may write another byte, even a worker whose main thread is busy in C code; and
+a pool that ends normally is not killed on the way (which would hang its shutdown)."""
 
 from __future__ import annotations
 
@@ -19,13 +20,16 @@ SCENARIO = Path(__file__).with_name("process_tree_scenario.py")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _start(out: Path) -> subprocess.Popen[bytes]:
-    env = {
+def _env() -> dict[str, str]:
+    return {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
+
+
+def _start(out: Path) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [sys.executable, str(SCENARIO), str(out)], env=env, start_new_session=True
+        [sys.executable, str(SCENARIO), "writer", str(out)], env=_env(), start_new_session=True
     )
     deadline = time.monotonic() + 60
     while not (out.exists() and out.stat().st_size > 0):  # the worker is writing
@@ -58,3 +62,21 @@ def test_nothing_writes_after_the_stage_is_killed(tmp_path: Path, killed: str) -
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_a_pool_with_replacement_workers_terminates(tmp_path: Path) -> None:
+    """img2dataset's pool (``maxtasksperchild``) starts workers from its handler thread, whose
+    end at ``terminate()`` is a parent-death signal to them; a worker killed by it while idle
+    in the task queue's lock hangs ``terminate()`` for ever."""
+    out = tmp_path / "squares.txt"
+    proc = subprocess.Popen(
+        [sys.executable, str(SCENARIO), "pool", str(out)], env=_env(), start_new_session=True
+    )
+    try:
+        assert proc.wait(timeout=60) == 0
+    except subprocess.TimeoutExpired:
+        pytest.fail("the pool did not terminate within 60 s")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert out.read_text() == "0 1 4 9 16 25"
