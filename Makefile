@@ -7,7 +7,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 DATA   := .cache/offline/.installed
 
-.PHONY: setup data demo demo-s3 test lint typecheck unit bench clean
+.PHONY: setup data demo demo-s3 test lint typecheck unit bench gpu-faiss clean
 
 setup: $(STAMP) $(DATA)
 
@@ -38,6 +38,13 @@ demo: setup
 
 demo-s3: setup
 	$(VENV)/bin/clipflow demo configs/demo-s3.yaml --with-moto
+
+# On a CUDA machine: curate's FAISS searches on the GPU (README, "GPU FAISS"). faiss-gpu and
+# faiss-cpu install the same `faiss` package; the GPU build must be the one left on disk.
+gpu-faiss: setup
+	$(PIP) install -c constraints.txt -e ".[gpu]"
+	$(PIP) install -c constraints.txt --force-reinstall --no-deps "faiss-gpu==1.15.1"
+	$(PY) -c "import faiss; print('FAISS', faiss.__version__, 'sees', faiss.get_num_gpus(), 'GPU(s)')"
 
 bench: setup
 	for b in bench/bench_*.py; do $(PY) $$b || exit 1; done

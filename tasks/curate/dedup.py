@@ -28,6 +28,7 @@ from scipy.sparse.csgraph import connected_components
 
 from tasks.core.config import CurateConfig
 from tasks.core.sql import run_sql
+from tasks.curate.faiss_device import FaissDevice, uses_gpu
 from tasks.curate.near_dup import (
     MatchConfig,
     candidate_similarities,
@@ -137,7 +138,12 @@ def hamming_pairs(
 
 
 def embedding_pairs(
-    embeddings: np.ndarray, eps: float, clusters: int, nprobe: int, seed: int = 0
+    embeddings: np.ndarray,
+    eps: float,
+    clusters: int,
+    nprobe: int,
+    seed: int = 0,
+    device: FaissDevice = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
     """SemDeDup pairs i < j with cosine distance 1 - cos < eps, searched within k-means
     clusters. ``embeddings``: (n, d) float32, L2-normalised rows.
@@ -145,14 +151,15 @@ def embedding_pairs(
     FAISS k-means (spherical) clusters the rows and assigns each row to its nearest
     centroid, its home. As in SemDeDup, each cluster's pairwise cosines are one matrix
     product; a row is also compared with the homes of its next ``nprobe - 1`` centroids
-    (nprobe=1 is SemDeDup exactly, more probes find pairs split across cluster borders)."""
+    (nprobe=1 is SemDeDup exactly, more probes find pairs split across cluster borders).
+    ``device``: where k-means trains (``curate.faiss_device``); a GPU rounds its sums in
+    another order, so a pair found only across a cluster border may differ from the CPU's."""
     n, dim = embeddings.shape
     if n < 2:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     x = np.ascontiguousarray(embeddings, dtype=np.float32)
     k = max(1, min(clusters or int(np.sqrt(n)), n // 39 or 1))
-    kmeans = faiss.Kmeans(dim, k, niter=20, seed=seed, spherical=True,
-                          gpu=faiss.get_num_gpus() > 0)  # fmt: skip
+    kmeans = faiss.Kmeans(dim, k, niter=20, seed=seed, spherical=True, gpu=uses_gpu(device))
     kmeans.train(x)
     centroids = faiss.IndexFlatIP(dim)
     centroids.add(np.asarray(kmeans.centroids, dtype=np.float32))
@@ -222,6 +229,7 @@ def match_config(cfg: CurateConfig) -> MatchConfig:
         ratio_rank=cfg.near_dup_ratio_rank,
         flat_max_rows=cfg.near_dup_flat_max_rows,
         ivf_nprobe=cfg.near_dup_ivf_nprobe,
+        faiss_device=cfg.faiss_device,
     )
 
 
@@ -256,7 +264,7 @@ def run_dedup(
         rids, keys = np.asarray(frame["rid"], np.int64), np.asarray(frame["key"], object)
         rows, cols = embedding_pairs(
             embeddings_for(rids), cfg.semantic_dedup_eps, cfg.semantic_dedup_clusters,
-            cfg.semantic_dedup_nprobe,
+            cfg.semantic_dedup_nprobe, device=cfg.faiss_device,
         )  # fmt: skip
         _drop(con, outcome.dropped["semantic_duplicate"], _named_duplicates(rids, keys, rows, cols))
         outcome.pairs["semantic_duplicate"] = len(rows)

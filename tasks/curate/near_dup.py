@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import uniform_filter
 
+from tasks.curate.faiss_device import FaissDevice, on_device
 from tasks.curate.phash import flatten_alpha
 
 THUMB = 32
@@ -77,6 +78,7 @@ class MatchConfig:
     ratio_rank: int = 2
     flat_max_rows: int = 50_000
     ivf_nprobe: int = 16
+    faiss_device: FaissDevice = "auto"
 
 
 def _uniform(line: np.ndarray, colour: np.ndarray) -> bool:
@@ -240,7 +242,8 @@ def candidate_pairs(
         return np.empty(0, np.int64), np.empty(0, np.int64)
     db_vectors = candidate_vectors(db)
     probe = db_vectors if queries is None else candidate_vectors(queries)
-    index = _index(db_vectors.shape[1], len(db_vectors), cfg, db_vectors)
+    index = on_device(_index(db_vectors.shape[1], len(db_vectors), cfg, db_vectors),
+                      cfg.faiss_device)  # fmt: skip
     index.add(db_vectors)
     k = min(cfg.candidate_k * VIEWS + (VIEWS if queries is None else 0), len(db_vectors))
     sims, found = index.search(probe, k)

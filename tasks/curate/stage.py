@@ -39,6 +39,7 @@ from tasks.curate.dedup import (
     match_config,
     run_dedup,
 )
+from tasks.curate.faiss_device import uses_gpu
 from tasks.curate.features import ShardJob, curate_shard, embeddings_uri
 from tasks.curate.gate import write_report
 from tasks.curate.near_dup import (
@@ -63,6 +64,7 @@ def list_download_shards(storage: Storage) -> list[str]:
 def curate(cfg: PipelineConfig, storage: Storage, ctx: RunContext = PLAIN_RUN) -> StageResult:
     """The stage body: features per shard, then rules, decontamination, dedup and the gate
     on the whole table. Raises (before the manifest is written) if the gate fails."""
+    uses_gpu(cfg.curate.faiss_device)  # faiss_device: gpu without one refuses before any work
     shards = list_download_shards(storage)
     if not shards:
         raise FileNotFoundError(f"{storage.uri('download')}: no download shards (NNNNN.parquet)")
