@@ -29,7 +29,7 @@ from PIL import Image
 from model.tario import is_image, iter_members
 from tasks.core.config import PipelineConfig
 from tasks.core.manifest import StageResult
-from tasks.core.sql import bind, run_sql
+from tasks.core.sql import bind, connect, run_sql
 from tasks.core.stage import PLAIN_RUN, RunContext
 from tasks.core.storage import Storage
 from tasks.curate.dedup import (
@@ -72,7 +72,11 @@ def curate(cfg: PipelineConfig, storage: Storage, ctx: RunContext = PLAIN_RUN) -
     ]
     parts = ctx.map_tasks(curate_shard, jobs)
     with tempfile.TemporaryDirectory(prefix="clipflow-curate-") as tmp:
-        con = duckdb.connect(os.path.join(tmp, "curate.duckdb"))
+        con = connect(
+            os.path.join(tmp, "curate.duckdb"),
+            cfg.curate.duckdb_memory_limit,
+            cfg.curate.duckdb_temp_dir,
+        )
         try:
             _load_features(con, storage, parts, tmp)
             apply_rules(con, cfg.curate)
