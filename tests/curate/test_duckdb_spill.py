@@ -51,7 +51,7 @@ def _write_parts(folder: Path) -> list[str]:
                     NULL::DOUBLE AS clip_score
                 FROM range({lo}, {hi}) AS t(i)
             ) TO '{path}' (FORMAT parquet)
-        """)  # noqa: S608 - numbers and a test path
+        """)
         files.append(str(path))
     gen.close()
     return files
