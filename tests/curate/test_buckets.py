@@ -4,6 +4,7 @@ memory per task (tasks/curate/buckets.py)."""
 from __future__ import annotations
 
 import multiprocessing
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -104,3 +105,27 @@ def test_bucketed_equals_single_pass_with_less_memory_per_task(tmp_path: Path):
     assert _pair_set(*union_pairs([single_run])) == single
     assert bucket_run.codes < N / 8
     assert 0 < bucket_run.peak_bytes < single_run.peak_bytes / 2, (bucket_run, single_run)
+
+
+def test_buckets_run_as_mapped_prefect_tasks(prefect_harness, tmp_path: Path):
+    """In a flow, ``map_as_tasks`` runs one Prefect task per bucket on the flow's task runner."""
+    from prefect import flow
+
+    from flows.common import map_as_tasks
+    from tests.fixtures_prefect import run_records
+
+    rng = np.random.default_rng(2)
+    codes = rng.integers(0, 256, (5000, 8), dtype=np.uint8)
+    codes[4000:] = codes[:1000]
+    codes[4000:, 3] ^= np.uint8(0b1001)  # distance 2
+
+    @flow
+    def bucketed_search() -> set[tuple[int, int]]:
+        mapped = partial(map_as_tasks, "curate")
+        return _pair_set(*bucketed_hamming_pairs(codes, RADIUS, SPEC, 8, str(tmp_path), mapped))
+
+    state = bucketed_search(return_state=True)
+    assert state.result() == _pair_set(*hamming_pairs(codes, RADIUS, SPEC))
+    _, task_runs = run_records(state.state_details.flow_run_id)
+    searched = [t for t in task_runs if t.name.startswith("curate-search_bucket")]
+    assert len(searched) == 8 and all(t.state.is_completed() for t in searched)
