@@ -12,6 +12,7 @@ import pytest
 from tasks.core.config import CurateConfig
 from tasks.core.sql import connect, run_sql
 from tasks.curate.rules import apply_rules
+from tasks.curate.stage import open_database
 
 ROWS = 700_000
 PARTS = 4
@@ -70,7 +71,7 @@ def test_rules_spill_past_the_memory_limit_with_the_unlimited_answer(tmp_path: P
     unlimited.close()
     assert expected[0][:3] == (ROWS, ROWS // 2, ROWS // 10)
 
-    con = connect(str(tmp_path / "curate.duckdb"), cfg.duckdb_memory_limit, cfg.duckdb_temp_dir)
+    con = open_database(cfg, str(tmp_path))  # the stage's connection
     try:
         assert con.execute("SELECT current_setting('memory_limit')").fetchone() == ("61.0 MiB",)
         run_sql(con, "curate/load_features", {"files": files})
@@ -96,3 +97,13 @@ def test_memory_limit_is_validated():
     with pytest.raises(ValueError, match="duckdb_memory_limit"):
         CurateConfig(duckdb_memory_limit="lots")
     assert CurateConfig(duckdb_memory_limit="1.5GiB").duckdb_memory_limit == "1.5GiB"
+
+
+def test_the_stage_database_defaults_to_duckdbs_own_settings(tmp_path: Path):
+    con = open_database(CurateConfig(), str(tmp_path))
+    try:
+        (spill,) = con.execute("SELECT current_setting('temp_directory')").fetchone() or ("",)
+        assert spill == str(tmp_path / "curate.duckdb.tmp")
+        assert con.execute("SELECT current_setting('memory_limit')").fetchone() != ("61.0 MiB",)
+    finally:
+        con.close()
