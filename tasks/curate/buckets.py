@@ -167,8 +167,9 @@ def bucketed_hamming_pairs(
     map_tasks: MapTasks = map_in_process,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pairs i < j of the (n, 8) uint8 codes within ``radius`` bits, as ``hamming_pairs``
-    finds them, searched bucket by bucket with ``map_tasks`` (Prefect tasks in a flow).
-    ``buckets`` <= 1 is one global search, in this process."""
+    finds them, searched bucket by bucket with ``map_tasks`` (Prefect tasks in a flow):
+    the same pairs whenever ``spec`` is exact ('flat', 'multihash'). ``buckets`` <= 1 is one
+    global search, in this process."""
     if buckets <= 1:
         return hamming_pairs(codes, radius, spec)
     fs, path = fsspec.core.url_to_fs(workdir)
