@@ -38,6 +38,7 @@ PIPELINE: tuple[Stage, ...] = (
         upstream=("download",),
         reads=("curate", "evaluate.datasets"),  # decontamination compares with eval images
         body="tasks.curate.stage:curate",
+        unhashed=("curate.duckdb_memory_limit", "curate.duckdb_temp_dir"),
         outputs=("curate",),
         accounting=(Identity("input", ("kept", "dropped_*")),),
         publish="flows.artifacts:publish_curate",

@@ -272,6 +272,12 @@ class CurateConfig(_Section):
     """Largest fraction of input rows with a null or empty caption (a broken upstream)."""
     gate_min_median_caption_chars: int = Field(10, ge=0)
     """Smallest median caption length among kept rows."""
+    duckdb_memory_limit: str | None = Field(None, pattern=r"(?i)^\d+(\.\d+)?\s*([KMGT]i?B|B)$")
+    """DuckDB's ``memory_limit`` for the stage's connection ("2GB"); None leaves DuckDB's own
+    (80 % of RAM). Sorts, joins and aggregates past it spill to ``duckdb_temp_dir``."""
+    duckdb_temp_dir: str | None = None
+    """Local folder DuckDB spills to; None: beside the stage's database, in its local
+    temporary folder. Neither key changes the outputs (the config hash leaves them out)."""
 
     @model_validator(mode="after")
     def _semantic_dedup_needs_embeddings(self) -> CurateConfig:

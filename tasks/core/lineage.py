@@ -122,18 +122,23 @@ def _hash_files(files: list[Path], root: Path) -> str:
 
 def config_reads(cfg: PipelineConfig, name: str) -> dict[str, Any]:
     """The config values a stage reads, by dotted path (``storage`` always: outputs move with
-    it; a section means all of its fields)."""
+    it; a section means all of its fields, less the stage's ``unhashed`` ones)."""
     return reads_of(cfg.model_dump(mode="json"), name)
 
 
 def reads_of(data: dict[str, Any], name: str) -> dict[str, Any]:
     """``config_reads`` of a config already dumped to plain data."""
+    record = stage(name)
     values: dict[str, Any] = {}
-    for path in ("storage", *stage(name).reads):
+    for path in ("storage", *record.reads):
         value: Any = data
         for part in path.split("."):
             value = value[part]
         values[path] = value
+    for path in record.unhashed:
+        section, *rest = path.split(".")
+        values[section] = {**values[section]}  # a copy: ``data`` stays whole
+        values[section].pop(".".join(rest))
     return values
 
 

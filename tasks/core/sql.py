@@ -35,6 +35,16 @@ def bind(name: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return text, {k: v for k, v in params.items() if k in used}
 
 
+def connect(
+    database: str, memory_limit: str | None = None, temp_directory: str | None = None
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection to ``database`` (a file path, or ":memory:") within
+    ``memory_limit`` ("2GB"; None: DuckDB's default), spilling what does not fit to
+    ``temp_directory`` (None: DuckDB's default, ``<database>.tmp``; "" disables spilling)."""
+    config = {"memory_limit": memory_limit, "temp_directory": temp_directory}
+    return duckdb.connect(database, config={k: v for k, v in config.items() if v is not None})
+
+
 def run_sql(
     con: duckdb.DuckDBPyConnection, name: str, params: dict[str, Any] | None = None
 ) -> duckdb.DuckDBPyConnection:

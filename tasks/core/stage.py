@@ -100,6 +100,9 @@ class Stage:
     ``storage.root`` is always read (outputs move with it)."""
     body: str
     """``module:function``, imported only when the stage runs (``status`` stays light)."""
+    unhashed: tuple[str, ...] = ()
+    """Fields under ``reads`` that change how the stage runs, never what it writes (memory
+    limits, spill folders): left out of its config hash, so changing one reruns nothing."""
     outputs: tuple[str, ...] = ()
     """Folders under ``storage.root`` it writes; a rerun sweeps the temporary files a killed
     run left in them (``model.atomic.TEMP_MARK``)."""

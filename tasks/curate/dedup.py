@@ -4,7 +4,8 @@ embeddings, FAISS IVF), and eval-set decontamination (the near-duplicate matcher
 
 The binary-hash search below (``hamming_pairs``) finds pHash pairs within a Hamming radius;
 the stage no longer drops on it (a 64-bit pHash of a 28 px image does not tell a copy from a
-look-alike), bench/bench_dedup.py measures its index.
+look-alike), bench/bench_dedup.py measures its index; tasks.curate.buckets splits it into
+buckets searched as separate tasks (the same pairs, memory bounded per task).
 
 Every step works on the rows still alive after the previous one, groups duplicates with
 connected components, keeps the preferred row of each group (rows no quality rule drops,

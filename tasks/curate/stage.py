@@ -27,9 +27,9 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from model.tario import is_image, iter_members
-from tasks.core.config import PipelineConfig
+from tasks.core.config import CurateConfig, PipelineConfig
 from tasks.core.manifest import StageResult
-from tasks.core.sql import bind, run_sql
+from tasks.core.sql import bind, connect, run_sql
 from tasks.core.stage import PLAIN_RUN, RunContext
 from tasks.core.storage import Storage
 from tasks.curate.dedup import (
@@ -74,7 +74,7 @@ def curate(cfg: PipelineConfig, storage: Storage, ctx: RunContext = PLAIN_RUN) -
     ]
     parts = ctx.map_tasks(curate_shard, jobs)
     with tempfile.TemporaryDirectory(prefix="clipflow-curate-") as tmp:
-        con = duckdb.connect(os.path.join(tmp, "curate.duckdb"))
+        con = open_database(cfg.curate, tmp)
         try:
             _load_features(con, storage, parts, tmp)
             apply_rules(con, cfg.curate)
@@ -100,6 +100,14 @@ def curate(cfg: PipelineConfig, storage: Storage, ctx: RunContext = PLAIN_RUN) -
         counts=counts,
         outputs={"samples": samples_uri, "report": report.uris},
         extra={"gate": report.summary["gate"]["success"], "shards": len(shards)},
+    )
+
+
+def open_database(cfg: CurateConfig, folder: str) -> duckdb.DuckDBPyConnection:
+    """The stage's DuckDB database, a file in the local ``folder``, within
+    ``duckdb_memory_limit`` and spilling to ``duckdb_temp_dir`` (default: beside the file)."""
+    return connect(
+        os.path.join(folder, "curate.duckdb"), cfg.duckdb_memory_limit, cfg.duckdb_temp_dir
     )
 
 

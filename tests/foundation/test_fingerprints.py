@@ -14,7 +14,14 @@ from typing import Any
 import pytest
 
 from tasks.core.config import PipelineConfig
-from tasks.core.lineage import REPO, _hash_files, code_files, code_version_at, reads_of
+from tasks.core.lineage import (
+    REPO,
+    _hash_files,
+    code_files,
+    code_version_at,
+    config_hash,
+    reads_of,
+)
 from tasks.stages import PIPELINE, STAGES, stage
 
 SECTIONS = ("storage", "crawl", "download", "curate", "shard", "train", "evaluate")
@@ -61,9 +68,8 @@ def test_every_config_field_changes_exactly_the_stages_that_read_it():
         _set(data, path, _changed(value))
         for record in PIPELINE:
             after = json.dumps(reads_of(data, record.name), sort_keys=True)
-            assert (after != before[record.name]) == _covered(path, record.reads), (
-                f"{path} and the {record.name} stage"
-            )
+            hashed = _covered(path, record.reads) and path not in record.unhashed
+            assert (after != before[record.name]) == hashed, f"{path} and the {record.name} stage"
 
 
 def test_download_rereads_the_ssrf_switch_and_curate_the_eval_sets():
@@ -71,6 +77,15 @@ def test_download_rereads_the_ssrf_switch_and_curate_the_eval_sets():
     assert _covered("crawl.allow_private_networks", stage("download").reads)
     assert _covered("evaluate.datasets", stage("curate").reads)
     assert not _covered("evaluate.batch_size", stage("curate").reads)
+
+
+def test_run_only_fields_leave_the_curate_hash_alone():
+    """Memory limit and spill folder change how curate runs, not what it writes."""
+    cfg = PipelineConfig()
+    run_only = {"duckdb_memory_limit": "2GB", "duckdb_temp_dir": "/scratch/duckdb"}
+    changed = cfg.model_copy(update={"curate": cfg.curate.model_copy(update=run_only)})
+    assert config_hash(changed, "curate") == config_hash(cfg, "curate")
+    assert set(stage("curate").unhashed) == {f"curate.{k}" for k in run_only}
 
 
 def _config_reads_in_source(path: Path) -> set[str]:
