@@ -71,6 +71,10 @@ def curate(cfg: PipelineConfig, storage: Storage, ctx: RunContext = PLAIN_RUN) -
         for uri in shards
     ]
     parts = ctx.map_tasks(curate_shard, jobs)
+    ctx.log_line(
+        "curate: global steps (rules, decontamination, dedup, gate) in the flow process, "
+        f"pid {os.getpid()}"
+    )
     with tempfile.TemporaryDirectory(prefix="clipflow-curate-") as tmp:
         con = duckdb.connect(os.path.join(tmp, "curate.duckdb"))
         try:
