@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
-from prefect import task
+from prefect import Task, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
@@ -47,7 +47,9 @@ def map_as_tasks(
 ) -> list[R]:
     """Run ``fn`` over ``items`` as mapped Prefect tasks named ``<stage>-<fn>`` on the task
     runner ``execution`` names (the flow's own for ``local``) and wait for every result."""
-    mapped = task(name=f"{stage_name}-{fn.__name__}", cache_policy=NO_CACHE, retries=1)(fn)
+    mapped: Task[..., Any] = task(
+        name=f"{stage_name}-{fn.__name__}", cache_policy=NO_CACHE, retries=1
+    )(fn)
     work = list(items)
     _logger().info("%s: %d %s tasks on %s", stage_name, len(work), fn.__name__, describe(execution))
     runner = task_runner(execution)
