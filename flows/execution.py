@@ -38,10 +38,15 @@ def task_runner(execution: ExecutionConfig) -> TaskRunner[Any] | None:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         if execution.address:
             return RayTaskRunner(address=execution.address)
+        # No dashboard, and loopback as the node's address. Even so Ray 2.60's own servers
+        # (GCS, raylet, core workers, the per-node agents) listen on every interface (seen
+        # with `ss -ltnp`), behind its token authentication, on by default; no ray.init
+        # argument moves them.
         return RayTaskRunner(
             init_kwargs={
                 "num_cpus": execution.workers,
                 "include_dashboard": False,
+                "dashboard_host": "127.0.0.1",
                 "_node_ip_address": "127.0.0.1",
             }
         )
