@@ -40,8 +40,8 @@ def task_runner(execution: ExecutionConfig) -> TaskRunner[Any] | None:
             return RayTaskRunner(address=execution.address)
         # No dashboard, and loopback as the node's address. Even so Ray 2.60's own servers
         # (GCS, raylet, core workers, the per-node agents) listen on every interface (seen
-        # with `ss -ltnp`), behind its token authentication, on by default; no ray.init
-        # argument moves them.
+        # with `ss -ltnp`), behind its token authentication, on by default; none of the
+        # ray.init arguments tried here moved them.
         return RayTaskRunner(
             init_kwargs={
                 "num_cpus": execution.workers,
