@@ -3,17 +3,19 @@ the stage's record, mapped tasks, and the counts artifact."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
-from prefect import task
+from prefect import Task, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from tasks.core.config import PipelineConfig, load_config
+from flows.execution import describe, task_runner
+from tasks.core.config import ExecutionConfig, PipelineConfig, load_config
 from tasks.core.runner import run_stage
 from tasks.core.stage import RunContext, load_object
 from tasks.core.storage import Storage
@@ -40,11 +42,22 @@ def load_flow(name: str) -> Any:
     return getattr(importlib.import_module(f"flows.{name}"), f"{name}_flow")
 
 
-def map_as_tasks(stage_name: str, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
-    """Run ``fn`` over ``items`` as mapped Prefect tasks named ``<stage>-<fn>`` (so the
-    flow's task runner spreads them) and wait for every result."""
-    mapped = task(name=f"{stage_name}-{fn.__name__}", cache_policy=NO_CACHE, retries=1)(fn)
-    return [future.result() for future in mapped.map(list(items))]
+def map_as_tasks(
+    stage_name: str, execution: ExecutionConfig, fn: Callable[[T], R], items: Sequence[T]
+) -> list[R]:
+    """Run ``fn`` over ``items`` as mapped Prefect tasks named ``<stage>-<fn>`` on the task
+    runner ``execution`` names (the flow's own for ``local``) and wait for every result."""
+    mapped: Task[..., Any] = task(
+        name=f"{stage_name}-{fn.__name__}", cache_policy=NO_CACHE, retries=1
+    )(fn)
+    work = list(items)
+    _logger().info("%s: %d %s tasks on %s", stage_name, len(work), fn.__name__, describe(execution))
+    runner = task_runner(execution)
+    if runner is None:
+        return [future.result() for future in mapped.map(work)]
+    parameter = next(iter(inspect.signature(fn).parameters))
+    with runner:
+        return [future.result() for future in runner.map(mapped, {parameter: work})]
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter[Any]:
@@ -61,7 +74,9 @@ def run_stage_flow(name: str, config: ConfigParam, force: bool = False) -> dict[
     cfg = as_config(config)
     logger = _logger()
     body = record.load_body()
-    ctx = RunContext(force=force, log_line=logger.info, map_tasks=partial(map_as_tasks, name))
+    ctx = RunContext(
+        force=force, log_line=logger.info, map_tasks=partial(map_as_tasks, name, cfg.execution)
+    )
     publish = load_object(record.publish) if record.publish else None
     try:
         manifest = run_stage(name, cfg, lambda storage: body(cfg, storage, ctx), force=force)

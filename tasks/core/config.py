@@ -412,6 +412,26 @@ class InspectConfig(_Section):
         return (self.url or f"http://{self.host}:{self.port}").rstrip("/")
 
 
+class ExecutionConfig(_Section):
+    """Where a stage's mapped per-shard tasks run (the Prefect task runner). It changes where
+    work runs, never what it produces: no stage reads it, so it is in no config hash."""
+
+    runner: Literal["local", "dask", "ray"] = "local"
+    """local: threads of the flow process; dask: a Dask cluster (prefect-dask); ray: a Ray
+    cluster (prefect-ray)."""
+    address: str | None = None
+    """An existing cluster to use (``tcp://scheduler:8786`` for Dask, ``ray://head:10001``
+    for Ray); None starts a local one, on 127.0.0.1, for the mapped work of each stage run."""
+    workers: int = Field(2, ge=1)
+    """Worker processes (Dask) or CPUs (Ray) of a local cluster; unused with ``address``."""
+
+    @model_validator(mode="after")
+    def _address_needs_an_engine(self) -> ExecutionConfig:
+        if self.runner == "local" and self.address is not None:
+            raise ValueError("address names a Dask or Ray cluster: set runner to dask or ray")
+        return self
+
+
 class PipelineConfig(_Section):
     name: str = "clipflow"
     storage: StorageConfig = StorageConfig()
@@ -422,6 +442,7 @@ class PipelineConfig(_Section):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     inspect: InspectConfig = InspectConfig()
+    execution: ExecutionConfig = ExecutionConfig()
 
     @field_validator("name")
     @classmethod

@@ -73,6 +73,10 @@ def curate(cfg: PipelineConfig, storage: Storage, ctx: RunContext = PLAIN_RUN) -
         for uri in shards
     ]
     parts = ctx.map_tasks(curate_shard, jobs)
+    ctx.log_line(
+        "curate: global steps (rules, decontamination, dedup, gate) in the flow process, "
+        f"pid {os.getpid()}"
+    )
     with tempfile.TemporaryDirectory(prefix="clipflow-curate-") as tmp:
         con = open_database(cfg.curate, tmp)
         try:

@@ -1,0 +1,63 @@
+"""The Prefect task runner that ``execution`` names, for a stage's mapped per-shard tasks.
+
+``local`` keeps the flow's own thread pool. ``dask`` and ``ray`` use the real integrations
+(prefect-dask, prefect-ray): a cluster at ``execution.address``, or a local one started on
+127.0.0.1 (no dashboard) for the mapped work of one stage run and stopped after it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from prefect.task_runners import TaskRunner
+
+from tasks.core.config import ExecutionConfig
+
+
+def task_runner(execution: ExecutionConfig) -> TaskRunner[Any] | None:
+    """The task runner for ``execution``; None for ``local`` (the flow's own runner)."""
+    if execution.runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if execution.address:
+            return DaskTaskRunner(address=execution.address)
+        return DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": execution.workers,
+                "threads_per_worker": 1,
+                "processes": True,
+                "host": "127.0.0.1",
+                "dashboard_address": None,
+            }
+        )
+    if execution.runner == "ray":
+        from prefect_ray import RayTaskRunner
+
+        # Offline: Ray would otherwise report usage statistics to its servers.
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        if execution.address:
+            return RayTaskRunner(address=execution.address)
+        # No dashboard, and loopback as the node's address. Even so Ray 2.60's own servers
+        # (GCS, raylet, core workers, the per-node agents) listen on every interface (seen
+        # with `ss -ltnp`), behind its token authentication, on by default; none of the
+        # ray.init arguments tried here moved them.
+        return RayTaskRunner(
+            init_kwargs={
+                "num_cpus": execution.workers,
+                "include_dashboard": False,
+                "dashboard_host": "127.0.0.1",
+                "_node_ip_address": "127.0.0.1",
+            }
+        )
+    return None
+
+
+def describe(execution: ExecutionConfig) -> str:
+    """Where mapped tasks run, in words, for the logs."""
+    if execution.runner == "local":
+        return "threads of the flow process"
+    where = f"at {execution.address}" if execution.address else "started on 127.0.0.1"
+    unit = "worker processes" if execution.runner == "dask" else "CPUs"
+    size = "" if execution.address else f", {execution.workers} {unit}"
+    return f"a {execution.runner.capitalize()} cluster {where}{size}"
