@@ -189,6 +189,66 @@ class CandidateWriter:
                 self._storage.remove(stale)
 
 
+class PairSpool:
+    """A CandidateSink that keeps one archive's pairs and errors as found (captions whole,
+    no dedup) in ``crawl/_parts/NNNNN-pairs.parquet`` and ``NNNNN-errors.parquet``, so that
+    each WAT/WARC file can be read by its own task, anywhere; ``replay_spool`` then hands
+    them to the stage's CandidateWriter in file order, which truncates, dedups and numbers
+    them exactly as if the file had been read into it. Use it as a context manager."""
+
+    def __init__(self, storage: Storage, index: int, batch_rows: int = BATCH_ROWS) -> None:
+        self._pairs = _ParquetFiles(
+            storage, spool_name(index, "pairs"), CANDIDATE_SCHEMA, sys.maxsize, batch_rows
+        )
+        self._errors = _ParquetFiles(
+            storage, spool_name(index, "errors"), ERROR_SCHEMA, sys.maxsize, batch_rows
+        )
+
+    def __enter__(self) -> PairSpool:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._pairs.close(error)
+        self._errors.close(error)
+
+    def add_pairs(
+        self, pairs: Iterable[tuple[str, str]], page_url: str, when: datetime, source: str
+    ) -> None:
+        for url, caption in pairs:
+            self._pairs.append((url, caption, page_url, source, when))
+
+    def add_error(self, error: dict[str, str]) -> None:
+        self._errors.append(tuple(str(error.get(f.name, "")) for f in ERROR_SCHEMA))
+
+
+SPOOL_FOLDER = "_parts"
+
+
+def spool_name(index: int, kind: str) -> str:
+    """A spool file's name under ``crawl/`` (one file, so no ``{n}`` in it)."""
+    return f"{SPOOL_FOLDER}/{index:05d}-{kind}.parquet"
+
+
+def replay_spool(storage: Storage, index: int, sink: CandidateSink) -> None:
+    """Hand archive ``index``'s spooled pairs, then its errors, to ``sink`` in their order,
+    a row group at a time."""
+    for kind in ("pairs", "errors"):
+        uri = storage.uri("crawl", spool_name(index, kind))
+        with storage.open(uri) as fh:
+            for batch in pq.ParquetFile(fh).iter_batches():
+                for row in batch.to_pylist():
+                    if kind == "pairs":
+                        sink.add_pairs([(row["url"], row["caption"])], row["page_url"],
+                                       row["crawl_time"], row["source"])  # fmt: skip
+                    else:
+                        sink.add_error(row)
+
+
 def _pair_digest(url: str, caption: str) -> bytes:
     # The length prefix keeps ("ab", "c") and ("a", "bc") apart.
     key = f"{len(url)}:{url}{caption}".encode("utf-8", "surrogatepass")

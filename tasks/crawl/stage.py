@@ -16,6 +16,7 @@ import concurrent.futures
 import logging
 from collections import Counter
 from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import fsspec
@@ -25,7 +26,7 @@ from tasks.core.manifest import StageResult
 from tasks.core.safe_http import check_url
 from tasks.core.stage import PLAIN_RUN, RunContext
 from tasks.core.storage import Storage
-from tasks.crawl.candidates import CandidateWriter
+from tasks.crawl.candidates import SPOOL_FOLDER, CandidateWriter, PairSpool, replay_spool
 from tasks.crawl.site_crawler import crawl_sites
 from tasks.crawl.wat import ArchiveInputError, read_archive
 
@@ -123,19 +124,45 @@ def accounting_violations(counts: Mapping[str, int], rows_written: int) -> list[
     return broken
 
 
+@dataclass(frozen=True)
+class ArchiveJob:
+    """One WAT/WARC file to read, the ``index``-th of ``crawl.wat_files``."""
+
+    cfg: PipelineConfig
+    uri: str
+    index: int
+
+
+def read_archive_part(job: ArchiveJob) -> dict[str, int]:
+    """A mapped task: one archive's pairs and errors into its spool (``PairSpool``); its
+    counts, named as the stage counts them."""
+    storage = Storage(job.cfg.storage)
+    with PairSpool(storage, job.index) as spool:
+        archive = read_archive(job.uri, _archive_options(job.uri, storage), job.cfg.crawl, spool)
+    return {f"archive_{k}": v for k, v in archive.counts.items() if v}
+
+
 def crawl(cfg: PipelineConfig, storage: Storage, ctx: RunContext = PLAIN_RUN) -> StageResult:
-    """The crawl stage body: site crawl from ``crawl.seeds``, then ``crawl.wat_files``.
-    Raises CrawlAccountingError, before any manifest is written, if the counts do not add up."""
+    """The crawl stage body: site crawl from ``crawl.seeds``, then ``crawl.wat_files``, one
+    mapped task per file (on the flow's task runner), whose pairs join the candidates in the
+    files' order. Raises CrawlAccountingError, before any manifest is written, if the counts
+    do not add up."""
     c = cfg.crawl
     _check_wat_inputs(cfg, storage)
+    spools = storage.uri("crawl", SPOOL_FOLDER)
+    storage.remove(spools, recursive=True)  # a killed run's
     counts: Counter[str] = Counter()
     with CandidateWriter(storage, c.rows_per_file, c.max_caption_chars) as out:
         if c.seeds:
             site = run_async(crawl_sites(c, sink=out))
             counts.update({k: v for k, v in site.counts.items() if v})
-        for uri in c.wat_files:
-            archive = read_archive(uri, _archive_options(uri, storage), c, sink=out)
-            counts.update({f"archive_{k}": v for k, v in archive.counts.items() if v})
+        jobs = [ArchiveJob(cfg, uri, i) for i, uri in enumerate(c.wat_files)]
+        for job, archive_counts in zip(
+            jobs, ctx.map_tasks(read_archive_part, jobs) if jobs else [], strict=True
+        ):
+            counts.update(archive_counts)
+            replay_spool(storage, job.index, out)
+    storage.remove(spools, recursive=True)
     counts.update(out.counts)
     broken = accounting_violations(counts, out.candidates_written)
     if broken:
