@@ -31,6 +31,7 @@ from tasks.core.lineage import upstream_digests
 from tasks.core.manifest import StageResult
 from tasks.core.stage import PLAIN_RUN, RunContext
 from tasks.core.storage import Storage
+from tasks.download.engines import distributor_engine
 from tasks.download.fetch import (
     FetchPolicy,
     GuardedDownloader,
@@ -189,7 +190,10 @@ def run_img2dataset(cfg: PipelineConfig, storage: Storage, url_list: str) -> Non
 
 def _img2dataset(cfg: PipelineConfig, output_folder: str, url_list: str) -> None:
     d = cfg.download
-    with _guarded_img2dataset(fetch_policy(cfg), cfg.storage.s3_endpoint_url):
+    with (
+        _guarded_img2dataset(fetch_policy(cfg), cfg.storage.s3_endpoint_url),
+        distributor_engine(d.distributor, d.processes_count),
+    ):
         img2dataset.download(
             url_list=url_list,
             output_folder=output_folder,
