@@ -16,8 +16,8 @@ import pytest
 from tasks.core.config import PipelineConfig
 from tasks.core.manifest import StageResult
 from tasks.core.storage import Storage
-from tasks.stages import stage
 from tasks.download.stage import download, run_img2dataset, shard_results
+from tasks.stages import stage
 from tests.download.loopback import LoopbackServer, png_bytes, send
 from tests.download.test_download import EXPECTED_HOSTILE_REASON, fashion_urls, write_candidates
 
@@ -88,7 +88,9 @@ def test_engine_downloads_what_the_pool_downloads(hostile_run, demo_web, distrib
     assert rows.loc[rows["reason"] == "success", "key"].sort_values().tolist() == (
         pool_rows.loc[pool_rows["reason"] == "success", "key"].sort_values().tolist()
     )
-    print(f"{distributor}: {elapsed:.1f} s, multiprocessing {hostile_run('multiprocessing')[2]:.1f} s")
+    print(
+        f"{distributor}: {elapsed:.1f} s, multiprocessing {hostile_run('multiprocessing')[2]:.1f} s"
+    )
 
 
 @pytest.mark.parametrize("distributor", ENGINES)
