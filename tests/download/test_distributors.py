@@ -2,12 +2,13 @@
 samples and failure reasons as the multiprocessing pool, every candidate counted, and the
 guarded fetch (SSRF guard, deadline, byte and pixel caps) applied inside the engine's workers.
 
-Each engine is started once per download (~10-20 s here), so each test downloads once."""
+An engine takes ~10-20 s to start here, so each distributor downloads once per module, and
+that one download carries every check."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -16,18 +17,20 @@ import pytest
 from tasks.core.config import PipelineConfig
 from tasks.core.manifest import StageResult
 from tasks.core.storage import Storage
-from tasks.download.stage import download, run_img2dataset, shard_results
+from tasks.download import stage as download_stage
+from tasks.download.stage import download, shard_results
 from tasks.stages import stage
 from tests.download.loopback import LoopbackServer, png_bytes, send
 from tests.download.test_download import EXPECTED_HOSTILE_REASON, fashion_urls, write_candidates
 
 pytest.importorskip("pyspark")
+pytest.importorskip("ray")
 
-ENGINES = ("pyspark", "ray")
-GOOD_IMAGES = 12
+DISTRIBUTORS = ("multiprocessing", "pyspark", "ray")
+GOOD_IMAGES = 8
 
 
-def engine_config(root: Path, distributor: str, **crawl) -> PipelineConfig:
+def engine_config(root: Path, distributor: str, private_hosts: list[str]) -> PipelineConfig:
     download = {
         "distributor": distributor,
         "processes_count": 2,
@@ -39,7 +42,8 @@ def engine_config(root: Path, distributor: str, **crawl) -> PipelineConfig:
     return PipelineConfig.model_validate(
         {
             "storage": {"root": str(root)},
-            "crawl": {"allow_private_networks": True, **crawl},
+            # Loopback is private: only the demo web's own host:port is let through.
+            "crawl": {"allow_private_networks": False, "allow_private_hosts": private_hosts},
             "download": download,
         }
     )
@@ -49,70 +53,74 @@ Run = tuple[StageResult, pd.DataFrame, float]
 
 
 @pytest.fixture(scope="module")
-def hostile_run(demo_web, tmp_path_factory) -> Callable[[str], Run]:
-    """``run(distributor)``: the download stage on every hostile image of the demo web, a
-    dead host and some good images; its result, its rows by URL and its wall time (each
-    distributor downloads once per module)."""
+def forbidden_server() -> Iterator[LoopbackServer]:
+    """A server on loopback that no fetch may reach (its port is not exempt)."""
+    server = LoopbackServer("127.0.0.1")
+    server.routes["/a.png"] = lambda h: send(h, png_bytes())
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def downloaded(demo_web, forbidden_server, tmp_path_factory) -> Callable[[str], Run]:
+    """``downloaded(distributor)``: the download stage's result, rows by URL and wall time
+    on every hostile image of the demo web, good images, and two URLs on the forbidden
+    server; each distributor downloads once.
+
+    The stage refuses private hosts before img2dataset runs; that check is switched off
+    here, so only the policy pickled into the engine's workers stands between those URLs
+    and the forbidden server."""
     hostile = demo_web.planted["hostile"]["images"]
-    urls = [demo_web.abs(path) for path in hostile.values()]
-    urls += fashion_urls(demo_web, GOOD_IMAGES) + ["http://127.0.0.1:9/unreachable.png"]
+    port = forbidden_server.port
+    urls = [demo_web.abs(path) for path in hostile.values()] + fashion_urls(demo_web, GOOD_IMAGES)
+    urls += [f"http://127.0.0.1:{port}/a.png", f"http://localhost:{port}/a.png"]
+    demo_host = demo_web.url.removeprefix("http://")
     runs: dict[str, Run] = {}
+
+    def nothing_refused(candidates: pd.DataFrame, policy: object) -> tuple[pd.DataFrame, ...]:
+        return candidates, candidates.iloc[:0].assign(reason=[])
 
     def run(distributor: str) -> Run:
         if distributor not in runs:
-            cfg = engine_config(tmp_path_factory.mktemp(distributor), distributor)
+            cfg = engine_config(tmp_path_factory.mktemp(distributor), distributor, [demo_host])
             storage = Storage(cfg.storage)
             write_candidates(storage, urls)
             started = time.monotonic()
-            result = download(cfg, storage)
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(download_stage, "split_refused", nothing_refused)
+                result = download(cfg, storage)
             elapsed = time.monotonic() - started
+            print(f"\n{distributor}: {len(urls)} candidates downloaded in {elapsed:.1f} s")
             runs[distributor] = (result, shard_results(storage).set_index("url"), elapsed)
         return runs[distributor]
 
     return run
 
 
-@pytest.mark.parametrize("distributor", ENGINES)
-def test_engine_downloads_what_the_pool_downloads(hostile_run, demo_web, distributor):
-    pool_result, pool_rows, _ = hostile_run("multiprocessing")
-    result, rows, elapsed = hostile_run(distributor)
+@pytest.mark.parametrize("distributor", DISTRIBUTORS)
+def test_workers_refuse_private_addresses(downloaded, forbidden_server, distributor):
+    result, rows, _ = downloaded(distributor)
+    port = forbidden_server.port
+    forbidden = [f"http://127.0.0.1:{port}/a.png", f"http://localhost:{port}/a.png"]
+    assert rows.loc[forbidden, "reason"].tolist() == ["ssrf_refused"] * 2
+    assert result.counts["failed_ssrf_refused"] == 2
+    assert forbidden_server.requests == []
 
-    assert result.counts == pool_result.counts
+
+@pytest.mark.parametrize("distributor", [d for d in DISTRIBUTORS if d != "multiprocessing"])
+def test_engine_downloads_what_the_pool_downloads(downloaded, demo_web, distributor):
+    pool_result, pool_rows, _ = downloaded("multiprocessing")
+    result, rows, _ = downloaded(distributor)
+
     stage("download").accounting[0].check("download", result.counts)
+    assert result.counts == pool_result.counts
     assert result.counts["successes"] == GOOD_IMAGES
     assert result.outputs["shards"] == pool_result.outputs["shards"] > 1
-    # Same reason for every URL, and the same bytes for every sample (same keys too).
+    # The same reason for every URL (the deadline, the caps, the guard all held), and the
+    # same samples under the same keys.
     assert rows["reason"].sort_index().equals(pool_rows["reason"].sort_index())
     for kind, path in demo_web.planted["hostile"]["images"].items():
         assert rows.loc[demo_web.abs(path), "reason"] == EXPECTED_HOSTILE_REASON[kind], kind
     assert rows.loc[rows["reason"] == "success", "key"].sort_values().tolist() == (
         pool_rows.loc[pool_rows["reason"] == "success", "key"].sort_values().tolist()
     )
-    print(
-        f"{distributor}: {elapsed:.1f} s, multiprocessing {hostile_run('multiprocessing')[2]:.1f} s"
-    )
-
-
-@pytest.mark.parametrize("distributor", ENGINES)
-def test_engine_workers_refuse_private_addresses(tmp_root, distributor):
-    """The stage refuses private hosts before img2dataset runs; here img2dataset gets them
-    anyway, so only the policy pickled into the engine's workers stands between them and the
-    server, which must see no request."""
-    server = LoopbackServer("127.0.0.1")
-    server.routes["/a.png"] = lambda h: send(h, png_bytes())
-    try:
-        cfg = engine_config(tmp_root, distributor, allow_private_networks=False)
-        storage = Storage(cfg.storage)
-        urls = [f"http://127.0.0.1:{server.port}/a.png", f"http://localhost:{server.port}/a.png"]
-        list_uri = storage.uri("download", "_input", "candidates.parquet")
-        frame = pd.DataFrame({"url": urls, "caption": ["a", "b"], "page_url": "", "source": ""})
-        storage.write_bytes(list_uri, frame.to_parquet())
-
-        run_img2dataset(cfg, storage, list_uri)
-
-        rows = shard_results(storage)
-        assert sorted(rows["url"]) == sorted(urls)
-        assert set(rows["reason"]) == {"ssrf_refused"}
-        assert server.requests == []
-    finally:
-        server.close()
