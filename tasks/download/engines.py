@@ -98,7 +98,7 @@ def ray_runtime(processes_count: int) -> Iterator[None]:
     runtime_env = {"env_vars": worker_env()}
     if address:
         log.info("download: joining the Ray cluster at %s", address)
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        ray.init(address=address, runtime_env=runtime_env)
     else:
         log.info("download: starting a local Ray of %d CPUs", processes_count)
         ray.init(
