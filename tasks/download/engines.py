@@ -41,6 +41,26 @@ def worker_env() -> dict[str, str]:
 
 
 @contextmanager
+def engine_environment(distributor: str) -> Iterator[None]:
+    """The environment a local Ray needs from its first import (set around the start of the
+    process img2dataset runs in): Ray otherwise swaps 127.0.0.1 for this machine's outward
+    address (found with a UDP "connection" to 8.8.8.8) and reports usage to ray.io."""
+    local_ray = distributor == "ray" and not os.environ.get(RAY_ADDRESS_ENV)
+    settings = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    saved = {k: os.environ.get(k) for k in settings}
+    if local_ray:
+        os.environ.update({k: os.environ.get(k, v) for k, v in settings.items()})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextmanager
 def distributor_engine(distributor: str, processes_count: int) -> Iterator[None]:
     """Start the engine ``distributor`` needs (none for multiprocessing) for the block."""
     if distributor == "pyspark":
@@ -91,7 +111,6 @@ def spark_session(processes_count: int) -> Iterator[None]:
 @contextmanager
 def ray_runtime(processes_count: int) -> Iterator[None]:
     """``ray.init`` for the block: the cluster at ``RAY_ADDRESS``, else a local Ray."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # else it reports to ray.io
     import ray
 
     address = os.environ.get(RAY_ADDRESS_ENV)

@@ -31,7 +31,7 @@ from tasks.core.lineage import upstream_digests
 from tasks.core.manifest import StageResult
 from tasks.core.stage import PLAIN_RUN, RunContext
 from tasks.core.storage import Storage
-from tasks.download.engines import distributor_engine
+from tasks.download.engines import distributor_engine, engine_environment
 from tasks.download.fetch import (
     FetchPolicy,
     GuardedDownloader,
@@ -184,7 +184,10 @@ def _prepare_output(storage: Storage, fingerprint: str, force: bool) -> None:
 def run_img2dataset(cfg: PipelineConfig, storage: Storage, url_list: str) -> None:
     """Run img2dataset on one parquet list of candidates into ``{root}/download``, in a
     process tree that dies with this process (no orphan may write after the stage died)."""
-    with opencv_pixel_limit(cfg.download.max_image_pixels):  # inherited by the workers
+    with (
+        opencv_pixel_limit(cfg.download.max_image_pixels),  # inherited by the workers
+        engine_environment(cfg.download.distributor),
+    ):
         run_in_process_tree(_img2dataset, cfg, storage.uri("download"), url_list)
 
 
