@@ -4,13 +4,15 @@ download and stopped after it.
 img2dataset finds a SparkSession active in the calling thread, or (unconfigured) makes one
 with 16 GB of driver memory and Spark's defaults; its Ray distributor uses whatever
 ``ray.init`` made, or lets the first task start a local Ray with its dashboard. So the stage
-starts the engine itself, inside the process tree img2dataset runs in (the JVM, Spark's
-Python daemon and Ray's processes die with it), and stops it afterwards:
+starts the engine itself, inside the process tree img2dataset runs in, and stops it
+afterwards. A ``kill -9`` of the stage takes down the JVM, Spark's Python daemon and
+workers, Ray's GCS, raylet and workers within a second (measured); Ray's dashboard and
+runtime-env agents, which write nothing, may outlive it.
 
 - Spark: ``local[processes_count]`` bound to 127.0.0.1, UI off, its Python workers on this
   interpreter (the system Python has no img2dataset). ``CLIPFLOW_SPARK_MASTER`` names a
   cluster's master instead (``spark://host:7077``).
-- Ray: a local Ray of ``processes_count`` CPUs on 127.0.0.1, no dashboard, no usage stats;
+- Ray: a local Ray of ``processes_count`` CPUs on 127.0.0.1, no dashboard UI or usage stats;
   ``RAY_ADDRESS`` (Ray's own variable) names a running cluster (``ray start --head``).
 
 Where the work runs does not change what is downloaded, so these are environment, not
