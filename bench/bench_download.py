@@ -80,14 +80,20 @@ def run_raw(url_list: Path, out: Path, processes: int, threads: int) -> float:
     return time.perf_counter() - started
 
 
-def run_ours(candidates: pd.DataFrame, root: Path, processes: int, threads: int) -> float:
+def run_ours(
+    candidates: pd.DataFrame,
+    root: Path,
+    processes: int,
+    threads: int,
+    distributor: str = "multiprocessing",
+) -> float:
     cfg = {
         "storage": {"root": str(root)},
         "crawl": {"allow_private_networks": True},
         "download": {
             "processes_count": processes, "thread_count": threads, "image_size": 28,
             "resize_mode": "center_crop", "encode_format": "png",
-            "number_sample_per_shard": 1000, "timeout": 10,
+            "number_sample_per_shard": 1000, "timeout": 10, "distributor": distributor,
         },
     }  # fmt: skip
     (root / "crawl").mkdir(parents=True)

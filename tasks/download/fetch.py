@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import struct
 import time
 from collections.abc import Iterator
@@ -206,6 +207,8 @@ class GuardedDownloader(i2d_downloader.Downloader):
         if policy is None:
             raise RuntimeError("GuardedDownloader.policy must be set before img2dataset runs")
         self.instance_policy: FetchPolicy = policy  # pickled with the instance into workers
+        # img2dataset's own process, which engine workers on this machine must not outlive.
+        self.driver = (socket.gethostname(), os.getpid())
 
     def __call__(self, row: Any) -> Any:
         policy: FetchPolicy = self.instance_policy
@@ -217,5 +220,8 @@ class GuardedDownloader(i2d_downloader.Downloader):
 
         # download_image_with_retry looks the fetch up in its module at call time.
         i2d_downloader.download_image = fetch
-        with killed_with_parent():  # a worker must not finish its shard after the stage died
+        host, pid = self.driver
+        ancestor = pid if host == socket.gethostname() and pid != os.getppid() else None
+        # A worker must not write its shard after the stage died.
+        with killed_with_parent(ancestor):
             return super().__call__(row)

@@ -87,16 +87,22 @@ def die_with_parent(parent: int | None = None) -> None:
 
 
 @contextlib.contextmanager
-def killed_with_parent() -> Iterator[None]:
+def killed_with_parent(ancestor: int | None = None) -> Iterator[None]:
     """For a pool worker: inside the block (while it writes), SIGKILL from the kernel when
     its parent dies; after it, a handler that SIGKILLs this process only if the parent
-    process is gone (not merely the pool thread that started it). Main thread only."""
+    process is gone (not merely the pool thread that started it). Main thread only.
+
+    ``ancestor``: the pid of the process that started the engine, where the parent is the
+    engine's (Spark's Python daemon, Ray's raylet), which dies after it. A worker that starts
+    a task once its parent is already gone is an orphan that cannot tell; so if ``ancestor``
+    is gone once the signal is armed, this process dies now (the parent was alive when the
+    signal was armed, as it dies after the ancestor)."""
     if not sys.platform.startswith("linux"):
         yield
         return
     parent = os.getppid()
     _set_death_signal(signal.SIGKILL)
-    if os.getppid() != parent:
+    if os.getppid() != parent or (ancestor is not None and not _alive(ancestor)):
         os.kill(os.getpid(), signal.SIGKILL)
     try:
         yield
@@ -110,6 +116,24 @@ def killed_with_parent() -> Iterator[None]:
         _set_death_signal(_BETWEEN_TASKS_SIGNAL)
         if os.getppid() != parent:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _set_death_signal(signum: int) -> None:

@@ -31,6 +31,7 @@ from tasks.core.lineage import upstream_digests
 from tasks.core.manifest import StageResult
 from tasks.core.stage import PLAIN_RUN, RunContext
 from tasks.core.storage import Storage
+from tasks.download.engines import distributor_engine, engine_environment
 from tasks.download.fetch import (
     FetchPolicy,
     GuardedDownloader,
@@ -183,13 +184,19 @@ def _prepare_output(storage: Storage, fingerprint: str, force: bool) -> None:
 def run_img2dataset(cfg: PipelineConfig, storage: Storage, url_list: str) -> None:
     """Run img2dataset on one parquet list of candidates into ``{root}/download``, in a
     process tree that dies with this process (no orphan may write after the stage died)."""
-    with opencv_pixel_limit(cfg.download.max_image_pixels):  # inherited by the workers
+    with (
+        opencv_pixel_limit(cfg.download.max_image_pixels),  # inherited by the workers
+        engine_environment(cfg.download.distributor),
+    ):
         run_in_process_tree(_img2dataset, cfg, storage.uri("download"), url_list)
 
 
 def _img2dataset(cfg: PipelineConfig, output_folder: str, url_list: str) -> None:
     d = cfg.download
-    with _guarded_img2dataset(fetch_policy(cfg), cfg.storage.s3_endpoint_url):
+    with (
+        _guarded_img2dataset(fetch_policy(cfg), cfg.storage.s3_endpoint_url),
+        distributor_engine(d.distributor, d.processes_count),
+    ):
         img2dataset.download(
             url_list=url_list,
             output_folder=output_folder,

@@ -80,3 +80,29 @@ def test_a_pool_with_replacement_workers_terminates(tmp_path: Path) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
     assert out.read_text() == "0 1 4 9 16 25"
+
+
+@pytest.mark.parametrize("ancestor_alive", [True, False])
+def test_an_engine_worker_whose_stage_is_gone_dies_before_its_shard(ancestor_alive: bool) -> None:
+    """A Spark or Ray worker's parent is the engine's (the pyspark daemon, the raylet), which
+    dies a moment after the stage's img2dataset process; a worker starting a shard in that
+    moment, or a fresh one already orphaned, must not write it."""
+    ancestor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    if not ancestor_alive:
+        ancestor.kill()
+        ancestor.wait()
+    code = (
+        "from tasks.download.process_tree import killed_with_parent\n"
+        f"with killed_with_parent({ancestor.pid}):\n    print('wrote the shard')\n"
+    )
+    try:
+        worker = subprocess.run(
+            [sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=60
+        )
+    finally:
+        ancestor.kill()
+        ancestor.wait()
+    if ancestor_alive:
+        assert (worker.returncode, worker.stdout) == (0, "wrote the shard\n")
+    else:
+        assert (worker.returncode, worker.stdout) == (-signal.SIGKILL, "")
