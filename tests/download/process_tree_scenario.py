@@ -2,7 +2,7 @@
 download stage runs img2dataset. ``python process_tree_scenario.py MODE OUT``:
 
 - ``writer``: the child starts one worker like img2dataset's, inside ``killed_with_parent``;
-  the worker's main thread is busy in C code (zlib on 32 MiB) while a second thread appends
+  the worker's main thread is busy in one long C call (PBKDF2, ~10 s) while a second thread appends
   a line to ``OUT`` every 10 ms, as img2dataset's workers write a shard while their main
   thread resizes an image. The test kills processes and watches ``OUT``.
 - ``pool``: the child maps 6 tasks over a 1-process spawn pool with ``maxtasksperchild=5``
@@ -13,12 +13,12 @@ download stage runs img2dataset. ``python process_tree_scenario.py MODE OUT``:
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
 import sys
 import threading
 import time
-import zlib
 
 from tasks.download.process_tree import killed_with_parent, run_in_process_tree
 
@@ -33,9 +33,8 @@ def _append_forever(out: str) -> None:
 def writer_worker(out: str) -> None:
     with killed_with_parent():
         threading.Thread(target=_append_forever, args=(out,), daemon=True).start()
-        blob = os.urandom(32 << 20)
         while True:  # the main thread stays in C, where a Python signal handler cannot run
-            zlib.compress(blob, 9)
+            hashlib.pbkdf2_hmac("sha256", b"clipflow", b"salt", 50_000_000)
 
 
 def writer(out: str) -> None:
