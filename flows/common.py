@@ -14,7 +14,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from flows.execution import describe, task_runner
+from flows.execution import describe, runner_environment, task_runner
 from tasks.core.config import ExecutionConfig, PipelineConfig, load_config
 from tasks.core.runner import run_stage
 from tasks.core.stage import RunContext, load_object
@@ -56,7 +56,7 @@ def map_as_tasks(
     if runner is None:
         return [future.result() for future in mapped.map(work)]
     parameter = next(iter(inspect.signature(fn).parameters))
-    with runner:
+    with runner_environment(execution), runner:
         return [future.result() for future in runner.map(mapped, {parameter: work})]
 
 

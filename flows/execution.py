@@ -7,12 +7,21 @@
 
 from __future__ import annotations
 
-import os
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from prefect.task_runners import TaskRunner
 
 from tasks.core.config import ExecutionConfig
+from tasks.core.local_ray import local_ray_environment
+
+
+def runner_environment(execution: ExecutionConfig) -> AbstractContextManager[None]:
+    """What must surround the runner's whole life: a local Ray's settings
+    (``tasks.core.local_ray``: loopback only, no usage reports, no cloud probe)."""
+    if execution.runner == "ray" and not execution.address:
+        return local_ray_environment()
+    return nullcontext()
 
 
 def task_runner(execution: ExecutionConfig) -> TaskRunner[Any] | None:
@@ -34,14 +43,9 @@ def task_runner(execution: ExecutionConfig) -> TaskRunner[Any] | None:
     if execution.runner == "ray":
         from prefect_ray import RayTaskRunner
 
-        # Offline: Ray would otherwise report usage statistics to its servers.
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         if execution.address:
             return RayTaskRunner(address=execution.address)
-        # No dashboard, and loopback as the node's address. Even so Ray 2.60's own servers
-        # (GCS, raylet, core workers, the per-node agents) listen on every interface (seen
-        # with `ss -ltnp`), behind its token authentication, on by default; none of the
-        # ray.init arguments tried here moved them.
+        # No dashboard, and loopback as the node's address, within runner_environment.
         return RayTaskRunner(
             init_kwargs={
                 "num_cpus": execution.workers,

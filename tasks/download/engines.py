@@ -28,6 +28,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from tasks.core.local_ray import local_ray_environment
+
 log = logging.getLogger(__name__)
 
 SPARK_MASTER_ENV = "CLIPFLOW_SPARK_MASTER"
@@ -44,22 +46,13 @@ def worker_env() -> dict[str, str]:
 
 @contextmanager
 def engine_environment(distributor: str) -> Iterator[None]:
-    """The environment a local Ray needs from its first import (set around the start of the
-    process img2dataset runs in): Ray otherwise swaps 127.0.0.1 for this machine's outward
-    address (found with a UDP "connection" to 8.8.8.8) and reports usage to ray.io."""
-    local_ray = distributor == "ray" and not os.environ.get(RAY_ADDRESS_ENV)
-    settings = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
-    saved = {k: os.environ.get(k) for k in settings}
-    if local_ray:
-        os.environ.update({k: os.environ.get(k, v) for k, v in settings.items()})
-    try:
+    """The environment of the process img2dataset runs in, for the whole of it: a local Ray
+    needs its settings from its first import on (``tasks.core.local_ray``)."""
+    if distributor == "ray" and not os.environ.get(RAY_ADDRESS_ENV):
+        with local_ray_environment():
+            yield
+    else:
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @contextmanager

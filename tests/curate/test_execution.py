@@ -95,10 +95,15 @@ def test_curate_on_a_dask_cluster_matches_the_local_runner(
     assert local_samples["keep"].any() and not local_samples["keep"].all()
 
 
+def test_a_local_ray_instance_runs_mapped_tasks_in_its_own_workers(prefect_harness):
+    """(tests/foundation/test_loopback_only.py runs this one under strace: a local Ray talks
+    to 127.0.0.1 only, see tasks/core/local_ray.py.)"""
+    pids = map_as_tasks("probe", ExecutionConfig(runner="ray"), process_id, [0.3] * 4)
+    assert os.getpid() not in pids
+
+
 def test_curate_on_a_local_ray_instance_matches_the_local_runner(
     local_samples, downloaded_web: DownloadedWeb, tmp_path: Path
 ):
-    pids = map_as_tasks("probe", ExecutionConfig(runner="ray"), process_id, [0.3] * 4)
-    assert os.getpid() not in pids
     on_ray = _curated(downloaded_web, tmp_path, ExecutionConfig(runner="ray"))
     pd.testing.assert_frame_equal(on_ray, local_samples)

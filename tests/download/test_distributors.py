@@ -23,9 +23,6 @@ from tasks.stages import stage
 from tests.download.loopback import LoopbackServer, png_bytes, send
 from tests.download.test_download import EXPECTED_HOSTILE_REASON, fashion_urls, write_candidates
 
-pytest.importorskip("pyspark")
-pytest.importorskip("ray")
-
 DISTRIBUTORS = ("multiprocessing", "pyspark", "ray")
 GOOD_IMAGES = 8
 

@@ -1,6 +1,7 @@
-"""The suite talks to 127.0.0.1 and ::1 only: a Prefect-harness flow test and a download
-test run under ``strace -f -e trace=connect``, and no process of theirs may connect to any
-other address (a DNS server included: resolving an outside name is the first step out)."""
+"""The suite talks to 127.0.0.1 and ::1 only: a Prefect-harness flow test, a download test
+and a local Ray run under ``strace -f -e trace=connect``, and no process of theirs may connect
+to any other address (a DNS server included: resolving an outside name is the first step
+out)."""
 
 from __future__ import annotations
 
@@ -51,13 +52,16 @@ def test_the_parser_finds_outside_connects():
     assert len(found) == 2 and "10.255.255.53" in found[0] and "2606:4700::1" in found[1]
 
 
-def test_a_flow_test_and_a_download_test_connect_only_to_loopback(tmp_path):
+def test_a_flow_a_download_and_a_local_ray_connect_only_to_loopback(tmp_path):
     strace = shutil.which("strace")
     assert strace is not None, "strace is missing: `make setup` installs it (Debian package)"
     log = tmp_path / "connect.log"
     tests = [
         "tests/crawl/test_crawl_flow.py",
         "tests/download/test_download.py::test_every_hostile_image_gets_its_named_reason",
+        # Ray left to itself takes the machine's outward address, reports usage and asks
+        # the cloud metadata service (tasks/core/local_ray.py).
+        "tests/curate/test_execution.py::test_a_local_ray_instance_runs_mapped_tasks_in_its_own_workers",
     ]
     run = subprocess.run(
         [strace, "-f", "-qq", "--seccomp-bpf", "-e", "trace=connect", "-o", str(log),
