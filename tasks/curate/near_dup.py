@@ -236,26 +236,58 @@ def candidate_pairs(
     candidate_k nearest views with similarity >= candidate_min_similarity. ``db`` and
     ``queries`` are (n, VIEWS, T, T, 3). Without ``queries`` the database queries itself and
     each unordered pair comes once, i < j."""
-    n_db = len(db)
-    n_q = n_db if queries is None else len(queries)
-    if n_db == 0 or n_q == 0:
+    if len(db) == 0 or (queries is not None and len(queries) == 0):
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    db_vectors = candidate_vectors(db)
-    probe = db_vectors if queries is None else candidate_vectors(queries)
+    probe = None if queries is None else candidate_vectors(queries)
+    return vector_pairs(candidate_vectors(db), cfg, probe)
+
+
+def vector_pairs(
+    db_vectors: np.ndarray, cfg: MatchConfig, probe: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``candidate_pairs`` from the views' ``candidate_vectors`` (n * VIEWS, D): one search of
+    one index over every database view (``probe`` None: the database queries itself)."""
     index = on_device(_index(db_vectors.shape[1], len(db_vectors), cfg, db_vectors),
                       cfg.faiss_device)  # fmt: skip
     index.add(db_vectors)
-    k = min(cfg.candidate_k * VIEWS + (VIEWS if queries is None else 0), len(db_vectors))
-    sims, found = index.search(probe, k)
-    rows = np.repeat(np.arange(len(probe), dtype=np.int64) // VIEWS, k)
-    cols, sims = found.ravel().astype(np.int64), sims.ravel()
-    keep = (cols >= 0) & (sims >= cfg.candidate_min_similarity)
+    k = neighbours_per_view(cfg, len(db_vectors), self_search=probe is None)
+    sims, found = index.search(db_vectors if probe is None else probe, k)
+    keys = neighbour_pair_keys(0, sims, found, cfg, len(db_vectors) // VIEWS, probe is None)
+    return pair_rows_cols(keys, len(db_vectors) // VIEWS)
+
+
+def neighbours_per_view(cfg: MatchConfig, db_views: int, self_search: bool) -> int:
+    """k of the view search: candidate_k images' views, and the view's own image's views
+    when the database queries itself (at most every database view)."""
+    return min(cfg.candidate_k * VIEWS + (VIEWS if self_search else 0), db_views)
+
+
+def neighbour_pair_keys(
+    first_view: int,
+    sims: np.ndarray,
+    found: np.ndarray,
+    cfg: MatchConfig,
+    n_db: int,
+    self_search: bool,
+) -> np.ndarray:
+    """The image pairs that query views first_view.. and their (m, k) neighbours (similarity,
+    database view id; -1 for none) propose, as keys i * n_db + j (repeats kept): neighbours
+    at or above candidate_min_similarity; for a self-search each unordered pair i < j."""
+    k = found.shape[1]
+    rows = np.repeat(np.arange(first_view, first_view + len(found), dtype=np.int64) // VIEWS, k)
+    cols, flat_sims = found.ravel().astype(np.int64), sims.ravel()
+    keep = (cols >= 0) & (flat_sims >= cfg.candidate_min_similarity)
     rows, cols = rows[keep], cols[keep] // VIEWS
-    if queries is None:
+    if self_search:
         rows, cols = np.minimum(rows, cols), np.maximum(rows, cols)
         keep = rows != cols
         rows, cols = rows[keep], cols[keep]
-    pairs = np.unique(rows * n_db + cols)
+    return rows * n_db + cols
+
+
+def pair_rows_cols(keys: np.ndarray, n_db: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct pair keys i * n_db + j -> (rows, cols), sorted."""
+    pairs = np.unique(keys)
     return pairs // n_db, pairs % n_db
 
 
