@@ -251,6 +251,10 @@ class CurateConfig(_Section):
     near_dup_flat_max_rows: int = Field(50_000, ge=0)
     """Up to this many thumbnail views the candidate index is flat (exact), beyond it IVF."""
     near_dup_ivf_nprobe: int = Field(16, ge=1)
+    near_dup_shards: int = Field(1, ge=1)
+    """Database shards of the candidate search, one mapped task each (tasks/curate/
+    knn_shards.py): 1 is one search in the flow process; more bound each task's memory by
+    its shard and always search flat. The same pairs as the flat search at any count."""
     semantic_dedup: bool = False
     semantic_dedup_eps: float = Field(0.05, ge=0, le=2)
     semantic_dedup_clusters: int = Field(0, ge=0)
