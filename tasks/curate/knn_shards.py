@@ -2,141 +2,120 @@
 (docs/SCALING.md).
 
 The database's candidate vectors (``near_dup.candidate_vectors``, one row per view) are cut
-into contiguous shards. A shard's task builds a flat inner-product index over its rows only
-and searches every query view against it, a chunk of queries at a time, keeping each query
-view's k nearest (similarity, global view id) within the shard. The merge then keeps, per
-query view, the k best of the shards' lists, ordered by (similarity desc, id asc); the
-k nearest of a union are the k nearest of the parts' k nearest, so with equal similarities
-this is the single pass's neighbour list, and the same filter turns it into image pairs.
+into contiguous shards. A shard's task holds its rows only and searches every query view
+against them (``near_dup.flat_neighbours``), a chunk of queries at a time, keeping each
+query view's k nearest within the shard, with global ids, in a file. The merge keeps, per
+query view, the first k of the shards' lists by (similarity desc, id asc), the order the
+single pass selects by; the k first of a union are the k first of the parts' k first. The
+same filter then turns the lists into image pairs.
 
-What is exact: the similarities. FAISS computes them with BLAS in blocks of
-``distance_compute_blas_database_bs`` database rows and ``..._query_bs`` queries, and a dot
-product's rounding depends on the block shape it falls in; shard bounds and query chunks
-therefore sit on that grid, which makes every similarity bit-for-bit the single pass's
-(measured here: unaligned chunks differ by up to 8e-7). What is not: FAISS's own pick among
-exact ties at the k-th place follows its heap, not the ids, where the merge takes the lowest
-ids; both are k nearest, but a view with more than k equally close views may name others.
-The pair sets match otherwise (tests/curate/test_knn_shards.py).
+Exact: the similarities are the single pass's bit for bit, since shards start at multiples
+of ``KNN_DATABASE_BLOCK`` and query chunks at multiples of ``KNN_QUERY_BLOCK``, so every
+matrix product has the single pass's operands and shape (the rounding of a product depends on
+its shape; unaligned chunks differed by up to 8e-7 here). That assumes the same BLAS thread
+count in every task (1 and 2 threads differ as much): tasks in the flow process share it, a
+Dask worker set up otherwise may not, and then only pairs decided by the last bit differ.
 
 Sharding always searches flat: a task's memory is its shard, one chunk of queries and their
-results, and the work is that of the flat single pass split B ways. Beyond
-``flat_max_rows`` the single pass switches to IVF, which is approximate and would change with
-the rows each index holds, so there the sharded search is exact and finds what the single
-pass's IVF may miss.
+neighbours, and the work is the flat single pass's split B ways. Beyond ``flat_max_rows``
+the single pass is FAISS IVF, approximate and dependent on the rows each index holds, so
+the stage shards only where the single pass is flat (``dedup._near_candidates``).
 """
 
 from __future__ import annotations
 
 import posixpath
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 
-import faiss
 import fsspec
 import numpy as np
 
 from tasks.core.stage import MapTasks, map_in_process
-from tasks.curate.faiss_device import FaissDevice, on_device
-from tasks.curate.mapped_io import PeakMemory, array_rows, read_rows, row_writer, save_array
+from tasks.curate.mapped_io import PeakMemory, array_rows, read_rows, save_array
 from tasks.curate.near_dup import (
+    KNN_DATABASE_BLOCK,
+    KNN_QUERY_BLOCK,
     VIEWS,
     MatchConfig,
     candidate_vectors,
+    flat_neighbours,
+    nearest_first,
     neighbour_pair_keys,
     neighbours_per_view,
     pair_rows_cols,
     vector_pairs,
 )
 
-
-def database_block() -> int:
-    """Database rows per FAISS BLAS block: shard bounds are multiples of it."""
-    return int(faiss.cvar.distance_compute_blas_database_bs)
+_TRIPLET = np.dtype([("row", "<i8"), ("id", "<i8"), ("sim", "<f4")])
 
 
-def query_block() -> int:
-    """Queries per FAISS BLAS block: query chunks start at multiples of it."""
-    return int(faiss.cvar.distance_compute_blas_query_bs)
-
-
-def shard_bounds(rows: int, shards: int, align: int) -> list[tuple[int, int]]:
-    """At most ``shards`` contiguous non-empty [start, stop) ranges covering 0..rows, the
-    inner bounds multiples of ``align`` and the shards as even as that allows."""
+def shard_bounds(rows: int, shards: int, align: int = KNN_DATABASE_BLOCK) -> list[tuple[int, int]]:
+    """At most ``shards`` contiguous non-empty [start, stop) ranges covering 0..rows, starting
+    at multiples of ``align`` and as even as that allows."""
     blocks = -(-rows // align)
-    cuts = sorted({min(rows, align * round(blocks * s / shards)) for s in range(shards + 1)})
-    cuts = [0, *[c for c in cuts if 0 < c < rows], rows]
-    return list(zip(cuts[:-1], cuts[1:], strict=True))
-
-
-def query_chunks(rows: int, chunk: int, dim: int) -> list[tuple[int, int]]:
-    """[start, stop) chunks of ``chunk`` queries (a multiple of the query block) of ``dim``
-    floats. FAISS searches a call's queries with BLAS only when queries * dim reaches
-    ``distance_compute_blas_threshold`` (else with its own kernels, rounded otherwise), so a
-    last chunk below that joins the one before it, as in one call over every query."""
-    blas_rows = -(-int(faiss.cvar.distance_compute_blas_threshold) // dim)
-    starts = list(range(0, rows, chunk))
-    if len(starts) > 1 and rows - starts[-1] < blas_rows:
-        starts.pop()
-    return list(zip(starts, [*starts[1:], rows], strict=True))
+    cuts = {min(rows, align * round(blocks * s / shards)) for s in range(1, shards)}
+    bounds = [0, *sorted(c for c in cuts if 0 < c < rows), rows]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
 @dataclass(frozen=True)
 class ShardSearchJob:
     """One shard's search: database view rows [start, stop) of ``database`` ((n, D) float32
-    ``.npy``), every row of ``queries`` (the same file for a self-search), the k nearest of
-    each kept in ``sims`` ((m, k') float32) and ``ids`` ((m, k') int64, global view ids)."""
+    ``.npy``) against every row of ``queries`` (the same file for a self-search), k nearest
+    at or above ``min_similarity``, written to ``neighbours`` (one ``.npy`` triplet array per
+    chunk of ``chunk`` queries, in order)."""
 
     database: str
     queries: str
     start: int
     stop: int
     k: int
+    min_similarity: float
     chunk: int
-    sims: str
-    ids: str
-    faiss_device: FaissDevice = "cpu"
+    neighbours: str
 
 
 @dataclass(frozen=True)
 class ShardSearchResult:
-    """A searched shard: its neighbour files, how many database views it held, and the
-    task's peak resident memory growth (bytes; exact in a fresh process)."""
+    """A searched shard: its neighbours' file, how many database views it held, how many
+    neighbours it kept, and the task's peak resident memory growth (bytes; exact in a fresh
+    process, 0 where /proc is missing)."""
 
-    sims: str
-    ids: str
+    neighbours: str
     views: int
+    found: int
     peak_bytes: int
 
 
 def search_shard(job: ShardSearchJob) -> ShardSearchResult:
     """The mapped task: each query view's k nearest views within one database shard."""
-    with PeakMemory() as memory:
+    found = 0
+    with PeakMemory() as memory, fsspec.open(job.neighbours, "wb") as out:
         shard = read_rows(job.database, job.start, job.stop)
-        index = on_device(faiss.IndexFlatIP(shard.shape[1]), job.faiss_device)
-        index.add(shard)
-        del shard  # the index holds its own copy
-        k = min(job.k, job.stop - job.start)
         n_q = array_rows(job.queries)
-        with row_writer(job.sims, (n_q, k), np.float32) as write_sims, \
-                row_writer(job.ids, (n_q, k), np.int64) as write_ids:  # fmt: skip
-            for first, last in query_chunks(n_q, job.chunk, index.d):
-                sims, found = index.search(read_rows(job.queries, first, last), k)
-                write_sims(sims)
-                write_ids(np.where(found >= 0, found + job.start, -1))
-    return ShardSearchResult(job.sims, job.ids, job.stop - job.start, memory.grown)
+        for first in range(0, n_q, job.chunk):
+            queries = read_rows(job.queries, first, first + job.chunk)
+            rows, ids, sims = flat_neighbours(shard, queries, job.k, job.min_similarity,
+                                              job.start)  # fmt: skip
+            triplets = np.empty(len(rows), _TRIPLET)
+            triplets["row"], triplets["id"], triplets["sim"] = rows + first, ids, sims
+            np.save(out, triplets)
+            found += len(rows)
+    return ShardSearchResult(job.neighbours, job.stop - job.start, found, memory.grown)
 
 
 def merged_neighbours(
     results: list[ShardSearchResult], n_q: int, k: int, chunk: int
-) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Per chunk of query views: (first view, sims (m, k), ids (m, k)), each view's k best
-    over the shards' lists by (similarity desc, id asc)."""
-    for first in range(0, n_q, chunk):
-        last = min(first + chunk, n_q)
-        sims = np.concatenate([read_rows(r.sims, first, last) for r in results], axis=1)
-        ids = np.concatenate([read_rows(r.ids, first, last) for r in results], axis=1)
-        order = np.lexsort((ids, -sims), axis=-1)[:, :k]
-        yield first, np.take_along_axis(sims, order, 1), np.take_along_axis(ids, order, 1)
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per chunk of query views, the neighbour triplets (row, id, similarity) of each view's
+    first k over the shards' lists by (similarity desc, id asc)."""
+    with ExitStack() as files:
+        handles = [files.enter_context(fsspec.open(r.neighbours, "rb")) for r in results]
+        for _ in range(0, n_q, chunk):
+            part = np.concatenate([np.load(fh) for fh in handles])
+            yield nearest_first(part["row"], part["id"], part["sim"], k)
 
 
 def sharded_vector_pairs(
@@ -147,12 +126,13 @@ def sharded_vector_pairs(
     map_tasks: MapTasks = map_in_process,
     probe: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``near_dup.vector_pairs`` with the database views split into ``shards`` searched by
-    ``map_tasks`` (Prefect tasks in a flow), then merged; ``shards`` <= 1 is the single
-    pass itself. ``workdir`` (any fsspec URI) holds the tasks' files and is removed after."""
+    """``near_dup.vector_pairs`` searched flat with the database views split into ``shards``
+    tasks run by ``map_tasks`` (Prefect tasks in a flow), then merged; ``shards`` <= 1 is the
+    single pass itself. ``workdir`` (any fsspec URI) holds the tasks' files; removed after."""
     if shards <= 1:
         return vector_pairs(db_vectors, cfg, probe)
     n_db = len(db_vectors) // VIEWS
+    self_search = probe is None
     fs, path = fsspec.core.url_to_fs(workdir)
     fs.makedirs(path, exist_ok=True)
     try:
@@ -162,24 +142,21 @@ def sharded_vector_pairs(
         if probe is not None:
             queries = posixpath.join(workdir, "queries.npy")
             save_array(queries, probe)
-        k = neighbours_per_view(cfg, len(db_vectors), self_search=probe is None)
-        chunk = query_block()
+        k = neighbours_per_view(cfg, len(db_vectors), self_search)
         jobs = [
-            ShardSearchJob(database, queries, start, stop, k, chunk,
-                           posixpath.join(workdir, f"shard-{s:04d}-sims.npy"),
-                           posixpath.join(workdir, f"shard-{s:04d}-ids.npy"), cfg.faiss_device)
-            for s, (start, stop) in enumerate(shard_bounds(len(db_vectors), shards,
-                                                           database_block()))
+            ShardSearchJob(database, queries, start, stop, k, cfg.candidate_min_similarity,
+                           KNN_QUERY_BLOCK, posixpath.join(workdir, f"shard-{s:04d}.npy"))
+            for s, (start, stop) in enumerate(shard_bounds(len(db_vectors), shards))
         ]  # fmt: skip
         results = map_tasks(search_shard, jobs)
         n_q = len(db_vectors) if probe is None else len(probe)
         keys = [
-            neighbour_pair_keys(first, sims, ids, cfg, n_db, probe is None)
-            for first, sims, ids in merged_neighbours(results, n_q, k, chunk)
+            neighbour_pair_keys(rows, ids, sims, cfg, n_db, self_search)
+            for rows, ids, sims in merged_neighbours(results, n_q, k, KNN_QUERY_BLOCK)
         ]
     finally:
         fs.rm(path, recursive=True)
-    return pair_rows_cols(np.concatenate(keys), n_db)
+    return pair_rows_cols(np.concatenate([np.empty(0, np.int64), *keys]), n_db)
 
 
 def sharded_candidate_pairs(

@@ -1,11 +1,9 @@
 """What the curate stage's mapped search tasks share: arrays handed over as ``.npy`` files
-(any fsspec URI), read whole or a range of rows at a time, written a block of rows at a
-time, and the task's peak resident memory."""
+(any fsspec URI), read whole or a range of rows at a time, and the task's peak resident
+memory."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import fsspec
@@ -49,22 +47,6 @@ def read_rows(uri: str, start: int, stop: int) -> np.ndarray:
         fh.seek(fh.tell() + start * row_bytes)
         data = fh.read(max(0, stop - start) * row_bytes)
     return np.frombuffer(data, dtype=dtype).reshape(-1, *shape[1:]).copy()
-
-
-@contextmanager
-def row_writer(uri: str, shape: tuple[int, ...], dtype: Any) -> Iterator[Any]:
-    """A ``.npy`` file of ``shape`` written a block of rows at a time: yields ``write(block)``;
-    the blocks must fill the shape in order."""
-    descr = np.lib.format.dtype_to_descr(np.dtype(dtype))
-    with fsspec.open(uri, "wb") as fh:
-        np.lib.format.write_array_header_1_0(
-            fh, {"descr": descr, "fortran_order": False, "shape": shape}
-        )
-
-        def write(block: np.ndarray) -> None:
-            fh.write(np.ascontiguousarray(block, dtype=dtype).tobytes())
-
-        yield write
 
 
 def _resident_kib(field: str) -> int:

@@ -1,14 +1,15 @@
-"""Near-duplicate matching: FAISS candidates, then verification by aligned correlation.
+"""Near-duplicate matching: nearest-view candidates, then verification by aligned correlation.
 
 Every image becomes one small colour thumbnail (``image_thumbnail``): transparency composited
 onto white, uniform borders (padding, letterboxing, plain backgrounds) trimmed away, the rest
 resized to THUMB x THUMB. Two thumbnails are compared in two steps:
 
 1. **Candidates.** Each thumbnail's coarse view (CANDIDATE_GRID^2 colour pixels, centred and
-   L2-normalised, so an inner product is a Pearson correlation) goes into a FAISS
-   inner-product index; every image asks for its ``candidate_k`` nearest neighbours and keeps
-   those above ``candidate_min_similarity``. Cost: n * k pairs, searched flat up to
-   ``flat_max_rows`` and with an IVF index beyond.
+   L2-normalised, so an inner product is a Pearson correlation) goes into an
+   inner-product search; every image asks for its ``candidate_k`` nearest neighbours and
+   keeps those above ``candidate_min_similarity``. Cost: n * k pairs, searched exactly (matrix
+   products, ties broken by the lower id) up to ``flat_max_rows`` views and with a FAISS IVF
+   index beyond.
 2. **Verification.** A candidate pair is a duplicate only when the best Pearson correlation
    between one image's full view and a window of the other (63 windows keeping 92-100 % of
    each side at offsets a quarter of the slack apart, so crops align) reaches
@@ -218,15 +219,71 @@ def candidate_vectors(thumbs: np.ndarray) -> np.ndarray:
     return _normalised(views.mean(axis=(2, 4)).reshape(len(views), -1))
 
 
-def _index(dim: int, n: int, cfg: MatchConfig, train: np.ndarray) -> faiss.Index:
-    """Flat inner product for small n; IVF (sqrt(n) lists, nprobe) beyond flat_max_rows."""
-    if n <= cfg.flat_max_rows:
-        return faiss.IndexFlatIP(dim)
+KNN_QUERY_BLOCK = 2048
+"""Query views per matrix product of the flat search (a product is 4 MiB of float32)."""
+KNN_DATABASE_BLOCK = 512
+"""Database views per matrix product of the flat search, counted from the first: a product's
+rounding depends on its shape, so the shards of tasks/curate/knn_shards.py start at
+multiples of it and compute every similarity as the single pass does, bit for bit."""
+
+
+def _ivf_index(dim: int, n: int, cfg: MatchConfig, train: np.ndarray) -> faiss.Index:
+    """IVF inner product (sqrt(n) lists, nprobe) for more than flat_max_rows views."""
     nlist = max(1, int(np.sqrt(n)))
     ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
     ivf.train(train)
     ivf.nprobe = min(cfg.ivf_nprobe, nlist)
     return ivf
+
+
+def flat_neighbours(
+    database: np.ndarray, probe: np.ndarray, k: int, min_similarity: float, first_id: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each probe row's k nearest database rows by inner product, those at or above
+    ``min_similarity`` of them, exactly: triplets (probe row, database id, similarity) sorted
+    by (row, similarity desc, id asc), so among rows tied at the k-th place the lowest ids
+    stay. Ids count from ``first_id`` (a multiple of KNN_DATABASE_BLOCK)."""
+    found = []
+    for q0 in range(0, len(probe), KNN_QUERY_BLOCK):
+        queries = probe[q0 : q0 + KNN_QUERY_BLOCK]
+        parts = [
+            _block_nearest(queries @ database[d0 : d0 + KNN_DATABASE_BLOCK].T, k,
+                           min_similarity, first_id + d0)
+            for d0 in range(0, len(database), KNN_DATABASE_BLOCK)
+        ]  # fmt: skip
+        rows, ids, sims = (np.concatenate(p) for p in zip(*parts, strict=True))
+        rows, ids, sims = nearest_first(rows, ids, sims, k)
+        found.append((rows + q0, ids, sims))
+    if not found:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    rows, ids, sims = (np.concatenate(p) for p in zip(*found, strict=True))
+    return rows, ids, sims
+
+
+def _block_nearest(
+    sims: np.ndarray, k: int, min_similarity: float, first_id: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(q, b) similarities -> triplets of every entry at or above both min_similarity and its
+    row's k-th largest (ties at the k-th place all stay)."""
+    floor = np.full((len(sims), 1), min_similarity, np.float32)
+    crowded = np.nonzero((sims >= floor).sum(axis=1) > k)[0]  # the others keep all they have
+    if len(crowded):
+        kth = np.partition(sims[crowded], sims.shape[1] - k, axis=1)[:, sims.shape[1] - k]
+        floor[crowded, 0] = np.maximum(min_similarity, kth)
+    rows, cols = np.nonzero(sims >= floor)
+    return rows, cols + first_id, sims[rows, cols]
+
+
+def nearest_first(
+    rows: np.ndarray, ids: np.ndarray, sims: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Neighbour triplets -> each row's first k by (similarity desc, id asc), sorted by
+    (row, similarity desc, id asc)."""
+    order = np.lexsort((ids, -sims, rows))
+    rows, ids, sims = rows[order], ids[order], sims[order]
+    rank = np.arange(len(rows)) - np.searchsorted(rows, rows)
+    keep = rank < k
+    return rows[keep].astype(np.int64), ids[keep].astype(np.int64), sims[keep]
 
 
 def candidate_pairs(
@@ -245,14 +302,22 @@ def candidate_pairs(
 def vector_pairs(
     db_vectors: np.ndarray, cfg: MatchConfig, probe: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``candidate_pairs`` from the views' ``candidate_vectors`` (n * VIEWS, D): one search of
-    one index over every database view (``probe`` None: the database queries itself)."""
-    index = on_device(_index(db_vectors.shape[1], len(db_vectors), cfg, db_vectors),
-                      cfg.faiss_device)  # fmt: skip
-    index.add(db_vectors)
-    k = neighbours_per_view(cfg, len(db_vectors), self_search=probe is None)
-    sims, found = index.search(db_vectors if probe is None else probe, k)
-    keys = neighbour_pair_keys(0, sims, found, cfg, len(db_vectors) // VIEWS, probe is None)
+    """``candidate_pairs`` from the views' ``candidate_vectors`` (n * VIEWS, D), in one
+    search: exact (``flat_neighbours``) up to flat_max_rows database views, FAISS IVF beyond
+    (``probe`` None: the database queries itself)."""
+    self_search = probe is None
+    queries = db_vectors if probe is None else probe
+    k = neighbours_per_view(cfg, len(db_vectors), self_search)
+    if len(db_vectors) <= cfg.flat_max_rows:
+        rows, ids, sims = flat_neighbours(db_vectors, queries, k, cfg.candidate_min_similarity)
+    else:
+        index = on_device(_ivf_index(db_vectors.shape[1], len(db_vectors), cfg, db_vectors),
+                          cfg.faiss_device)  # fmt: skip
+        index.add(db_vectors)
+        found_sims, found = index.search(queries, k)
+        rows = np.repeat(np.arange(len(queries), dtype=np.int64), k)
+        ids, sims = found.ravel().astype(np.int64), found_sims.ravel()
+    keys = neighbour_pair_keys(rows, ids, sims, cfg, len(db_vectors) // VIEWS, self_search)
     return pair_rows_cols(keys, len(db_vectors) // VIEWS)
 
 
@@ -263,21 +328,18 @@ def neighbours_per_view(cfg: MatchConfig, db_views: int, self_search: bool) -> i
 
 
 def neighbour_pair_keys(
-    first_view: int,
+    rows: np.ndarray,
+    ids: np.ndarray,
     sims: np.ndarray,
-    found: np.ndarray,
     cfg: MatchConfig,
     n_db: int,
     self_search: bool,
 ) -> np.ndarray:
-    """The image pairs that query views first_view.. and their (m, k) neighbours (similarity,
-    database view id; -1 for none) propose, as keys i * n_db + j (repeats kept): neighbours
-    at or above candidate_min_similarity; for a self-search each unordered pair i < j."""
-    k = found.shape[1]
-    rows = np.repeat(np.arange(first_view, first_view + len(found), dtype=np.int64) // VIEWS, k)
-    cols, flat_sims = found.ravel().astype(np.int64), sims.ravel()
-    keep = (cols >= 0) & (flat_sims >= cfg.candidate_min_similarity)
-    rows, cols = rows[keep], cols[keep] // VIEWS
+    """The image pairs that neighbour triplets (query view, database view id or -1 for none,
+    similarity) propose, as keys i * n_db + j (repeats kept): neighbours at or above
+    candidate_min_similarity; for a self-search each unordered pair i < j."""
+    keep = (ids >= 0) & (sims >= cfg.candidate_min_similarity)
+    rows, cols = rows[keep] // VIEWS, ids[keep] // VIEWS
     if self_search:
         rows, cols = np.minimum(rows, cols), np.maximum(rows, cols)
         keep = rows != cols
