@@ -51,9 +51,10 @@ from tasks.curate.near_dup import (
 _TRIPLET = np.dtype([("row", "<i8"), ("id", "<i8"), ("sim", "<f4")])
 
 
-def shard_bounds(rows: int, shards: int, align: int = KNN_DATABASE_BLOCK) -> list[tuple[int, int]]:
+def shard_bounds(rows: int, shards: int, align: int | None = None) -> list[tuple[int, int]]:
     """At most ``shards`` contiguous non-empty [start, stop) ranges covering 0..rows, starting
-    at multiples of ``align`` and as even as that allows."""
+    at multiples of ``align`` (KNN_DATABASE_BLOCK) and as even as that allows."""
+    align = align or KNN_DATABASE_BLOCK
     blocks = -(-rows // align)
     cuts = {min(rows, align * round(blocks * s / shards)) for s in range(1, shards)}
     bounds = [0, *sorted(c for c in cuts if 0 < c < rows), rows]

@@ -4,8 +4,10 @@ pass's pairs, with less memory per task (tasks/curate/knn_shards.py)."""
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,7 +21,9 @@ from demo.dedup_quality import (
     render,
 )
 from tasks.core.config import CurateConfig
+from tasks.core.stage import RunContext, map_in_process
 from tasks.core.storage import Storage
+from tasks.curate import knn_shards, near_dup
 from tasks.curate.dedup import match_config
 from tasks.curate.knn_shards import (
     _TRIPLET,
@@ -163,15 +167,25 @@ def test_curate_stage_writes_the_same_samples_with_three_shards(
     downloaded_web: DownloadedWeb, tmp_path: Path
 ):
     """The whole stage body, near_dup_shards 1 and 3: the same keep and reasons per row."""
+    mapped: list[tuple[str, int]] = []
+
+    def recording_map(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        mapped.append((fn.__name__, len(items)))
+        return map_in_process(fn, items)
+
     written = []
     for shards in (1, 3):
         root = downloaded_web.root_with_download(tmp_path / f"shards-{shards}")
         cfg = downloaded_web.config(root, near_dup_shards=shards, decontaminate=False)
-        curate(cfg, Storage(cfg.storage))
+        with pytest.MonkeyPatch.context() as patch:  # the fixture's ~100 views: 3 shards
+            patch.setattr(near_dup, "KNN_DATABASE_BLOCK", 16)
+            patch.setattr(knn_shards, "KNN_DATABASE_BLOCK", 16)
+            curate(cfg, Storage(cfg.storage), RunContext(map_tasks=recording_map))
         samples = pd.read_parquet(root / "curate" / "samples.parquet")
         written.append(samples[["key", "keep", "reasons", "duplicate_of"]])
         assert not (root / "curate" / "_near_dup_shards").exists()
     one, three = written
     assert one["reasons"].map(list).tolist() == three["reasons"].map(list).tolist()
     assert one.drop(columns="reasons").equals(three.drop(columns="reasons"))
+    assert ("search_shard", 3) in mapped
     assert (~one["keep"]).sum() > 0 and one["reasons"].map(lambda r: "near_duplicate" in r).any()
