@@ -112,6 +112,7 @@ def test_buckets_run_as_mapped_prefect_tasks(prefect_harness, tmp_path: Path):
     from prefect import flow
 
     from flows.common import map_as_tasks
+    from tasks.core.config import ExecutionConfig
     from tests.fixtures_prefect import run_records
 
     rng = np.random.default_rng(2)
@@ -121,7 +122,7 @@ def test_buckets_run_as_mapped_prefect_tasks(prefect_harness, tmp_path: Path):
 
     @flow
     def bucketed_search() -> set[tuple[int, int]]:
-        mapped = partial(map_as_tasks, "curate")
+        mapped = partial(map_as_tasks, "curate", ExecutionConfig())
         return _pair_set(*bucketed_hamming_pairs(codes, RADIUS, SPEC, 8, str(tmp_path), mapped))
 
     state = bucketed_search(return_state=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,30 @@ def test_merge_orders_by_similarity_then_lowest_id(tmp_path: Path):
     [(rows, ids, sims)] = merged_neighbours(results, 1, 3, 4096)
     assert rows.tolist() == [0, 0, 0] and ids.tolist() == [7, 1, 3]
     assert sims.tolist()[1:] == [0.5, 0.5]
+
+
+def test_shards_run_as_mapped_prefect_tasks(prefect_harness):
+    """In a flow, ``map_as_tasks`` runs one Prefect task per shard on the flow's task runner."""
+    from prefect import flow
+
+    from flows.common import map_as_tasks
+    from tasks.core.config import ExecutionConfig
+    from tests.fixtures_prefect import run_records
+
+    rng = np.random.default_rng(5)
+    vectors = candidate_vectors(rng.integers(0, 255, (600, VIEWS, 32, 32, 3)).astype(np.float32))
+    vectors[800:] = vectors[:400]
+
+    @flow
+    def sharded_search() -> np.ndarray:
+        mapped = partial(map_as_tasks, "curate", ExecutionConfig())
+        return _pairs(*sharded_vector_pairs(vectors, CFG, 3, "memory://knn-flow", mapped))
+
+    state = sharded_search(return_state=True)
+    assert np.array_equal(state.result(), _pairs(*vector_pairs(vectors, CFG)))
+    _, task_runs = run_records(state.state_details.flow_run_id)
+    searched = [t for t in task_runs if t.name.startswith("curate-search_shard")]
+    assert len(searched) == 3 and all(t.state.is_completed() for t in searched)
 
 
 def single_pass_task(database: str) -> tuple[int, int]:
