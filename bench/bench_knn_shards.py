@@ -22,7 +22,7 @@ import os
 import platform
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,10 @@ from tasks.curate.near_dup import (
 
 RESULTS = Path(__file__).resolve().parent / "results" / "knn_shards.json"
 DIM = 192
-CFG = match_config(CurateConfig())
+CFG = replace(match_config(CurateConfig()), flat_max_rows=1 << 40)
+"""The stage's thresholds, the single pass flat at any size as the shards are (past
+near_dup_flat_max_rows the stage's single pass is IVF, approximate: the stage shards only
+below it)."""
 
 
 def crowded_vectors(views: int, rng: np.random.Generator) -> np.ndarray:

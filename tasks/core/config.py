@@ -262,8 +262,10 @@ class CurateConfig(_Section):
     semantic_dedup_nprobe: int = Field(4, ge=1)
     """Clusters searched per embedding (1 is SemDeDup exactly: pairs within a cluster)."""
     faiss_device: Literal["auto", "cpu", "gpu"] = "auto"
-    """Where the near-duplicate and SemDeDup searches run (tasks/curate/faiss_device.py):
-    auto = the GPUs when FAISS is a GPU build and sees one; gpu refuses to run without."""
+    """Where the FAISS searches run (tasks/curate/faiss_device.py): near-duplicate
+    candidates past near_dup_flat_max_rows (IVF; below it the search is exact matrix
+    products on the CPU) and SemDeDup. auto = the GPUs when FAISS is a GPU build and sees
+    one; gpu refuses to run without."""
     clip_score_checkpoint: str | None = None
     clip_score_model: str = "ViT-B-32"
     clip_score_min: float | None = None

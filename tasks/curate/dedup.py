@@ -1,6 +1,7 @@
-"""Duplicate removal: exact (SQL), near-duplicate (FAISS candidates over thumbnails, each pair
-verified by aligned correlation: tasks.curate.near_dup), semantic (SemDeDup on image
-embeddings, FAISS IVF), and eval-set decontamination (the near-duplicate matcher again).
+"""Duplicate removal: exact (SQL), near-duplicate (nearest-view candidates over thumbnails,
+searched in one pass or in mapped shards (tasks.curate.knn_shards), each pair verified by
+aligned correlation: tasks.curate.near_dup), semantic (SemDeDup on image embeddings, FAISS
+IVF), and eval-set decontamination (the near-duplicate matcher again, one pass).
 
 The binary-hash search below (``hamming_pairs``) finds pHash pairs within a Hamming radius;
 the stage no longer drops on it (a 64-bit pHash of a 28 px image does not tell a copy from a

@@ -11,10 +11,11 @@ same filter then turns the lists into image pairs.
 
 Exact: the similarities are the single pass's bit for bit, since shards start at multiples
 of ``KNN_DATABASE_BLOCK`` and query chunks at multiples of ``KNN_QUERY_BLOCK``, so every
-matrix product has the single pass's operands and shape (the rounding of a product depends on
-its shape; unaligned chunks differed by up to 8e-7 here). That assumes the same BLAS thread
-count in every task (1 and 2 threads differ as much): tasks in the flow process share it, a
-Dask worker set up otherwise may not, and then only pairs decided by the last bit differ.
+matrix product has the single pass's operands and shape (BLAS may round a product by its
+shape: FAISS's flat index, searched in unaligned chunks, differed by up to 8e-7 here, and so
+did its 1- and 2-thread runs). So are the ties, broken by id in both. The caveat is the BLAS
+thread count: tasks in the flow process share it; a Dask worker set up otherwise might round
+the last bit differently, changing only pairs that bit decides.
 
 Sharding always searches flat: a task's memory is its shard, one chunk of queries and their
 neighbours, and the work is the flat single pass's split B ways. Beyond ``flat_max_rows``
