@@ -30,6 +30,7 @@ import numpy as np
 
 from tasks.core.config import CurateConfig
 from tasks.curate.dedup import match_config
+from tasks.curate.flat_knn import KNN_QUERY_BLOCK
 from tasks.curate.knn_shards import (
     ShardSearchJob,
     ShardSearchResult,
@@ -39,7 +40,6 @@ from tasks.curate.knn_shards import (
 )
 from tasks.curate.mapped_io import PeakMemory, load_array, save_array
 from tasks.curate.near_dup import (
-    KNN_QUERY_BLOCK,
     VIEWS,
     neighbour_pair_keys,
     neighbours_per_view,

@@ -3,7 +3,7 @@
 
 The database's candidate vectors (``near_dup.candidate_vectors``, one row per view) are cut
 into contiguous shards. A shard's task holds its rows only and searches every query view
-against them (``near_dup.flat_neighbours``), a chunk of queries at a time, keeping each
+against them (``flat_knn.flat_neighbours``), a chunk of queries at a time, keeping each
 query view's k nearest within the shard, with global ids, in a file. The merge keeps, per
 query view, the first k of the shards' lists by (similarity desc, id asc), the order the
 single pass selects by; the k first of a union are the k first of the parts' k first. The
@@ -34,15 +34,17 @@ import fsspec
 import numpy as np
 
 from tasks.core.stage import MapTasks, map_in_process
-from tasks.curate.mapped_io import PeakMemory, array_rows, read_rows, save_array
-from tasks.curate.near_dup import (
+from tasks.curate.flat_knn import (
     KNN_DATABASE_BLOCK,
     KNN_QUERY_BLOCK,
+    flat_neighbours,
+    nearest_first,
+)
+from tasks.curate.mapped_io import PeakMemory, array_rows, read_rows, save_array
+from tasks.curate.near_dup import (
     VIEWS,
     MatchConfig,
     candidate_vectors,
-    flat_neighbours,
-    nearest_first,
     neighbour_pair_keys,
     neighbours_per_view,
     pair_rows_cols,

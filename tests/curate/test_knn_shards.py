@@ -24,8 +24,9 @@ from demo.dedup_quality import (
 from tasks.core.config import CurateConfig
 from tasks.core.stage import RunContext, map_in_process
 from tasks.core.storage import Storage
-from tasks.curate import knn_shards, near_dup
+from tasks.curate import flat_knn, knn_shards
 from tasks.curate.dedup import match_config
+from tasks.curate.flat_knn import KNN_DATABASE_BLOCK
 from tasks.curate.knn_shards import (
     _TRIPLET,
     ShardSearchJob,
@@ -38,7 +39,6 @@ from tasks.curate.knn_shards import (
 )
 from tasks.curate.mapped_io import PeakMemory, load_array, save_array
 from tasks.curate.near_dup import (
-    KNN_DATABASE_BLOCK,
     VIEWS,
     candidate_pairs,
     candidate_vectors,
@@ -203,7 +203,7 @@ def test_curate_stage_writes_the_same_samples_with_three_shards(
         root = downloaded_web.root_with_download(tmp_path / f"shards-{shards}")
         cfg = downloaded_web.config(root, near_dup_shards=shards, decontaminate=False)
         with pytest.MonkeyPatch.context() as patch:  # the fixture's ~100 views: 3 shards
-            patch.setattr(near_dup, "KNN_DATABASE_BLOCK", 16)
+            patch.setattr(flat_knn, "KNN_DATABASE_BLOCK", 16)
             patch.setattr(knn_shards, "KNN_DATABASE_BLOCK", 16)
             curate(cfg, Storage(cfg.storage), RunContext(map_tasks=recording_map))
         samples = pd.read_parquet(root / "curate" / "samples.parquet")
