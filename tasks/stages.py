@@ -38,7 +38,8 @@ PIPELINE: tuple[Stage, ...] = (
         upstream=("download",),
         reads=("curate", "evaluate.datasets"),  # decontamination compares with eval images
         body="tasks.curate.stage:curate",
-        unhashed=("curate.duckdb_memory_limit", "curate.duckdb_temp_dir"),
+        # How the work is split, not what it finds (near_dup_shards: tasks/curate/knn_shards.py).
+        unhashed=("curate.duckdb_memory_limit", "curate.duckdb_temp_dir", "curate.near_dup_shards"),
         outputs=("curate",),
         accounting=(Identity("input", ("kept", "dropped_*")),),
         publish="flows.artifacts:publish_curate",

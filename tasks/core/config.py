@@ -251,6 +251,10 @@ class CurateConfig(_Section):
     near_dup_flat_max_rows: int = Field(50_000, ge=0)
     """Up to this many thumbnail views the candidate index is flat (exact), beyond it IVF."""
     near_dup_ivf_nprobe: int = Field(16, ge=1)
+    near_dup_shards: int = Field(1, ge=1)
+    """Database shards of the candidate search, one mapped task each (tasks/curate/
+    knn_shards.py): 1 is one search in the flow process; more bound each task's memory by
+    its shard and always search flat. The same pairs as the flat search at any count."""
     semantic_dedup: bool = False
     semantic_dedup_eps: float = Field(0.05, ge=0, le=2)
     semantic_dedup_clusters: int = Field(0, ge=0)
@@ -258,8 +262,10 @@ class CurateConfig(_Section):
     semantic_dedup_nprobe: int = Field(4, ge=1)
     """Clusters searched per embedding (1 is SemDeDup exactly: pairs within a cluster)."""
     faiss_device: Literal["auto", "cpu", "gpu"] = "auto"
-    """Where the near-duplicate and SemDeDup searches run (tasks/curate/faiss_device.py):
-    auto = the GPUs when FAISS is a GPU build and sees one; gpu refuses to run without."""
+    """Where the FAISS searches run (tasks/curate/faiss_device.py): near-duplicate
+    candidates past near_dup_flat_max_rows (IVF; below it the search is exact matrix
+    products on the CPU) and SemDeDup. auto = the GPUs when FAISS is a GPU build and sees
+    one; gpu refuses to run without."""
     clip_score_checkpoint: str | None = None
     clip_score_model: str = "ViT-B-32"
     clip_score_min: float | None = None

@@ -24,6 +24,7 @@ import numpy as np
 
 from tasks.core.stage import MapTasks, map_in_process
 from tasks.curate.dedup import BITS, BinaryIndexSpec, hamming_pairs
+from tasks.curate.mapped_io import PeakMemory, load_array, save_array
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -89,16 +90,6 @@ class BucketResult:
     peak_bytes: int
 
 
-def _save(uri: str, array: np.ndarray) -> None:
-    with fsspec.open(uri, "wb") as fh:
-        np.save(fh, array)
-
-
-def _load(uri: str) -> np.ndarray:
-    with fsspec.open(uri, "rb") as fh:
-        return np.load(fh)
-
-
 def write_bucket_jobs(
     codes: np.ndarray, radius: int, buckets: int, spec: BinaryIndexSpec, workdir: str
 ) -> list[BucketJob]:
@@ -109,49 +100,26 @@ def write_bucket_jobs(
         if len(members) < 2:
             continue
         stem = posixpath.join(workdir, f"bucket-{b:06d}")
-        _save(f"{stem}-codes.npy", codes[members])
-        _save(f"{stem}-ids.npy", members)
+        save_array(f"{stem}-codes.npy", codes[members])
+        save_array(f"{stem}-ids.npy", members)
         jobs.append(BucketJob(f"{stem}-codes.npy", f"{stem}-ids.npy", f"{stem}-pairs.npy",
                               radius, spec))  # fmt: skip
     return jobs
 
 
-def _resident_kib(field: str) -> int:
-    """VmRSS / VmHWM of this process (KiB), 0 where /proc is missing."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(f"{field}:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _reset_peak() -> None:
-    """Start VmHWM afresh at the current resident size (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        pass
-
-
 def search_bucket(job: BucketJob) -> BucketResult:
     """The mapped task: every pair within the radius among one bucket's codes."""
-    _reset_peak()
-    before = _resident_kib("VmRSS")
-    codes, ids = _load(job.codes), _load(job.ids)
-    rows, cols = hamming_pairs(codes, job.radius, job.spec)
-    pairs = np.stack([ids[rows], ids[cols]], axis=1)  # ids ascend, so i < j stays
-    _save(job.pairs, pairs)
-    peak = max(0, _resident_kib("VmHWM") - before) * 1024
-    return BucketResult(job.pairs, len(codes), len(pairs), peak)
+    with PeakMemory() as memory:
+        codes, ids = load_array(job.codes), load_array(job.ids)
+        rows, cols = hamming_pairs(codes, job.radius, job.spec)
+        pairs = np.stack([ids[rows], ids[cols]], axis=1)  # ids ascend, so i < j stays
+        save_array(job.pairs, pairs)
+    return BucketResult(job.pairs, len(codes), len(pairs), memory.grown)
 
 
 def union_pairs(results: Sequence[BucketResult]) -> tuple[np.ndarray, np.ndarray]:
     """The distinct pairs (i < j, sorted) that the buckets found."""
-    found = [_load(r.pairs) for r in results if r.found]
+    found = [load_array(r.pairs) for r in results if r.found]
     if not found:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     pairs = np.unique(np.concatenate(found), axis=0)

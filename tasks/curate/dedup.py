@@ -1,6 +1,7 @@
-"""Duplicate removal: exact (SQL), near-duplicate (FAISS candidates over thumbnails, each pair
-verified by aligned correlation: tasks.curate.near_dup), semantic (SemDeDup on image
-embeddings, FAISS IVF), and eval-set decontamination (the near-duplicate matcher again).
+"""Duplicate removal: exact (SQL), near-duplicate (nearest-view candidates over thumbnails,
+searched in one pass or in mapped shards (tasks.curate.knn_shards), each pair verified by
+aligned correlation: tasks.curate.near_dup), semantic (SemDeDup on image embeddings, FAISS
+IVF), and eval-set decontamination (the near-duplicate matcher again, one pass).
 
 The binary-hash search below (``hamming_pairs``) finds pHash pairs within a Hamming radius;
 the stage no longer drops on it (a 64-bit pHash of a 28 px image does not tell a copy from a
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,11 +31,15 @@ from scipy.sparse.csgraph import connected_components
 
 from tasks.core.config import CurateConfig
 from tasks.core.sql import run_sql
+from tasks.core.stage import MapTasks, map_in_process
 from tasks.curate.faiss_device import FaissDevice, uses_gpu
+from tasks.curate.knn_shards import sharded_candidate_pairs
 from tasks.curate.near_dup import (
+    VIEWS,
     MatchConfig,
-    candidate_similarities,
+    candidate_pairs,
     cross_matches,
+    pair_similarity,
     thumbnails_array,
     verified,
 )
@@ -238,9 +244,13 @@ def run_dedup(
     con: duckdb.DuckDBPyConnection,
     cfg: CurateConfig,
     embeddings_for: Callable[[np.ndarray], np.ndarray] | None = None,
+    map_tasks: MapTasks = map_in_process,
+    workdir: str | None = None,
 ) -> DedupOutcome:
     """Run every dedup step over table ``rules`` (needs tables ``live`` and ``contamination``).
-    ``embeddings_for(rids)`` returns (n, d) image embeddings when semantic dedup is on."""
+    ``embeddings_for(rids)`` returns (n, d) image embeddings when semantic dedup is on;
+    ``map_tasks`` runs the near-duplicate search's shards (``near_dup_shards``), their files
+    under ``workdir`` (any fsspec URI; a local temporary folder when None)."""
     outcome = DedupOutcome({rule: {} for rule in DEDUP_RULES}, {rule: 0 for rule in DEDUP_RULES})
     run_sql(con, "curate/dedup_candidates")
     for rule in EXACT_RULES:
@@ -250,7 +260,9 @@ def run_dedup(
     frame = run_sql(con, "curate/dedup_candidates_ordered").fetchnumpy()
     rids, keys = np.asarray(frame["rid"], np.int64), np.asarray(frame["key"], object)
     near = match_config(cfg)
-    rows, cols, sims = candidate_similarities(thumbnails_array(list(frame["thumb"])), near)
+    thumbs = thumbnails_array(list(frame["thumb"]))
+    rows, cols = _near_candidates(thumbs, cfg, near, map_tasks, workdir)
+    sims = pair_similarity(thumbs, thumbs, rows, cols)
     duplicate = verified(rows, cols, sims, near)
     _register_near_pairs(con, rids[rows], rids[cols], sims, duplicate)
     rows, cols = rows[duplicate], cols[duplicate]
@@ -271,6 +283,26 @@ def run_dedup(
         outcome.pairs["semantic_duplicate"] = len(rows)
     log.info("dedup: %s", {rule: len(d) for rule, d in outcome.dropped.items()})
     return outcome
+
+
+def _near_candidates(
+    thumbs: np.ndarray, cfg: CurateConfig, near: MatchConfig, map_tasks: MapTasks,
+    workdir: str | None,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Candidate pairs i < j: one search, or ``near_dup_shards`` mapped shard searches where
+    the single pass would search flat (they find the same pairs). Beyond ``flat_max_rows``
+    views the single pass is IVF, which sharding would replace by an exact search: the
+    shard count must not change what curate writes, so it searches once there."""
+    views = len(thumbs) * VIEWS
+    if cfg.near_dup_shards <= 1 or views > cfg.near_dup_flat_max_rows:
+        if cfg.near_dup_shards > 1:
+            log.warning("near-dup: %d views > near_dup_flat_max_rows %d, so one IVF search, "
+                        "not %d shards", views, cfg.near_dup_flat_max_rows, cfg.near_dup_shards)  # fmt: skip
+        return candidate_pairs(thumbs, near)
+    if workdir is not None:
+        return sharded_candidate_pairs(thumbs, near, cfg.near_dup_shards, workdir, map_tasks)
+    with tempfile.TemporaryDirectory(prefix="clipflow-knn-") as tmp:
+        return sharded_candidate_pairs(thumbs, near, cfg.near_dup_shards, tmp, map_tasks)
 
 
 def _named_duplicates(

@@ -1,14 +1,15 @@
-"""Near-duplicate matching: FAISS candidates, then verification by aligned correlation.
+"""Near-duplicate matching: nearest-view candidates, then verification by aligned correlation.
 
 Every image becomes one small colour thumbnail (``image_thumbnail``): transparency composited
 onto white, uniform borders (padding, letterboxing, plain backgrounds) trimmed away, the rest
 resized to THUMB x THUMB. Two thumbnails are compared in two steps:
 
 1. **Candidates.** Each thumbnail's coarse view (CANDIDATE_GRID^2 colour pixels, centred and
-   L2-normalised, so an inner product is a Pearson correlation) goes into a FAISS
-   inner-product index; every image asks for its ``candidate_k`` nearest neighbours and keeps
-   those above ``candidate_min_similarity``. Cost: n * k pairs, searched flat up to
-   ``flat_max_rows`` and with an IVF index beyond.
+   L2-normalised, so an inner product is a Pearson correlation) goes into an
+   inner-product search; every image asks for its ``candidate_k`` nearest neighbours and
+   keeps those above ``candidate_min_similarity``. Cost: n * k pairs, searched exactly (matrix
+   products, ties broken by the lower id) up to ``flat_max_rows`` views and with a FAISS IVF
+   index beyond.
 2. **Verification.** A candidate pair is a duplicate only when the best Pearson correlation
    between one image's full view and a window of the other (63 windows keeping 92-100 % of
    each side at offsets a quarter of the slack apart, so crops align) reaches
@@ -35,6 +36,7 @@ from PIL import Image
 from scipy.ndimage import uniform_filter
 
 from tasks.curate.faiss_device import FaissDevice, on_device
+from tasks.curate.flat_knn import flat_neighbours
 from tasks.curate.phash import flatten_alpha
 
 THUMB = 32
@@ -218,10 +220,8 @@ def candidate_vectors(thumbs: np.ndarray) -> np.ndarray:
     return _normalised(views.mean(axis=(2, 4)).reshape(len(views), -1))
 
 
-def _index(dim: int, n: int, cfg: MatchConfig, train: np.ndarray) -> faiss.Index:
-    """Flat inner product for small n; IVF (sqrt(n) lists, nprobe) beyond flat_max_rows."""
-    if n <= cfg.flat_max_rows:
-        return faiss.IndexFlatIP(dim)
+def _ivf_index(dim: int, n: int, cfg: MatchConfig, train: np.ndarray) -> faiss.Index:
+    """IVF inner product (sqrt(n) lists, nprobe) for more than flat_max_rows views."""
     nlist = max(1, int(np.sqrt(n)))
     ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
     ivf.train(train)
@@ -236,26 +236,63 @@ def candidate_pairs(
     candidate_k nearest views with similarity >= candidate_min_similarity. ``db`` and
     ``queries`` are (n, VIEWS, T, T, 3). Without ``queries`` the database queries itself and
     each unordered pair comes once, i < j."""
-    n_db = len(db)
-    n_q = n_db if queries is None else len(queries)
-    if n_db == 0 or n_q == 0:
+    if len(db) == 0 or (queries is not None and len(queries) == 0):
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    db_vectors = candidate_vectors(db)
-    probe = db_vectors if queries is None else candidate_vectors(queries)
-    index = on_device(_index(db_vectors.shape[1], len(db_vectors), cfg, db_vectors),
-                      cfg.faiss_device)  # fmt: skip
-    index.add(db_vectors)
-    k = min(cfg.candidate_k * VIEWS + (VIEWS if queries is None else 0), len(db_vectors))
-    sims, found = index.search(probe, k)
-    rows = np.repeat(np.arange(len(probe), dtype=np.int64) // VIEWS, k)
-    cols, sims = found.ravel().astype(np.int64), sims.ravel()
-    keep = (cols >= 0) & (sims >= cfg.candidate_min_similarity)
-    rows, cols = rows[keep], cols[keep] // VIEWS
-    if queries is None:
+    probe = None if queries is None else candidate_vectors(queries)
+    return vector_pairs(candidate_vectors(db), cfg, probe)
+
+
+def vector_pairs(
+    db_vectors: np.ndarray, cfg: MatchConfig, probe: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``candidate_pairs`` from the views' ``candidate_vectors`` (n * VIEWS, D), in one
+    search: exact (``flat_neighbours``) up to flat_max_rows database views, FAISS IVF beyond
+    (``probe`` None: the database queries itself)."""
+    self_search = probe is None
+    queries = db_vectors if probe is None else probe
+    k = neighbours_per_view(cfg, len(db_vectors), self_search)
+    if len(db_vectors) <= cfg.flat_max_rows:
+        rows, ids, sims = flat_neighbours(db_vectors, queries, k, cfg.candidate_min_similarity)
+    else:
+        index = on_device(_ivf_index(db_vectors.shape[1], len(db_vectors), cfg, db_vectors),
+                          cfg.faiss_device)  # fmt: skip
+        index.add(db_vectors)
+        found_sims, found = index.search(queries, k)
+        rows = np.repeat(np.arange(len(queries), dtype=np.int64), k)
+        ids, sims = found.ravel().astype(np.int64), found_sims.ravel()
+    keys = neighbour_pair_keys(rows, ids, sims, cfg, len(db_vectors) // VIEWS, self_search)
+    return pair_rows_cols(keys, len(db_vectors) // VIEWS)
+
+
+def neighbours_per_view(cfg: MatchConfig, db_views: int, self_search: bool) -> int:
+    """k of the view search: candidate_k images' views, and the view's own image's views
+    when the database queries itself (at most every database view)."""
+    return min(cfg.candidate_k * VIEWS + (VIEWS if self_search else 0), db_views)
+
+
+def neighbour_pair_keys(
+    rows: np.ndarray,
+    ids: np.ndarray,
+    sims: np.ndarray,
+    cfg: MatchConfig,
+    n_db: int,
+    self_search: bool,
+) -> np.ndarray:
+    """The image pairs that neighbour triplets (query view, database view id or -1 for none,
+    similarity) propose, as keys i * n_db + j (repeats kept): neighbours at or above
+    candidate_min_similarity; for a self-search each unordered pair i < j."""
+    keep = (ids >= 0) & (sims >= cfg.candidate_min_similarity)
+    rows, cols = rows[keep] // VIEWS, ids[keep] // VIEWS
+    if self_search:
         rows, cols = np.minimum(rows, cols), np.maximum(rows, cols)
         keep = rows != cols
         rows, cols = rows[keep], cols[keep]
-    pairs = np.unique(rows * n_db + cols)
+    return rows * n_db + cols
+
+
+def pair_rows_cols(keys: np.ndarray, n_db: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct pair keys i * n_db + j -> (rows, cols), sorted."""
+    pairs = np.unique(keys)
     return pairs // n_db, pairs % n_db
 
 

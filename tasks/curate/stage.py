@@ -4,7 +4,8 @@
 Per-shard work (decode, hash, language ID) is mapped over download shards by the run
 context's ``map_tasks`` (a list comprehension in plain Python, Prefect tasks in the flow); the
 global steps (SQL rules, decontamination, dedup across shards, the gate) then run on the
-whole table in DuckDB and FAISS.
+whole table in DuckDB and FAISS, the near-duplicate candidate search split into
+``near_dup_shards`` mapped tasks when set (tasks/curate/knn_shards.py).
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ def curate(cfg: PipelineConfig, storage: Storage, ctx: RunContext = PLAIN_RUN) -
             con.register("contamination", contamination)
             run_sql(con, "curate/live")
             embeddings = _embeddings_by_rid(storage, parts) if cfg.curate.semantic_dedup else None
-            outcome = run_dedup(con, cfg.curate, embeddings)
+            outcome = run_dedup(con, cfg.curate, embeddings, ctx.map_tasks,
+                                storage.uri("curate", "_near_dup_shards"))  # fmt: skip
             combine(con, _decisions(keys, contamination, outcome))
             samples_uri = storage.uri("curate", "samples.parquet")
             _write_samples(con, storage, samples_uri, tmp)

@@ -80,9 +80,11 @@ def test_download_rereads_the_ssrf_switch_and_curate_the_eval_sets():
 
 
 def test_run_only_fields_leave_the_curate_hash_alone():
-    """Memory limit and spill folder change how curate runs, not what it writes."""
+    """Memory limit, spill folder and search shards change how curate runs, not what it
+    writes."""
     cfg = PipelineConfig()
-    run_only = {"duckdb_memory_limit": "2GB", "duckdb_temp_dir": "/scratch/duckdb"}
+    run_only = {"duckdb_memory_limit": "2GB", "duckdb_temp_dir": "/scratch/duckdb",
+                "near_dup_shards": 4}  # fmt: skip
     changed = cfg.model_copy(update={"curate": cfg.curate.model_copy(update=run_only)})
     assert config_hash(changed, "curate") == config_hash(cfg, "curate")
     assert set(stage("curate").unhashed) == {f"curate.{k}" for k in run_only}

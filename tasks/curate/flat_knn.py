@@ -1,0 +1,65 @@
+"""The exact flat nearest-neighbour search of the near-duplicate candidates: inner products
+as matrix products over fixed blocks, each query's k best kept by (similarity desc, id asc),
+so that the single pass (tasks/curate/near_dup.py) and its database shards
+(tasks/curate/knn_shards.py) keep the same neighbours, ties included."""
+
+from __future__ import annotations
+
+import numpy as np
+
+KNN_QUERY_BLOCK = 2048
+"""Query views per matrix product of the flat search (a product is 4 MiB of float32)."""
+KNN_DATABASE_BLOCK = 512
+"""Database views per matrix product of the flat search, counted from the first: BLAS may
+round a product by its shape, so the shards of tasks/curate/knn_shards.py start at
+multiples of it and compute every similarity as the single pass does, bit for bit."""
+
+
+def flat_neighbours(
+    database: np.ndarray, probe: np.ndarray, k: int, min_similarity: float, first_id: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each probe row's k nearest database rows by inner product, those at or above
+    ``min_similarity`` of them, exactly: triplets (probe row, database id, similarity) sorted
+    by (row, similarity desc, id asc), so among rows tied at the k-th place the lowest ids
+    stay. Ids count from ``first_id`` (a multiple of KNN_DATABASE_BLOCK)."""
+    found = []
+    for q0 in range(0, len(probe), KNN_QUERY_BLOCK):
+        queries = probe[q0 : q0 + KNN_QUERY_BLOCK]
+        parts = [
+            _block_nearest(queries @ database[d0 : d0 + KNN_DATABASE_BLOCK].T, k,
+                           min_similarity, first_id + d0)
+            for d0 in range(0, len(database), KNN_DATABASE_BLOCK)
+        ]  # fmt: skip
+        rows, ids, sims = (np.concatenate(p) for p in zip(*parts, strict=True))
+        rows, ids, sims = nearest_first(rows, ids, sims, k)
+        found.append((rows + q0, ids, sims))
+    if not found:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    rows, ids, sims = (np.concatenate(p) for p in zip(*found, strict=True))
+    return rows, ids, sims
+
+
+def _block_nearest(
+    sims: np.ndarray, k: int, min_similarity: float, first_id: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(q, b) similarities -> triplets of every entry at or above both min_similarity and its
+    row's k-th largest (ties at the k-th place all stay)."""
+    floor = np.full((len(sims), 1), min_similarity, np.float32)
+    crowded = np.nonzero((sims >= floor).sum(axis=1) > k)[0]  # the others keep all they have
+    if len(crowded):
+        kth = np.partition(sims[crowded], sims.shape[1] - k, axis=1)[:, sims.shape[1] - k]
+        floor[crowded, 0] = np.maximum(min_similarity, kth)
+    rows, cols = np.nonzero(sims >= floor)
+    return rows, cols + first_id, sims[rows, cols]
+
+
+def nearest_first(
+    rows: np.ndarray, ids: np.ndarray, sims: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Neighbour triplets -> each row's first k by (similarity desc, id asc), sorted by
+    (row, similarity desc, id asc)."""
+    order = np.lexsort((ids, -sims, rows))
+    rows, ids, sims = rows[order], ids[order], sims[order]
+    rank = np.arange(len(rows)) - np.searchsorted(rows, rows)
+    keep = rank < k
+    return rows[keep].astype(np.int64), ids[keep].astype(np.int64), sims[keep]
