@@ -5,9 +5,10 @@
 
 Needs the GPU build of FAISS (README, "GPU FAISS") and a CUDA device; elsewhere it says so
 and exits 0 without numbers (nothing is ever claimed from the CPU). On a GPU machine:
-- near-duplicate candidates (``near_dup.candidate_pairs``, the index the stage builds) on
-  synthetic thumbnail views with planted copies, ``faiss_device`` cpu vs gpu: the pair sets
-  must be identical (exit 1 if not), and the time ratio;
+- near-duplicate candidates (``near_dup.candidate_pairs`` with its FAISS IVF index, what the
+  stage builds past ``near_dup_flat_max_rows`` views) on synthetic thumbnail views with
+  planted copies, ``faiss_device`` cpu vs gpu: the pair sets must be identical (exit 1 if
+  not), and the time ratio;
 - SemDeDup (``dedup.embedding_pairs``), cpu vs gpu k-means: the pairs each finds, their
   overlap, and the time ratio (k-means rounds differently on a GPU: border pairs may differ).
 Writes bench/results/faiss_gpu.json.
@@ -58,7 +59,9 @@ def main() -> int:
         return 0
     rng = np.random.default_rng(0)
     views = thumbnails(n, rng)
-    cfg = MatchConfig(min_similarity=0.99, candidate_k=4, candidate_min_similarity=0.6)
+    cfg = MatchConfig(
+        min_similarity=0.99, candidate_k=4, candidate_min_similarity=0.6, flat_max_rows=0
+    )
     cpu, cpu_s = timed(candidate_pairs, views, replace(cfg, faiss_device="cpu"))
     gpu, gpu_s = timed(candidate_pairs, views, replace(cfg, faiss_device="gpu"))
     same = set(zip(*cpu, strict=True)) == set(zip(*gpu, strict=True))

@@ -1,4 +1,5 @@
-"""Where curate's FAISS searches run: on the GPUs FAISS sees, or on the CPU.
+"""Where curate's FAISS searches run (the near-duplicate candidate index past
+``near_dup_flat_max_rows`` views, SemDeDup's k-means): on the GPUs FAISS sees, or on the CPU.
 
 ``curate.faiss_device``: ``auto`` uses the GPUs when the installed FAISS is a GPU build and
 sees a device, and the CPU otherwise; ``gpu`` refuses to run without one (a cluster job that
