@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -109,7 +109,35 @@ class _ParquetFiles:
         self._close_file(error)
 
 
-class CandidateWriter:
+class _ParquetSink:
+    """What the sinks below share: their rows go to ``self._rows``, their failures to
+    ``self._errors``; as a context manager, both files are committed on leaving (or, on an
+    error, discarded), then ``_finish`` runs."""
+
+    _rows: _ParquetFiles
+    _errors: _ParquetFiles
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._rows.close(error)
+        self._errors.close(error)
+        self._finish(error)
+
+    def _finish(self, error: BaseException | None) -> None:
+        """After both files are closed: nothing, unless a sink says otherwise."""
+
+    def add_error(self, error: dict[str, str]) -> None:
+        self._errors.append(tuple(str(error.get(f.name, "")) for f in ERROR_SCHEMA))
+
+
+class CandidateWriter(_ParquetSink):
     """A CandidateSink that writes the crawl's candidates and errors as they come (see the
     module docstring); use it as a context manager. ``counts`` after it closes:
     ``pairs_found == pairs_after_dedup + duplicates_dropped``, ``captions_truncated``,
@@ -124,7 +152,7 @@ class CandidateWriter:
     ) -> None:
         self._storage = storage
         self._max_chars = max_caption_chars
-        self._candidates = _ParquetFiles(
+        self._rows = _ParquetFiles(
             storage, "candidates-{n:05d}.parquet", CANDIDATE_SCHEMA, rows_per_file, batch_rows
         )
         self._errors = _ParquetFiles(
@@ -135,24 +163,14 @@ class CandidateWriter:
             pairs_found=0, pairs_after_dedup=0, duplicates_dropped=0, captions_truncated=0
         )
 
-    def __enter__(self) -> CandidateWriter:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._candidates.close(error)
-        self._errors.close(error)
+    def _finish(self, error: BaseException | None) -> None:
         if error is None:
             self.counts["errors_reported"] = self._errors.rows_written
             self._remove_stale_files()
 
     @property
     def candidate_uris(self) -> list[str]:
-        return list(self._candidates.uris)
+        return list(self._rows.uris)
 
     @property
     def errors_uri(self) -> str:
@@ -161,7 +179,7 @@ class CandidateWriter:
     @property
     def candidates_written(self) -> int:
         """Rows written to the candidate files so far (after dedup)."""
-        return self._candidates.rows_written
+        return self._rows.rows_written
 
     def add_pairs(
         self, pairs: Iterable[tuple[str, str]], page_url: str, when: datetime, source: str
@@ -177,19 +195,16 @@ class CandidateWriter:
                 continue
             self._digests.add(digest)
             self.counts["pairs_after_dedup"] += 1
-            self._candidates.append((url, caption, page_url, source, when))
-
-    def add_error(self, error: dict[str, str]) -> None:
-        self._errors.append(tuple(str(error.get(f.name, "")) for f in ERROR_SCHEMA))
+            self._rows.append((url, caption, page_url, source, when))
 
     def _remove_stale_files(self) -> None:
         """Remove higher-numbered candidate files left by an earlier, larger run."""
         for stale in self._storage.glob("crawl/candidates-*.parquet"):
-            if stale not in self._candidates.uris:
+            if stale not in self._rows.uris:
                 self._storage.remove(stale)
 
 
-class PairSpool:
+class PairSpool(_ParquetSink):
     """A CandidateSink that keeps one archive's pairs and errors as found (captions whole,
     no dedup) in ``crawl/_parts/NNNNN-pairs.parquet`` and ``NNNNN-errors.parquet``, so that
     each WAT/WARC file can be read by its own task, anywhere; ``replay_spool`` then hands
@@ -197,33 +212,18 @@ class PairSpool:
     them exactly as if the file had been read into it. Use it as a context manager."""
 
     def __init__(self, storage: Storage, index: int, batch_rows: int = BATCH_ROWS) -> None:
-        self._pairs = _ParquetFiles(
+        self._rows = _ParquetFiles(
             storage, spool_name(index, "pairs"), CANDIDATE_SCHEMA, sys.maxsize, batch_rows
         )
         self._errors = _ParquetFiles(
             storage, spool_name(index, "errors"), ERROR_SCHEMA, sys.maxsize, batch_rows
         )
 
-    def __enter__(self) -> PairSpool:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._pairs.close(error)
-        self._errors.close(error)
-
     def add_pairs(
         self, pairs: Iterable[tuple[str, str]], page_url: str, when: datetime, source: str
     ) -> None:
         for url, caption in pairs:
-            self._pairs.append((url, caption, page_url, source, when))
-
-    def add_error(self, error: dict[str, str]) -> None:
-        self._errors.append(tuple(str(error.get(f.name, "")) for f in ERROR_SCHEMA))
+            self._rows.append((url, caption, page_url, source, when))
 
 
 SPOOL_FOLDER = "_parts"
