@@ -1,9 +1,13 @@
 """Few-shot adaptation on Fashion-MNIST with the demo's model: zero-shot vs linear probe vs
 prompt tuning (CoOp) vs adapter (Tip-Adapter) at K = 1, 4, 16, each with its time.
 
-    .venv/bin/python bench/bench_adapt.py [--checkpoint data/demo/train/checkpoints/latest.pt]
+    CLIPFLOW_ALLOW_PRIVATE_NETWORKS=1 .venv/bin/python bench/bench_adapt.py \
+        [--checkpoint data/demo/train/checkpoints/latest.pt]
 
-Needs a finished `make demo` (its checkpoint and the built-in Fashion-MNIST set). Image
+Needs a finished `make demo` (its checkpoint and the built-in Fashion-MNIST set); the
+environment variable is the one demo.yaml needs (README, "Quick start"). Prompt tuning and
+the adapter run with the evaluate stage's settings (``evaluate.prompt_tuning_*``,
+``evaluate.adapter_*``). Image
 features of both splits are computed once and shared by every method; times are the
 method's own (feature extraction is reported on its own line). Writes
 bench/results/adapt.json.
@@ -57,10 +61,14 @@ def main() -> None:
 
     rows: dict[str, dict[str, float]] = {}
     seconds: dict[str, float] = {}
+    e = cfg.evaluate
+    tuning = PromptTuning(e.prompt_tuning_epochs, e.prompt_tuning_lr, e.prompt_tuning_batch_size,
+                          e.prompt_tuning_kg_weight, e.prompt_tuning_class_specific, e.seed)  # fmt: skip
+    search = AdapterSearch(tuple(e.adapter_alphas), tuple(e.adapter_betas))
     for method in ("prompt_tuning", "adapter"):
         t = time.perf_counter()
         result = few_shot(method, lm.model, lm.tokenizer, classnames, zeroshot, xy["train"],
-                          xy["test"], SHOTS, PromptTuning(), AdapterSearch())  # fmt: skip
+                          xy["test"], SHOTS, templates, tuning, search)  # fmt: skip
         seconds[method] = time.perf_counter() - t
         rows[method] = {f"{k}": result.metrics[f"acc1_{k}shot"] for k in SHOTS}
         rows["zero-shot"] = {f"{k}": result.metrics["zeroshot_acc1"] for k in SHOTS}
@@ -79,6 +87,7 @@ def main() -> None:
         cells = "".join(f"{100 * rows[name][f'{k}']:8.1f}%" for k in SHOTS)
         print(f"{name:<14}{cells}{seconds[name]:8.1f}s")
     out = REPO / "bench" / "results" / "adapt.json"
+    out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"acc1": rows, "seconds": seconds, "torch": torch.__version__},
                               indent=2))  # fmt: skip
     print(f"written {out}")

@@ -5,11 +5,17 @@ dataset's train split, drawn with a fixed seed (``fewshot_indices``, as the line
 
 - **Prompt tuning** (Zhou et al., 2022, "Learning to Prompt for Vision-Language Models",
   CoOp): the words in front of the class name become learned vectors in the token-embedding
-  space, shared by all classes ("unified context"). They start as the embeddings of
-  ``init`` ("a photo of a"), so before any step the classifier is the hand-written prompt
-  "a photo of a {c}."; then SGD with momentum and a cosine schedule minimises the
-  cross-entropy of ``exp(logit_scale) * image @ text`` over the K-shot image features,
-  in mini-batches, as CoOp trains.
+  space. Each of the dataset's zero-shot templates keeps its own context, initialised to
+  the template's words ("a blurry photo of a" ...), and a class's embedding is the
+  renormalised mean over templates, as in the zero-shot ensemble: before any step the
+  classifier *is* the zero-shot classifier. The context is shared by all classes, or one
+  per class (CoOp's class-specific context, ``class_specific``). SGD with momentum and a
+  cosine schedule minimises, in mini-batches of the K-shot image features, the
+  cross-entropy of ``exp(logit_scale) * image @ text`` plus KgCoOp's term (Yao et al.,
+  2023, "Visual-Language Prompt Tuning with Knowledge-guided Context Optimization"):
+  ``kg_weight`` times the mean squared distance of each class embedding from its
+  zero-shot one, which keeps a few shots from pulling the prompts away from what the
+  text tower knows.
 - **Adapter** (Zhang et al., 2022, "Tip-Adapter: Training-free Adaption of CLIP"): a cache
   whose keys are the K-shot image features and values their one-hot labels;
   ``logits = 100 * f @ W_zeroshot + alpha * exp(-beta * (1 - f @ keys.T)) @ values``. Chosen
@@ -23,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -39,12 +45,17 @@ FEW_SHOT = ("prompt_tuning", "adapter")
 
 @dataclass(frozen=True)
 class PromptTuning:
-    """Settings of CoOp's training (its defaults: SGD 0.002, momentum 0.9, batch 32)."""
+    """Settings of the training (CoOp's: SGD 0.002, momentum 0.9, batch 32, 50 epochs)
+    and of the prompts."""
 
-    init: str = "a photo of a"
     epochs: int = 50
     lr: float = 0.002
     batch_size: int = 32
+    kg_weight: float = 8.0
+    """KgCoOp's weight on the distance of the learned class embeddings from the zero-shot
+    ones; 0 is plain CoOp."""
+    class_specific: bool = True
+    """One context per class (CoOp's CSC) instead of one shared by all classes."""
     seed: int = 0
 
 
@@ -57,72 +68,92 @@ class AdapterSearch:
 
 
 class LearnedPrompts:
-    """Class prompts whose context words are parameters: ``[SOT] ctx_1..ctx_n name . [EOT]``.
-    ``ctx`` is the only parameter; the model is used, not owned."""
+    """The class prompts of each template, ``[SOT] ctx_1..ctx_n name suffix [EOT]``, where
+    ``ctx`` starts as the template's words before ``{c}``. The contexts are the only
+    parameters; the model is used, not owned."""
 
-    def __init__(self, model: Any, tokenizer: Tokenizer, classnames: Sequence[str], init: str):
-        self.model = model
-        init_tokens = tokenizer([init])[0]
-        n_ctx = int(init_tokens.argmax()) - 1  # tokens between start- and end-of-text
-        if n_ctx < 1:
-            raise ValueError(f"prompt tuning: init {init!r} has no tokens")
-        prompts = instantiate_prompts(classnames, [f"{init} {{c}}."])
-        self.tokens = tokenizer([p[0] for p in prompts])
-        if not torch.equal(self.tokens[:, 1 : 1 + n_ctx], init_tokens[1 : 1 + n_ctx].expand(
-            len(classnames), n_ctx
-        )):  # fmt: skip
-            raise ValueError(f"prompt tuning: {init!r} tokenises differently before a class name")
+    def __init__(self, model: Any, tokenizer: Tokenizer, classnames: Sequence[str],
+                 templates: Sequence[str], class_specific: bool = False):  # fmt: skip
+        self.model, self.num_classes = model, len(classnames)
+        self.contexts: list[torch.nn.Parameter] = []
+        rows = []
+        for template in templates:
+            words = tokenizer([template.split("{c}")[0].strip()])[0]
+            n_ctx = int(words.argmax()) - 1  # tokens between start- and end-of-text
+            tokens = tokenizer([p[0] for p in instantiate_prompts(classnames, [template])])
+            if not torch.equal(tokens[:, 1 : 1 + n_ctx], words[1 : 1 + n_ctx].expand(
+                len(classnames), n_ctx
+            )):  # fmt: skip
+                raise ValueError(f"prompt tuning: {template!r}'s words before the class name "
+                                 "tokenise differently in the prompt")  # fmt: skip
+            with torch.no_grad():
+                start = model.token_embedding(words[1 : 1 + n_ctx]).float()  # (n_ctx, W)
+            if class_specific:
+                start = start.expand(len(classnames), -1, -1)  # (C, n_ctx, W)
+            self.contexts.append(torch.nn.Parameter(start.detach().clone()))
+            rows.append(tokens)
+        if not any(c.numel() for c in self.contexts):
+            raise ValueError("prompt tuning: no template has words before the class name")
+        self.tokens = torch.cat(rows)  # (T * C, L), template by template
+        self.eot = self.tokens.argmax(dim=-1)
+        self.length = int(self.eot.max()) + 1
         with torch.no_grad():
-            start = model.token_embedding(init_tokens[1 : 1 + n_ctx].to(self.tokens.device))
-        self.ctx = torch.nn.Parameter(start.detach().clone().float())  # (n_ctx, W)
-        self.n_ctx = n_ctx
+            self.embedded = model.token_embedding(self.tokens[:, : self.length])
 
     def __call__(self) -> Tensor:
-        """Unit text features (C, D) of the class prompts with the current context."""
-        model, tokens = self.model, self.tokens
-        eot = tokens.argmax(dim=-1)
-        length = int(eot.max()) + 1
-        with torch.no_grad():
-            embedded = model.token_embedding(tokens[:, :length])  # (C, T, W)
-        ctx = self.ctx.to(embedded.dtype).expand(len(tokens), -1, -1)
-        x = torch.cat([embedded[:, :1], ctx, embedded[:, 1 + self.n_ctx :]], dim=1)
-        x = x + model.positional_embedding[:length]
-        x = model.transformer.forward_pooled(x, eot, is_causal=True)
-        return F.normalize(model.ln_final(x) @ model.text_projection, dim=-1)
+        """The classifier (D, C): per class, the renormalised mean of its templates' unit
+        text features with the current contexts."""
+        model, c = self.model, self.num_classes
+        x = torch.cat([
+            torch.cat([fixed[:, :1], ctx.to(fixed.dtype).expand(c, -1, -1),
+                       fixed[:, 1 + ctx.shape[-2] :]], dim=1)
+            for ctx, fixed in zip(self.contexts, self.embedded.split(c), strict=True)
+        ])  # fmt: skip
+        x = x + model.positional_embedding[: self.length]
+        x = model.transformer.forward_pooled(x, self.eot, is_causal=True)
+        features = F.normalize(model.ln_final(x) @ model.text_projection, dim=-1)
+        mean = features.float().view(len(self.contexts), c, -1).mean(dim=0)
+        return F.normalize(mean, dim=-1).t()
 
 
 def tune_prompts(
     model: Any,
     tokenizer: Tokenizer,
     classnames: Sequence[str],
+    templates: Sequence[str],
     features: Tensor,
     labels: Tensor,
     settings: PromptTuning,
 ) -> Tensor:
-    """Learn the context on unit image ``features`` (N, D) and ``labels``; the class
-    embeddings (D, C) it ends with. The model's parameters get no gradient and stay as
-    they were."""
+    """Learn the contexts on unit image ``features`` (N, D) and ``labels``, starting from
+    ``templates``; the classifier (D, C) it ends with. The model's parameters get no
+    gradient and stay as they were."""
     frozen = [p.requires_grad for p in model.parameters()]
     model.requires_grad_(False)
     try:
-        prompts = LearnedPrompts(model, tokenizer, classnames, settings.init)
+        prompts = LearnedPrompts(model, tokenizer, classnames, templates, settings.class_specific)
+        with torch.no_grad():
+            zeroshot = prompts()  # the templates' zero-shot classifier, KgCoOp's anchor
         scale = model.logit_scale.exp().detach()
         generator = torch.Generator().manual_seed(settings.seed)
         steps_per_epoch = math.ceil(len(labels) / settings.batch_size)
         total = settings.epochs * steps_per_epoch
-        optimizer = torch.optim.SGD([prompts.ctx], lr=settings.lr, momentum=0.9)
+        optimizer = torch.optim.SGD(prompts.contexts, lr=settings.lr, momentum=0.9)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(total, 1))
         for _ in range(settings.epochs):
             order = torch.randperm(len(labels), generator=generator)
             for batch in order.split(settings.batch_size):
-                logits = scale * features[batch] @ prompts().t()
-                loss = F.cross_entropy(logits, labels[batch])
+                weights = prompts()
+                loss = F.cross_entropy(scale * features[batch] @ weights, labels[batch])
+                if settings.kg_weight:
+                    distance = (weights - zeroshot).square().sum(dim=0).mean()
+                    loss = loss + settings.kg_weight * distance
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
                 schedule.step()
         with torch.no_grad():
-            return prompts().t().contiguous()
+            return prompts().contiguous()
     finally:
         for p, flag in zip(model.parameters(), frozen, strict=True):
             p.requires_grad_(flag)
@@ -208,19 +239,22 @@ def few_shot(
     train: tuple[Tensor, Tensor],
     test: tuple[Tensor, Tensor],
     shots: Sequence[int],
+    templates: Sequence[str] = (),
     prompt_settings: PromptTuning = PromptTuning(),
     adapter_search: AdapterSearch = AdapterSearch(),
 ) -> FewShotResult:
     """``method`` ("prompt_tuning" or "adapter") at each K of ``shots``, on unit image
-    features of the train and test splits; ``zeroshot`` (D, C) is the hand-prompted
-    classifier. Metrics: ``zeroshot_acc1`` and ``acc1_{K}shot``."""
+    features of the train and test splits; ``zeroshot`` (D, C) is the classifier of
+    ``templates`` (the prompts prompt tuning starts from). Metrics: ``zeroshot_acc1`` and ``acc1_{K}shot``."""
     (train_x, train_y), (test_x, test_y) = train, test
     metrics = {"zeroshot_acc1": _acc1(test_x @ zeroshot, test_y)}
     details: dict[str, Any] = {"method": method, "seed": prompt_settings.seed, "shots": {}}
+    if method == "prompt_tuning":
+        details["settings"] = asdict(prompt_settings)
     for k in shots:
         support, held = support_and_validation(train_y, k, len(classnames), prompt_settings.seed)
         if method == "prompt_tuning":
-            weights = tune_prompts(model, tokenizer, classnames, train_x[support],
+            weights = tune_prompts(model, tokenizer, classnames, templates, train_x[support],
                                    train_y[support], prompt_settings)  # fmt: skip
             logits = test_x @ weights
             details["shots"][k] = {"support": len(support)}

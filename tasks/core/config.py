@@ -362,11 +362,16 @@ class EvaluateConfig(_Section):
     linear_probe_max_iter: int = Field(1000, gt=0)
     seed: int = 0
     """Linear probe, prompt tuning and adapter: few-shot sampling and solver seed."""
-    prompt_tuning_init: str = "a photo of a"
-    """prompt_tuning: the words whose embeddings start the learned context (CoOp)."""
     prompt_tuning_epochs: int = Field(50, gt=0)
+    """prompt_tuning: the learned contexts start as each template's words before the class
+    name, so before training it is the zero-shot classifier (CoOp, model/adapt.py)."""
     prompt_tuning_lr: float = Field(0.002, gt=0)
     prompt_tuning_batch_size: int = Field(32, gt=0)
+    prompt_tuning_kg_weight: float = Field(8.0, ge=0)
+    """prompt_tuning: KgCoOp's weight on the distance of the learned class embeddings from
+    the zero-shot ones (0: plain CoOp)."""
+    prompt_tuning_class_specific: bool = True
+    """prompt_tuning: one context per class (CoOp's CSC); false shares one by all classes."""
     adapter_alphas: list[float] = Field(
         default_factory=lambda: [0.1, 0.3, 1.0, 3.0, 10.0], min_length=1
     )

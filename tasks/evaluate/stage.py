@@ -217,11 +217,13 @@ def _few_shot(
     train = WdsEvalDataset(info, spec.train_split, lm.transform, options)
     train_xy = image_features(lm.model, _loader(train, cfg), lm.device)
     test_xy = image_features(lm.model, _loader(test, cfg), lm.device)
-    settings = PromptTuning(e.prompt_tuning_init, e.prompt_tuning_epochs, e.prompt_tuning_lr,
-                            e.prompt_tuning_batch_size, e.seed)  # fmt: skip
+    settings = PromptTuning(e.prompt_tuning_epochs, e.prompt_tuning_lr,
+                            e.prompt_tuning_batch_size, e.prompt_tuning_kg_weight,
+                            e.prompt_tuning_class_specific, e.seed)  # fmt: skip
     result = few_shot(
         spec.task, lm.model.cpu(), lm.tokenizer, classnames, zeroshot, train_xy, test_xy,
-        spec.shots, settings, AdapterSearch(tuple(e.adapter_alphas), tuple(e.adapter_betas)),
+        spec.shots, templates, settings,
+        AdapterSearch(tuple(e.adapter_alphas), tuple(e.adapter_betas)),
     )  # fmt: skip
     lm.model.to(lm.device)
     samples = {spec.train_split: len(train_xy[1]), spec.split: len(test_xy[1])}

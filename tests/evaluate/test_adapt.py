@@ -1,12 +1,12 @@
 """Few-shot adaptation (model.adapt) on the small Fashion-MNIST set with a briefly trained
-tiny CLIP. Both methods leave the towers' weights unchanged and repeat exactly with the same
-seed; the evaluate stage writes their rows and choices.
+tiny CLIP. Both methods leave the towers' weights unchanged, repeat exactly with the same
+seed and beat the zero-shot classifier at 16 shots by MARGIN; the evaluate stage writes
+their rows and choices.
 
-- The Tip-Adapter cache beats the zero-shot classifier at 16 shots by MARGIN.
-- Prompt tuning fits its support set better than the hand prompt it starts from. It does not
-  beat the 12-prompt zero-shot ensemble on the test split here, nor on the demo's model
-  (bench/bench_adapt.py): this tiny model's text tower, 30 steps trained, maps every prompt
-  to nearly the same feature, so no context moves one class away from another by much.
+This model's text tower, 30 steps trained, maps every prompt to nearly the same feature:
+a context shared by all classes cannot move one class away from another (measured: at
+most +2 points, often below zero-shot), so prompt tuning runs here with one context per
+class (the default, CoOp's class-specific context) and a larger step than CoOp's 0.002.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from demo.benchmark_sets import FASHION_MNIST_TEMPLATES
 from model import create_model, get_tokenizer, image_transform, load_checkpoint
 from model.adapt import FEW_SHOT, AdapterSearch, PromptTuning, few_shot, tune_prompts
 from model.eval_data import WdsEvalDataset, make_loader, read_dataset_info
@@ -29,8 +30,9 @@ from tasks.evaluate.stage import run_evaluate
 from tests.finished_stages import record_finished
 
 MARGIN = 0.04
-"""The adapter at 16 shots beats zero-shot by at least 4 points (measured: 22.9% -> 29.2%)."""
-TUNING = PromptTuning(epochs=50, lr=0.2)
+"""Both methods at 16 shots beat zero-shot (22.9%) by at least 4 points (measured: prompt
+tuning 28.3%, the adapter 29.2%)."""
+TUNING = PromptTuning(epochs=20, lr=2.0)
 
 
 @pytest.fixture(scope="module")
@@ -59,39 +61,37 @@ def _weights_digest(model: torch.nn.Module) -> str:
 
 
 @pytest.mark.parametrize("method", FEW_SHOT)
-def test_the_towers_stay_unchanged_and_a_seed_repeats(setting, method) -> None:
+def test_16_shots_beat_zero_shot_the_towers_stay_unchanged_and_a_seed_repeats(
+    setting, method
+) -> None:
     model, tokenizer, classnames, zeroshot, xy = setting
+    templates = list(FASHION_MNIST_TEMPLATES)
     before = _weights_digest(model)
     grads = [p.requires_grad for p in model.parameters()]
 
-    def run():
+    def run(shots: tuple[int, ...]):
         return few_shot(method, model, tokenizer, classnames, zeroshot, xy["train"], xy["test"],
-                        (1, 16), TUNING, AdapterSearch())  # fmt: skip
+                        shots, templates, TUNING, AdapterSearch())  # fmt: skip
 
-    first, second = run(), run()
-    metrics = first.metrics
-    if method == "adapter":
-        assert metrics["acc1_16shot"] >= metrics["zeroshot_acc1"] + MARGIN, metrics
+    metrics = run((1, 16)).metrics
+    assert metrics["acc1_16shot"] >= metrics["zeroshot_acc1"] + MARGIN, metrics
     assert _weights_digest(model) == before  # byte for byte
     assert [p.requires_grad for p in model.parameters()] == grads
-    assert second.metrics == metrics  # the same seed, the same accuracy
+    # The same seed, the same accuracy (1 shot: a repeat of 16 would double this test's time).
+    assert run((1,)).metrics["acc1_1shot"] == metrics["acc1_1shot"]
 
 
-def test_prompt_tuning_fits_its_support_set_better_than_its_starting_prompt(setting) -> None:
-    model, tokenizer, classnames, _, xy = setting
+def test_prompt_tuning_starts_as_the_zero_shot_classifier(setting) -> None:
+    model, tokenizer, classnames, zeroshot, xy = setting
     x, y = xy["train"]
-    support = fewshot_indices(y, 16, len(classnames), seed=0)
-    x, y = x[support], y[support]
-    hand = zeroshot_classifier(model, tokenizer, classnames, [f"{TUNING.init} {{c}}."])
-    tuned = tune_prompts(model, tokenizer, classnames, x, y, TUNING)
-
-    def fit(weights: torch.Tensor) -> tuple[float, float]:
-        logits = model.logit_scale.exp().detach() * x @ weights
-        loss = float(torch.nn.functional.cross_entropy(logits, y))
-        return loss, float((logits.argmax(dim=-1) == y).float().mean())
-
-    (hand_loss, hand_acc), (tuned_loss, tuned_acc) = fit(hand), fit(tuned)
-    assert tuned_loss < hand_loss - 0.05 and tuned_acc > hand_acc, (hand_loss, tuned_loss)
+    support = fewshot_indices(y, 1, len(classnames), seed=0)
+    templates = list(FASHION_MNIST_TEMPLATES)
+    untrained = tune_prompts(model, tokenizer, classnames, templates, x[support], y[support],
+                             PromptTuning(epochs=0))  # fmt: skip
+    torch.testing.assert_close(untrained, zeroshot, rtol=0, atol=1e-6)
+    trained = tune_prompts(model, tokenizer, classnames, templates, x[support], y[support],
+                           TUNING)  # fmt: skip
+    assert (trained - zeroshot).abs().max() > 1e-3  # and then it moves
 
 
 def test_the_adapter_chooses_on_held_out_train_images_only(setting) -> None:
