@@ -1,20 +1,23 @@
 """JPEGs decoded as a batch on a torch device (``train.decode_device: cuda``): on the CPU the
-same code path (torchvision's decoder, torch's resize) must give PIL's batches, and asking
-for a GPU where none is visible is refused before training starts."""
+same code path (torchvision's decoder, torch's float resize) must give the readers' batches
+(PIL's decoder, torch's uint8 resize), both PIL's resize to within rounding; asking for a
+GPU where none is visible is refused before training starts."""
 
 from __future__ import annotations
 
 import io
 import json
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from demo.offline_data import emoji, fashion_mnist
 from demo.train_shards import web_image
-from model.data import LoaderConfig, TrainLoader, read_shard_list
+from model.data import LoaderConfig, TrainLoader, _crop_box, read_shard_list, resize_crop
 from model.tario import SampleWriter
 from model.train import Distributed, train
 from model.train_config import TrainRun
@@ -40,7 +43,18 @@ def web_shard(folder: Path) -> Path:
     return folder
 
 
-def test_batched_tensor_decode_gives_pils_batches(tmp_path: Path) -> None:
+def test_the_uint8_resize_is_pils_to_within_rounding() -> None:
+    images, _ = fashion_mnist("test")
+    rng = random.Random(0)
+    for i in range(8):
+        image = web_image(Image.fromarray(images[i]), 256)
+        box = _crop_box(rng, 256, 256, (0.5, 1.0))
+        want = np.asarray(image.resize((224, 224), Image.Resampling.BICUBIC, box=box))
+        diff = np.abs(resize_crop(image, box, 224).astype(int) - want)
+        assert diff.max() <= 8 and diff.mean() < 0.02
+
+
+def test_batched_tensor_decode_gives_the_readers_batches(tmp_path: Path) -> None:
     shards, sizes = read_shard_list(str(web_shard(tmp_path / "shards")), {})
     base = LoaderConfig(shards, sizes, batch_size=10, image_size=224, context_length=16,
                         shuffle_buffer=0, crop_scale=(0.5, 1.0), hflip=True, seed=1)  # fmt: skip
@@ -50,7 +64,7 @@ def test_batched_tensor_decode_gives_pils_batches(tmp_path: Path) -> None:
         (want, want_texts), (got, got_texts) = pil.next_batch(), tensor.next_batch()
         assert torch.equal(got_texts, want_texts) and got.shape == want.shape == (10, 224, 224, 3)
         # Same decoder output (libjpeg-turbo both ways) and the same bicubic kernel: only
-        # PIL's fixed-point rounding differs, by a few levels on rare edge pixels.
+        # the rounding differs, by a few levels on rare edge pixels.
         diff = (got.int() - want.int()).abs()
         assert diff.max() <= 8 and diff.float().mean() < 0.02
         if batch == 0:
