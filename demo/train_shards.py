@@ -1,5 +1,6 @@
-"""Training shards from real images: Fashion-MNIST with class-name captions, in the shard
-stage's layout (``000000.tar`` ... with ``{key}.jpg``/``.txt``/``.json``, ``sizes.json``)."""
+"""Training shards from real images, in the shard stage's layout (``000000.tar`` ... with
+``{key}.jpg``/``.txt``/``.json``, ``sizes.json``): Fashion-MNIST with class-name captions,
+and web-sized images for loader benchmarks (``write_web_shards``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from demo.offline_data import FASHION_MNIST_CLASSES, fashion_mnist
+from demo.offline_data import FASHION_MNIST_CLASSES, clipart, emoji, fashion_mnist
 from model.tario import SampleWriter
 
 TEMPLATES = ("a photo of a {}", "a {}", "a picture of a {}", "a product photo of a {}")
@@ -54,6 +55,64 @@ def write_fashion_shards(
                         "json": json.dumps({"label": label}).encode(),
                     },
                 )
+        sizes[name] = count
+    (folder / "sizes.json").write_text(json.dumps(sizes))
+    return sizes
+
+
+def web_image(image: Image.Image, size: int) -> Image.Image:
+    """``image`` as img2dataset's ``center_crop`` writes it (``configs/production.yaml``):
+    RGB (transparency on white), short side resized to ``size``, centre-cropped square."""
+    if image.mode in ("RGBA", "LA", "P"):
+        rgba = image.convert("RGBA")
+        image = Image.new("RGB", rgba.size, (255, 255, 255))
+        image.paste(rgba, mask=rgba.getchannel("A"))
+    image = image.convert("RGB")
+    scale = size / min(image.size)
+    width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+    image = image.resize((width, height), Image.Resampling.BICUBIC)
+    left, top = (width - size) // 2, (height - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def write_web_shards(
+    folder: Path,
+    samples: int,
+    per_shard: int,
+    size: int = 256,
+    qualities: tuple[int, ...] = (75, 80, 85, 90),
+) -> dict[str, int]:
+    """``samples`` real images at web size as JPEG shards, for loader benchmarks at 224 px:
+    clipart, emoji and Fashion-MNIST in turn (``demo.offline_data``), upscaled to ``size``
+    px squares the way the download stage stores them (``web_image``) and re-encoded at a
+    web-typical JPEG quality (``qualities`` in turn; 4:2:0 chroma, as most web JPEGs).
+    Returns sizes.json's content."""
+    arts = clipart(limit=max(1, samples // 3 + 1))
+    emojis = emoji()
+    fashion, labels = fashion_mnist("train")
+    folder.mkdir(parents=True, exist_ok=True)
+    sizes: dict[str, int] = {}
+    for start in range(0, samples, per_shard):
+        name = f"{start // per_shard:06d}.tar"
+        count = min(per_shard, samples - start)
+        with open(folder / name, "wb") as stream, SampleWriter(stream) as sink:
+            for i in range(start, start + count):
+                kind, j = i % 3, i // 3
+                if kind == 0:
+                    path, text = arts[j % len(arts)]
+                    with Image.open(path) as source:
+                        image = web_image(source, size)
+                elif kind == 1:
+                    e = emojis[j % len(emojis)]
+                    with Image.open(e.path) as source:
+                        image = web_image(source, size)
+                    text = f"{e.name} emoji"
+                else:
+                    image = web_image(Image.fromarray(fashion[j % len(fashion)]), size)
+                    text = caption(int(labels[j % len(labels)]), j)
+                buf = io.BytesIO()
+                image.save(buf, format="JPEG", quality=qualities[i % len(qualities)])
+                sink.write(f"{i:09d}", {"jpg": buf.getvalue(), "txt": text.encode()})
         sizes[name] = count
     (folder / "sizes.json").write_text(json.dumps(sizes))
     return sizes

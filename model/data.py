@@ -9,6 +9,10 @@ Each rank runs ``workers`` data-loader processes ("readers"; one in-process read
 - tar members are grouped into samples by key, shuffled in a per-reader buffer, decoded
   (JPEG/PNG/WebP), randomly cropped (and flipped, when asked), and batched; captions are tokenised per
   batch. A sample that does not decode is skipped and counted, never fatal.
+- with ``decode_device`` set (``train.decode_device: cuda``), readers decode only what is not
+  a plain RGB or greyscale JPEG; of the JPEGs they read the header, draw the same crop and
+  flip, and ship the bytes: ``next_batch`` decodes and resizes them on the device in one
+  batch (``model.device_decode``, nvJPEG).
 
 Streams never end, so every rank takes the same number of steps (the number of steps, not
 the data, ends training: no rank waits on a peer that ran out). Randomness comes only from
@@ -28,14 +32,16 @@ import posixpath
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import fsspec
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from model.device_decode import decode_crops, require_device
 from model.tario import IMAGE_EXTENSIONS, image_extension, open_samples
 from model.tokenizer import get_tokenizer
 
@@ -43,6 +49,15 @@ log = logging.getLogger(__name__)
 
 RawSample = tuple[str, dict[str, bytes]]  # (shard/key, {extension: bytes})
 _MEMBERS = (*IMAGE_EXTENSIONS, "txt")
+_GPU_MODES = ("RGB", "L")  # JPEGs the device decodes; CMYK and others stay with PIL
+
+
+class Job(NamedTuple):
+    """A JPEG left to the device: its bytes, crop box (left, top, right, bottom), flip."""
+
+    data: bytes
+    box: tuple[int, int, int, int]
+    flip: bool
 
 
 @dataclass(frozen=True)
@@ -63,6 +78,8 @@ class LoaderConfig:
     hflip: bool = False
     vocab: str | None = None
     storage_options: dict[str, Any] = field(default_factory=dict)
+    decode_device: str | None = None
+    """None: readers decode every image (PIL); a torch device: JPEGs are decoded there."""
 
 
 @dataclass
@@ -178,6 +195,32 @@ def decode_size(
     return math.ceil(width * factor), math.ceil(height * factor)
 
 
+def _pack(jobs: dict[int, Job]) -> dict[str, Any]:
+    """A batch's device jobs as tensors and a list of bytes (what a worker pipe carries)."""
+    return {
+        "slots": torch.tensor(list(jobs), dtype=torch.int64),
+        "data": [job.data for job in jobs.values()],
+        "boxes": torch.tensor([job.box for job in jobs.values()], dtype=torch.int64).view(-1, 4),
+        "flips": torch.tensor([job.flip for job in jobs.values()], dtype=torch.bool),
+    }
+
+
+def resize_crop(image: Image.Image, box: tuple[int, int, int, int], size: int) -> np.ndarray:
+    """The ``box`` (left, top, right, bottom) of an RGB image resized to (size, size, 3) uint8,
+    bicubic with antialiasing (PIL's kernel). From 64 px up by torch's uint8 kernel for
+    channels-last images, within a few levels of PIL's ``resize`` and ~4x faster at 224 px
+    (``bench/bench_loader.py --image-size 224``); below, where a torch call costs more than
+    the whole resize, by PIL."""
+    if size < 64:
+        return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC, box=box))
+    left, top, right, bottom = box
+    crop = torch.from_numpy(np.array(image)[top:bottom, left:right]).permute(2, 0, 1)[None]
+    # Channels-last in, so channels-last out: the (S, S, 3) result is then contiguous.
+    crop = crop.contiguous(memory_format=torch.channels_last)
+    resized = F.interpolate(crop, (size, size), mode="bicubic", antialias=True)
+    return resized[0].permute(1, 2, 0).numpy()
+
+
 class ShardStream(IterableDataset):
     """The endless batch stream of every reader of one rank (see the module docstring)."""
 
@@ -225,8 +268,9 @@ class ShardStream(IterableDataset):
                 raise RuntimeError(f"reader {g}: its shards hold no samples: {shards}")
             epoch += 1
 
-    def _decode(self, sample: RawSample, rng: random.Random) -> tuple[np.ndarray, str]:
-        """(S, S, 3) uint8 crop and the caption; raises ValueError on a bad sample."""
+    def _decode(self, sample: RawSample, rng: random.Random) -> tuple[np.ndarray | Job, str]:
+        """(S, S, 3) uint8 crop, or the ``Job`` of a JPEG left to the device, and the caption;
+        raises ValueError on a bad sample."""
         name, members = sample
         ext = image_extension(members)
         if ext is None or "txt" not in members:
@@ -234,11 +278,18 @@ class ShardStream(IterableDataset):
         caption = members["txt"].decode("utf-8").strip()
         size, scale, ratio = self.cfg.image_size, self.cfg.crop_scale, self.cfg.crop_ratio
         with Image.open(io.BytesIO(members[ext])) as img:
+            if (
+                self.cfg.decode_device is not None
+                and img.format == "JPEG"
+                and img.mode in _GPU_MODES
+            ):
+                # The device decodes at full size (no draft): the crop box is drawn on it.
+                box = _crop_box(rng, img.width, img.height, scale, ratio)
+                return Job(members[ext], box, self.cfg.hflip and rng.random() < 0.5), caption
             # JPEG can decode at 1/2..1/8 scale; keep enough pixels for the smallest crop.
             img.draft("RGB", decode_size(img.width, img.height, size, scale, ratio))
             rgb = img.convert("RGB")
-        box = _crop_box(rng, rgb.width, rgb.height, scale, ratio)
-        pixels = np.asarray(rgb.resize((size, size), Image.Resampling.BICUBIC, box=box))
+        pixels = resize_crop(rgb, _crop_box(rng, rgb.width, rgb.height, scale, ratio), size)
         if self.cfg.hflip and rng.random() < 0.5:
             pixels = pixels[:, ::-1]
         return pixels, caption
@@ -256,11 +307,12 @@ class ShardStream(IterableDataset):
             rng = random.Random(f"{cfg.seed}-{g}-{taken}")
             images = np.empty((cfg.batch_size, cfg.image_size, cfg.image_size, 3), np.uint8)
             captions: list[str] = []
+            jobs: dict[int, Job] = {}  # batch slot -> JPEG for the device
             skipped = 0
             for sample in stream:
                 raw += 1
                 try:
-                    images[len(captions)], caption = self._decode(sample, rng)
+                    pixels, caption = self._decode(sample, rng)
                 except (ValueError, OSError, Image.DecompressionBombError) as e:
                     skipped += 1
                     failures_in_a_row += 1
@@ -270,6 +322,10 @@ class ShardStream(IterableDataset):
                         raise RuntimeError(f"reader {g}: no sample decodes; last: {e}") from e
                     continue
                 failures_in_a_row = 0
+                if isinstance(pixels, Job):
+                    jobs[len(captions)] = pixels
+                else:
+                    images[len(captions)] = pixels
                 captions.append(caption)
                 if len(captions) == cfg.batch_size:
                     break
@@ -281,6 +337,7 @@ class ShardStream(IterableDataset):
                 "raw": raw,
                 "taken": taken,
                 "skipped": skipped,
+                "jobs": _pack(jobs),
             }
 
 
@@ -313,9 +370,11 @@ class TrainLoader:
             prefetch_factor=4 if cfg.workers > 0 else None,
         )
         self._iter: Iterator[dict[str, Any]] | None = None
+        self._device = None if cfg.decode_device is None else require_device(cfg.decode_device)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next batch; its reader's progress is recorded in ``position``."""
+        """The next batch; its reader's progress is recorded in ``position``. Images are on
+        ``decode_device`` when one is set, else on the CPU."""
         if self._iter is None:
             self._iter = iter(self._loader)
         batch = next(self._iter)
@@ -323,4 +382,29 @@ class TrainLoader:
         pos.raw[reader], pos.taken[reader] = int(batch["raw"]), int(batch["taken"])
         pos.batches += 1
         pos.skipped += int(batch["skipped"])
-        return batch["images"], batch["texts"]
+        images = batch["images"]
+        if self._device is not None:
+            images, lost = self._decode_jobs(images, batch["jobs"])
+            pos.skipped += lost
+        return images, batch["texts"]
+
+    def _decode_jobs(self, images: torch.Tensor, jobs: dict[str, Any]) -> tuple[torch.Tensor, int]:
+        """The batch on the device with its JPEGs decoded there, and how many did not decode:
+        their slots get a copy of a decoded image (the batch keeps its size; rare, as the
+        reader has already parsed each header)."""
+        assert self._device is not None
+        images = images.to(self._device, non_blocking=True)
+        if not jobs["data"]:
+            return images, 0
+        pixels, ok = decode_crops(
+            jobs["data"], jobs["boxes"], jobs["flips"], self.cfg.image_size, self._device
+        )
+        slots = jobs["slots"].to(self._device)
+        images[slots] = pixels
+        lost = int((~ok).sum())
+        if lost:
+            good = slots[ok.to(self._device)]
+            if len(good) == 0:
+                raise RuntimeError("no JPEG of the batch decodes on " + str(self._device))
+            images[slots[~ok.to(self._device)]] = images[good[0]]
+        return images, lost

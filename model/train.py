@@ -36,6 +36,7 @@ from tqdm import tqdm
 from model.atomic import write_atomic
 from model.clip import CLIP, clamp_logit_scale, create_model
 from model.data import LoaderConfig, LoaderPosition, TrainLoader, read_shard_list, resolve_sampling
+from model.device_decode import require_device
 from model.train_checkpoint import (
     check_resumable,
     find_resume,
@@ -232,6 +233,7 @@ def make_loader(
         hflip=cfg.hflip,
         vocab=cfg.vocab,
         storage_options=cfg.storage_options,
+        decode_device=None if cfg.decode_device == "cpu" else str(env.device),
     )
     return TrainLoader(loader_cfg, env.rank, env.world, position), sum(sizes)
 
@@ -277,6 +279,8 @@ def log_step(
 
 def train(cfg: TrainRun, env: Distributed) -> dict[str, Any]:
     """Run (or resume) training to the configured number of samples; returns the summary."""
+    if cfg.decode_device == "cuda":
+        require_device("cuda")  # refused before anything is built or written
     global_batch = cfg.batch_size * env.world * cfg.accum_steps
     total_steps = max(1, cfg.samples // global_batch)
     state = build_state(cfg, env, total_steps)

@@ -31,12 +31,14 @@ from model.config import ModelConfig, get_model_config
 Precision = Literal["fp32", "amp_bf16", "amp_fp16"]
 Sampling = Literal["auto", "split", "resampled"]
 Loss = Literal["clip", "siglip"]
+DecodeDevice = Literal["cpu", "cuda"]
 # OpenCLIP's --siglip initialisation, for a model config that has no logit bias of its own.
 SIGLIP_INIT_LOGIT_SCALE = math.log(10)
 SIGLIP_INIT_LOGIT_BIAS = -10.0
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 SAMPLING: tuple[str, ...] = get_args(Sampling)
 LOSSES: tuple[str, ...] = get_args(Loss)
+DECODE_DEVICES: tuple[str, ...] = get_args(DecodeDevice)
 
 
 def _integer(value: Any) -> bool:
@@ -73,6 +75,7 @@ _RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "rdzv_port": ("a port number (1-65535)", lambda v: _integer(v) and 0 < v < 65536),
     "precision": (f"one of {PRECISIONS}", lambda v: v in PRECISIONS),
     "sampling": (f"one of {SAMPLING}", lambda v: v in SAMPLING),
+    "decode_device": (f"one of {DECODE_DEVICES}", lambda v: v in DECODE_DEVICES),
 }
 
 
@@ -145,6 +148,11 @@ class TrainConfig:
     """Narrowest crop aspect ratio (width / height) of the random-resized crop."""
     crop_ratio_max: float = 4 / 3
     """Widest crop aspect ratio; images outside the range get the largest crop inside it."""
+    decode_device: DecodeDevice = "cpu"
+    """Where training JPEGs are decoded, cropped and resized. cpu: in the loader's worker
+    processes (PIL); cuda: on this rank's GPU, one nvJPEG call per batch, which leaves the
+    workers only reading, shuffling and tokenising (``model/device_decode.py``). Refused
+    before training starts where no GPU is visible."""
     hflip: bool = False
     """Random horizontal flips. Off, as in CLIP and OpenCLIP: captions name sides ("facing
     left") and flips mirror text and digits."""

@@ -43,7 +43,7 @@ LAUNCH_KEYS = ("nproc_per_node", "nnodes", "rdzv_endpoint", "rdzv_port")
 # verbosely a run goes, not what it learns from. A changed ``samples`` or ``workers`` still
 # reaches model.train, which refuses it (schedule, data order) unless ``force_resume``.
 RESUMABLE_CHANGES = frozenset(
-    {"resume", "force_resume", "samples", "workers", "checkpoint_every_steps",
+    {"resume", "force_resume", "samples", "workers", "decode_device", "checkpoint_every_steps",
      "checkpoint_every_minutes", "log_every_steps", "keep_checkpoints", "timeout_minutes",
      *LAUNCH_KEYS}
 )  # fmt: skip
@@ -189,7 +189,12 @@ def prepare_run(cfg: PipelineConfig, storage: Storage, fresh: bool = False) -> d
 def train(cfg: PipelineConfig, storage: Storage, ctx: RunContext = PLAIN_RUN) -> StageResult:
     """The train stage: run torchrun to completion on this node, its output lines to
     ``ctx.log_line``; return its summary. A forced run discards earlier checkpoints instead
-    of resuming from them."""
+    of resuming from them. ``decode_device: cuda`` on a node without a GPU is refused here,
+    before torchrun starts (``model/train.py`` checks again on each rank)."""
+    if cfg.train.decode_device == "cuda":
+        from model.device_decode import require_device  # torch: only when asked
+
+        require_device("cuda")
     current = prepare_run(cfg, storage, ctx.force)
     with tempfile.TemporaryDirectory(prefix="clipflow-train-") as tmp:
         # torchrun's ranks read the config from a local file, wherever storage lives.
