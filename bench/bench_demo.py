@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,7 @@ from tasks.core.config import ALLOW_PRIVATE_ENV, load_config  # noqa: E402
 RESULTS = REPO / "bench" / "results"
 STAGES = ("crawl", "download", "curate", "shard", "train", "evaluate")
 HEADLINE = "fashion_mnist"
+RESULTS_LOG = "bench-demo-last.log"  # the last run's clipflow output, beside its storage
 _WALL = re.compile(r"wall time ([0-9.]+)s")
 
 
@@ -58,12 +60,21 @@ def load_average() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
-def clipflow(*args: str) -> subprocess.CompletedProcess[str]:
+def clipflow(*args: str) -> tuple[int, str]:
+    """Run the ``clipflow`` CLI in a process group of its own (exit code, output); the group
+    (Prefect's server, torchrun's ranks) dies with the bench if the bench is stopped."""
     exe = Path(sys.executable).with_name("clipflow")
-    return subprocess.run(
-        [str(exe), *args], cwd=REPO, capture_output=True, text=True,
-        env={**os.environ, ALLOW_PRIVATE_ENV: "1"},
+    proc = subprocess.Popen(
+        [str(exe), *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, ALLOW_PRIVATE_ENV: "1"}, start_new_session=True,
     )  # fmt: skip
+    try:
+        output, _ = proc.communicate()
+        return proc.returncode, output
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def web_dir(size: str) -> Path:
@@ -94,11 +105,14 @@ def one_run(config: Path, port: int, size: str, keep: Path | None) -> dict[str, 
         run_yaml.write_text(yaml.safe_dump(run_config(config, root, port), sort_keys=False))
         load_before = load_average()
         started = time.monotonic()
-        done = clipflow("demo", str(run_yaml), "--web-size", size, "--web-dir", str(web_dir(size)))
+        code, output = clipflow(
+            "demo", str(run_yaml), "--web-size", size, "--web-dir", str(web_dir(size))
+        )
         elapsed = time.monotonic() - started
-        if done.returncode != 0:
-            raise RuntimeError(f"clipflow demo failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
-        wall = _WALL.search(done.stdout)
+        (REPO / "data" / RESULTS_LOG).write_text(output)
+        if code != 0:
+            raise RuntimeError(f"clipflow demo failed:\n{output[-3000:]}")
+        wall = _WALL.search(output)
         manifests = {s: json.loads((root / "_manifests" / f"{s}.json").read_text()) for s in STAGES}
         results = json.loads((root / "eval" / "results.json").read_text())["results"]
         run = {
