@@ -40,7 +40,7 @@ from tasks.core.config import ALLOW_PRIVATE_ENV, load_config  # noqa: E402
 RESULTS = REPO / "bench" / "results"
 STAGES = ("crawl", "download", "curate", "shard", "train", "evaluate")
 HEADLINE = "fashion_mnist"
-RESULTS_LOG = "bench-demo-last.log"  # the last run's clipflow output, beside its storage
+RESULTS_LOG = "bench-demo-last.log"  # the last run's clipflow output, under data/
 _WALL = re.compile(r"wall time ([0-9.]+)s")
 
 
@@ -113,17 +113,17 @@ def one_run(config: Path, port: int, size: str, keep: Path | None) -> dict[str, 
         if code != 0:
             raise RuntimeError(f"clipflow demo failed:\n{output[-3000:]}")
         wall = _WALL.search(output)
+        if wall is None:
+            raise RuntimeError(f"clipflow demo printed no wall time:\n{output[-3000:]}")
         manifests = {s: json.loads((root / "_manifests" / f"{s}.json").read_text()) for s in STAGES}
         results = json.loads((root / "eval" / "results.json").read_text())["results"]
+        final_train_rate = manifests["train"]["extra"]["final"]["samples_per_s"]
         run = {
             "stages_s": {s: round(m["timings"]["seconds"], 1) for s, m in manifests.items()},
-            "pipeline_s": float(wall.group(1)) if wall else None,
+            "pipeline_s": float(wall.group(1)),
             "process_s": round(elapsed, 1),
             "acc1": {r["dataset"]: r["metrics"]["acc1"] for r in results if "acc1" in r["metrics"]},
-            "train_samples_per_s": manifests["train"]
-            .get("extra", {})
-            .get("final", {})
-            .get("samples_per_s"),
+            "train_samples_per_s": final_train_rate,
             "kept": manifests["curate"]["counts"]["kept"],
             "load_before": load_before,
             "load_after": load_average(),
