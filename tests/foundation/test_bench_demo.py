@@ -1,0 +1,45 @@
+"""bench/bench_demo.py: each run's config, and the table with the spread between runs."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import yaml
+
+from tasks.core.config import load_config
+
+REPO = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("bench_demo", REPO / "bench" / "bench_demo.py")
+assert _spec is not None and _spec.loader is not None
+bench_demo = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_demo)
+
+
+def test_run_config_moves_storage_and_port_and_still_validates(tmp_path):
+    data = bench_demo.run_config(REPO / "configs" / "demo.yaml", tmp_path / "root", 8799)
+    # Written elsewhere, the config must keep pointing at the repo's benchmark sets.
+    path = tmp_path / "elsewhere" / "demo.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(data))
+    cfg = load_config(path)
+    assert cfg.storage.root == str(tmp_path / "root")
+    assert cfg.crawl.seeds == ["http://127.0.0.1:8799/"]
+    fashion = next(d for d in cfg.evaluate.datasets if d.name == "fashion_mnist")
+    assert fashion.path == str(REPO / ".cache" / "benchmarks" / "fashion_mnist")
+    assert cfg.train == load_config(REPO / "configs" / "demo.yaml").train
+
+
+def _run(seconds: float, acc1: float) -> dict:
+    stages = dict.fromkeys(bench_demo.STAGES, seconds)
+    return {"stages_s": stages, "pipeline_s": 6 * seconds, "acc1": {"fashion_mnist": acc1},
+            "load_before": 2.0, "load_after": 3.0}  # fmt: skip
+
+
+def test_table_has_a_row_per_run_and_the_spread():
+    rows = bench_demo.table([_run(10.0, 0.83), _run(12.5, 0.8512)]).splitlines()
+    assert len(rows) == 2 + 2 + 1  # header, rule, two runs, spread
+    assert rows[2].startswith("| 1 | 10.0 |") and "| 83.00 |" in rows[2]
+    spread = rows[-1].split(" | ")
+    assert spread[0] == "| spread" and spread[1:7] == ["2.5"] * 6
+    assert spread[7] == "15.0" and spread[8] == "2.12"
