@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from PIL import Image
@@ -33,6 +33,28 @@ def write_fashion_shards(
     pixels); samples whose index is in ``corrupt`` get bytes that no image decoder accepts.
     Returns sizes.json's content."""
     images, labels = fashion_mnist("train")
+
+    def sample(i: int) -> dict[str, bytes]:
+        buf = io.BytesIO()
+        image = Image.fromarray(images[offset + i])
+        if size != image.width:
+            image = image.resize((size, size), Image.Resampling.BICUBIC)
+        image.save(buf, format="JPEG", quality=95)
+        label = int(labels[offset + i])
+        return {
+            "jpg": b"\xff\xd8 not really a jpeg" if i in corrupt else buf.getvalue(),
+            "txt": caption(label, i).encode(),
+            "json": json.dumps({"label": label}).encode(),
+        }
+
+    return _write_shards(folder, samples, per_shard, sample)
+
+
+def _write_shards(
+    folder: Path, samples: int, per_shard: int, sample: Callable[[int], dict[str, bytes]]
+) -> dict[str, int]:
+    """Samples ``0..samples-1`` (``sample(i)``: its members) under keys ``{i:09d}``,
+    ``per_shard`` to a tar, and sizes.json; returns sizes.json's content."""
     folder.mkdir(parents=True, exist_ok=True)
     sizes: dict[str, int] = {}
     for start in range(0, samples, per_shard):
@@ -40,21 +62,7 @@ def write_fashion_shards(
         count = min(per_shard, samples - start)
         with open(folder / name, "wb") as stream, SampleWriter(stream) as sink:
             for i in range(start, start + count):
-                buf = io.BytesIO()
-                image = Image.fromarray(images[offset + i])
-                if size != image.width:
-                    image = image.resize((size, size), Image.Resampling.BICUBIC)
-                image.save(buf, format="JPEG", quality=95)
-                data = b"\xff\xd8 not really a jpeg" if i in corrupt else buf.getvalue()
-                label = int(labels[offset + i])
-                sink.write(
-                    f"{i:09d}",
-                    {
-                        "jpg": data,
-                        "txt": caption(label, i).encode(),
-                        "json": json.dumps({"label": label}).encode(),
-                    },
-                )
+                sink.write(f"{i:09d}", sample(i))
         sizes[name] = count
     (folder / "sizes.json").write_text(json.dumps(sizes))
     return sizes
@@ -90,29 +98,23 @@ def write_web_shards(
     arts = clipart(limit=max(1, samples // 3 + 1))
     emojis = emoji()
     fashion, labels = fashion_mnist("train")
-    folder.mkdir(parents=True, exist_ok=True)
-    sizes: dict[str, int] = {}
-    for start in range(0, samples, per_shard):
-        name = f"{start // per_shard:06d}.tar"
-        count = min(per_shard, samples - start)
-        with open(folder / name, "wb") as stream, SampleWriter(stream) as sink:
-            for i in range(start, start + count):
-                kind, j = i % 3, i // 3
-                if kind == 0:
-                    path, text = arts[j % len(arts)]
-                    with Image.open(path) as source:
-                        image = web_image(source, size)
-                elif kind == 1:
-                    e = emojis[j % len(emojis)]
-                    with Image.open(e.path) as source:
-                        image = web_image(source, size)
-                    text = f"{e.name} emoji"
-                else:
-                    image = web_image(Image.fromarray(fashion[j % len(fashion)]), size)
-                    text = caption(int(labels[j % len(labels)]), j)
-                buf = io.BytesIO()
-                image.save(buf, format="JPEG", quality=qualities[i % len(qualities)])
-                sink.write(f"{i:09d}", {"jpg": buf.getvalue(), "txt": text.encode()})
-        sizes[name] = count
-    (folder / "sizes.json").write_text(json.dumps(sizes))
-    return sizes
+
+    def sample(i: int) -> dict[str, bytes]:
+        kind, j = i % 3, i // 3
+        if kind == 0:
+            path, text = arts[j % len(arts)]
+            with Image.open(path) as source:
+                image = web_image(source, size)
+        elif kind == 1:
+            e = emojis[j % len(emojis)]
+            with Image.open(e.path) as source:
+                image = web_image(source, size)
+            text = f"{e.name} emoji"
+        else:
+            image = web_image(Image.fromarray(fashion[j % len(fashion)]), size)
+            text = caption(int(labels[j % len(labels)]), j)
+        buf = io.BytesIO()
+        image.save(buf, format="JPEG", quality=qualities[i % len(qualities)])
+        return {"jpg": buf.getvalue(), "txt": text.encode()}
+
+    return _write_shards(folder, samples, per_shard, sample)
