@@ -36,22 +36,6 @@ fell 7-13 points short of that. The candidate settings (`near_dup_candidate_k: 4
 per view, coarse correlation >= 0.6) lose no copy that verification accepts: the coarse
 similarity of right pairs is at least 0.62 in every pool. Emoji skin-tone variants are not in
 the pool: a recoloured hand correlates with its base emoji like a copy does.
-
-Copies shrunk to 14-20 px (28 px resize) correlated only 0.92-0.99 with their originals,
-below the 0.99 threshold, while the threshold cannot come down (the look-alikes above). So
-verification also compares each whole view blurred (`_BLURS`: sigma 1 and 2 thumbnail
-pixels) with the other image's windows: a shrunk copy meets its original at the copy's own
-resolution, while blurring one of two sharp images does not make them alike (on the demo
-download's 143k candidate pairs the blurs changed no verdict but two: two 28 px renderings of
-one clipart star drawing no longer merge, as the star's look-alikes now crowd it). Measured
-with `--quick` (28 px, before -> after): resize recall 0.76 -> 1.00, jpeg and brightness
-0.93 -> 0.94, padding 0.84 -> 0.86 (its precision 1.000 -> 0.988: letterboxed copies of two
-different trousers merged); the full run at 28 px: resize 0.825 -> 0.960, jpeg 0.943 ->
-0.940, brightness 0.948 and padding 0.895 (precision 0.997) unchanged. A gate that
-rejected pairs with any one cell differing (the residual averaged with its sign over 2x2 to
-4x4 verification cells, so that JPEG noise and blur cancel) was tried for the 28 px emoji
-look-alikes and dropped: JPEG q30, resize and brightness copies reach the same local
-differences (0.2-0.5 standard deviations) as the devils, flags, mages and trays (0.1-0.5).
 """
 
 from __future__ import annotations

@@ -81,18 +81,13 @@ def fashion_sources(per_class: int, rng: np.random.Generator) -> list[Source]:
 
 
 def emoji_sources(n: int, rng: np.random.Generator) -> list[Source]:
-    """``n`` base emoji drawn (no skin-tone variants: see bench/bench_dedup_quality.py), less
-    exact pixel repeats (Google draws some code points alike: the two-adult family 1F46A is
-    1F9D1-200D-1F9D1-200D-1F9D2, pixel for pixel)."""
+    """``n`` base emoji (no skin-tone variants: see bench/bench_dedup_quality.py)."""
     pool = offline_data.emoji()
-    out, seen = [], set()
+    out = []
     for i in rng.choice(len(pool), size=min(n, len(pool)), replace=False):
         e = pool[int(i)]
         with Image.open(e.path) as image:
-            flat = flatten_alpha(image)
-        if flat.tobytes() not in seen:
-            seen.add(flat.tobytes())
-            out.append(Source(flat, "emoji", e.subcategory, f"emoji/{e.unified}"))
+            out.append(Source(flatten_alpha(image), "emoji", e.subcategory, f"emoji/{e.unified}"))
     return out
 
 

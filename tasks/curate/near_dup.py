@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 from PIL import Image
-from scipy.ndimage import gaussian_filter, uniform_filter
+from scipy.ndimage import uniform_filter
 
 from tasks.curate.faiss_device import FaissDevice, on_device
 from tasks.curate.flat_knn import flat_neighbours
@@ -64,10 +64,6 @@ _YCBCR = np.array(
 )
 """RGB -> (Y, Cb, Cr) with chroma centred on grey (JPEG's matrix, without its offsets)."""
 _RGB = np.linalg.inv(_YCBCR).astype(np.float32)
-_BLURS = (0.0, 1.0, 2.0)
-"""Gaussian blurs (sigma, thumbnail pixels) of the whole view that verification also tries:
-a copy shrunk to half size or less has lost its fine detail, and compares with its original
-at the copy's own lower resolution (blurring one side never makes two sharp images alike)."""
 _CHROMA_BLUR = 6
 """Box filter (thumbnail pixels) over the chroma channels before verification: JPEG stores
 colour at half resolution, which at 28 px smears colour edges over several pixels."""
@@ -206,16 +202,13 @@ def _windows(thumbs: np.ndarray) -> np.ndarray:
 
 
 def _full(thumbs: np.ndarray) -> np.ndarray:
-    """(m, T, T, 3) RGB -> the whole view in verification space at each of _BLURS, normalised:
-    (m, len(_BLURS), G*G*3)."""
+    """(m, T, T, 3) RGB -> the whole view in verification space, normalised: (m, G*G*3)."""
     full = _FULL_MATRIX
-    out = np.empty((len(thumbs), len(_BLURS), VERIFY_GRID * VERIFY_GRID * 3), np.float32)
+    out = np.empty((len(thumbs), VERIFY_GRID * VERIFY_GRID * 3), np.float32)
     for first in range(0, len(thumbs), _CHUNK):
         part = _verification_space(thumbs[first : first + _CHUNK])
-        for b, sigma in enumerate(_BLURS):
-            blurred = gaussian_filter(part, (0, sigma, sigma, 0), mode="nearest") if sigma else part
-            cells = np.einsum("gt,mtuc,hu->mghc", full, blurred, full, optimize=True)
-            out[first : first + _CHUNK, b] = _normalised(cells.reshape(len(part), -1))
+        cells = np.einsum("gt,mtuc,hu->mghc", full, part, full, optimize=True)
+        out[first : first + _CHUNK] = _normalised(cells.reshape(len(part), -1))
     return out
 
 
@@ -307,8 +300,7 @@ def _directed_similarity(
     src: np.ndarray, dst_full: np.ndarray, rows: np.ndarray, cols: np.ndarray
 ) -> np.ndarray:
     """For pairs (rows[p], cols[p]): the best correlation between a window of src[rows[p]]
-    and the whole dst_full[cols[p]] at any blur. src: (n, T, T, 3); dst_full: (n', B, D)
-    normalised (``_full``)."""
+    and the whole dst_full[cols[p]]. src: (n, T, T, 3); dst_full: (n', D) normalised."""
     out = np.full(len(rows), -1.0, np.float32)
     order = np.argsort(rows, kind="stable")
     images, starts = np.unique(rows[order], return_index=True)
@@ -317,9 +309,7 @@ def _directed_similarity(
         windows = _windows(src[images[first : first + _CHUNK]])  # (u, W, D)
         for u in range(len(windows)):
             part = order[bounds[first + u] : bounds[first + u + 1]]
-            other = dst_full[cols[part]].reshape(-1, dst_full.shape[-1])  # (p * B, D)
-            scores = (windows[u] @ other.T).reshape(-1, len(part), len(_BLURS))
-            out[part] = scores.max(axis=(0, 2))
+            out[part] = (windows[u] @ dst_full[cols[part]].T).max(axis=0)
     return out
 
 
