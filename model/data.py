@@ -382,20 +382,22 @@ class TrainLoader:
         pos.raw[reader], pos.taken[reader] = int(batch["raw"]), int(batch["taken"])
         pos.batches += 1
         pos.skipped += int(batch["skipped"])
-        images = batch["images"]
+        images, texts = batch["images"], batch["texts"]
         if self._device is not None:
-            images, lost = self._decode_jobs(images, batch["jobs"])
+            images, texts, lost = self._decode_jobs(images, texts, batch["jobs"])
             pos.skipped += lost
-        return images, batch["texts"]
+        return images, texts
 
-    def _decode_jobs(self, images: torch.Tensor, jobs: dict[str, Any]) -> tuple[torch.Tensor, int]:
+    def _decode_jobs(
+        self, images: torch.Tensor, texts: torch.Tensor, jobs: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """The batch on the device with its JPEGs decoded there, and how many did not decode:
-        their slots get a copy of a decoded image (the batch keeps its size; rare, as the
-        reader has already parsed each header)."""
+        their slots get a copy of a decoded sample, its image and its caption (the batch keeps
+        its size; rare, as the reader has already parsed each header)."""
         assert self._device is not None
         images = images.to(self._device, non_blocking=True)
         if not jobs["data"]:
-            return images, 0
+            return images, texts, 0
         pixels, ok = decode_crops(
             jobs["data"], jobs["boxes"], jobs["flips"], self.cfg.image_size, self._device
         )
@@ -406,5 +408,8 @@ class TrainLoader:
             good = slots[ok.to(self._device)]
             if len(good) == 0:
                 raise RuntimeError("no JPEG of the batch decodes on " + str(self._device))
-            images[slots[~ok.to(self._device)]] = images[good[0]]
-        return images, lost
+            bad = slots[~ok.to(self._device)]
+            images[bad] = images[good[0]].clone()
+            texts = texts.clone()
+            texts[bad.cpu()] = texts[good[0].cpu()].clone()
+        return images, texts, lost

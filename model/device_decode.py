@@ -7,7 +7,7 @@ on the GPU. The CPU is left with reading tars, shuffling and tokenising.
 
 The resize is torch's bicubic with antialiasing (Keys' a = -0.5, the kernel PIL uses), so on
 the same decoded pixels the result is PIL's ``resize(BICUBIC, box=...)`` to within rounding
-(``tests/model/test_device_decode.py`` bounds the difference). The decoders themselves may
+(``tests/train/test_device_decode.py`` bounds the difference). The decoders themselves may
 differ slightly (libjpeg-turbo's and nvJPEG's IDCT and chroma upsampling).
 """
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +89,34 @@ def test_cuda_decode_without_a_gpu_is_refused_before_training(
     shards, sizes = read_shard_list(str(web_shard(tmp_path / "shards")), {})
     with pytest.raises(ValueError, match=no_gpu):
         TrainLoader(LoaderConfig(shards, sizes, 4, 224, 16, decode_device="cuda"), 0, 1)
+
+
+def test_a_jpeg_that_fails_on_the_device_leaves_no_caption_with_another_image(tmp_path: Path):
+    """A JPEG whose header parses (so the reader leaves it to the device) but whose data is
+    cut short: its slot is refilled from a decoded sample, image *and* caption, never the
+    image alone."""
+    folder = web_shard(tmp_path / "shards")
+    tar = folder / "000000.tar"
+    samples: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(tar) as archive:
+        for member in archive.getmembers():
+            key, ext = member.name.split(".", 1)
+            samples.setdefault(key, {})[ext] = archive.extractfile(member).read()  # type: ignore[union-attr]
+    with open(tar, "wb") as stream, SampleWriter(stream) as sink:
+        for key, members in samples.items():
+            if key == "0005":
+                sos = members["jpg"].index(b"\xff\xda")
+                members = {**members, "jpg": members["jpg"][: sos + 20]}  # header intact
+            sink.write(key, members)
+    shards, sizes = read_shard_list(str(folder), {})
+    loader = TrainLoader(LoaderConfig(shards, sizes, batch_size=20, image_size=224,
+                                      context_length=16, shuffle_buffer=0,
+                                      decode_device="cpu"), 0, 1)  # fmt: skip
+    images, texts = loader.next_batch()
+    assert loader.position.skipped == 1
+    pairs = [
+        (i, j) for i in range(20) for j in range(i + 1, 20) if torch.equal(images[i], images[j])
+    ]
+    assert pairs, "the failed slot holds a copy of a decoded image"
+    for i, j in pairs:
+        assert torch.equal(texts[i], texts[j]), (i, j)
