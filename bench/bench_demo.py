@@ -5,8 +5,9 @@ storage root, with the demo web and the benchmark sets already built (the set-up
 once before the first run and not counted in the pipeline's time). The pipeline wall time is
 the one ``clipflow demo`` prints (serving the web, the Prefect flow, the summary); the stage
 times come from the stage manifests. The spread (max - min over runs) tells how far two
-fresh runs differ: wall times on a shared machine, and accuracy, which two fresh runs of
-the same code on the same web should reproduce.
+fresh runs differ: wall times on a shared machine, and accuracy, which moves by about a point
+when curate keeps a slightly different set (README: 84.28% twice, then 83.29% with one more
+near-duplicate drop).
 
     .venv/bin/python bench/bench_demo.py [--runs 2] [--config configs/demo.yaml] [--port 8765]
     .venv/bin/python bench/bench_demo.py --runs 1 --web-size test   # a quick try, ~300 images
