@@ -37,6 +37,7 @@ from tasks.curate.near_dup import (
     image_thumbnail,
     near_duplicate_pairs,
     thumbnails_array,
+    thumbnails_resolution,
 )
 from tasks.curate.phash import flatten_alpha
 
@@ -223,8 +224,9 @@ def score_pool(
     copies = [TRANSFORM_FUNCTIONS[transform](render(s, size), rng) for s in sources]
     images = originals + copies
     started = time.perf_counter()
-    thumbs = thumbnails_array([image_thumbnail(im) for im in images])
-    rows, cols, sims = near_duplicate_pairs(thumbs, cfg)
+    blobs = [image_thumbnail(im) for im in images]
+    thumbs, resolution = thumbnails_array(blobs), thumbnails_resolution(blobs)
+    rows, cols, sims = near_duplicate_pairs(thumbs, cfg, resolution)
     seconds = time.perf_counter() - started
     n_orig = len(originals)
     right = (cols >= n_orig) & (rows == cols - n_orig)

@@ -10,6 +10,11 @@ SELECT
     r.caption_norm,
     r.phash,
     r.thumb,
+    -- The share of the stored image's pixels across that are the web image's own: below 1
+    -- where the download upscaled it (tasks.curate.near_dup.thumbnails_resolution).
+    coalesce(least(1.0, greatest(r.original_width::DOUBLE / nullif(r.image_width, 0),
+                                 r.original_height::DOUBLE / nullif(r.image_height, 0))),
+             1.0) AS native_detail,
     NOT (r.drop_caption_missing OR r.drop_caption_invalid_utf8 OR r.drop_caption_too_short
         OR r.drop_caption_too_long OR r.drop_caption_boilerplate OR r.drop_image_too_small
         OR r.drop_aspect_ratio OR r.drop_language OR r.drop_url_blocked OR r.drop_clip_score

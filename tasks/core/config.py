@@ -238,6 +238,14 @@ class CurateConfig(_Section):
     near_dup_min_similarity: float = Field(0.99, ge=-1, le=1)
     """Verified similarity (best windowed colour correlation, tasks.curate.near_dup) at or
     above which two images are near-duplicates; calibrated by bench/bench_dedup_quality.py."""
+    near_dup_band_min_similarity: float = Field(0.975, ge=-1, le=1)
+    """Pairs from here up to near_dup_min_similarity are near-duplicates too when what differs
+    between them is spread over the picture (noise, as re-encoding and brightness changes
+    leave), not gathered in one place (a changed detail): see
+    near_dup_max_residual_concentration."""
+    near_dup_max_residual_concentration: float = Field(0.25, ge=0, le=1)
+    """Largest share of a band pair's residual (after the best brightness/contrast fit) that
+    one block of a quarter of the side by a quarter may hold."""
     near_dup_max_distance_ratio: float = Field(0.15, gt=0)
     """Ratio test: a pair's distance (1 - similarity) must be at most this times each image's
     distance to its near_dup_ratio_rank-th closest other candidate (look-alike crowds fail)."""

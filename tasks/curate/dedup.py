@@ -41,7 +41,8 @@ from tasks.curate.near_dup import (
     cross_matches,
     pair_similarity,
     thumbnails_array,
-    verified,
+    thumbnails_resolution,
+    verify,
 )
 from tasks.curate.phash import HASH_BYTES
 
@@ -230,6 +231,8 @@ def match_config(cfg: CurateConfig) -> MatchConfig:
     """The near-duplicate matcher's thresholds, from the curate config."""
     return MatchConfig(
         min_similarity=cfg.near_dup_min_similarity,
+        band_min_similarity=cfg.near_dup_band_min_similarity,
+        max_residual_concentration=cfg.near_dup_max_residual_concentration,
         candidate_k=cfg.near_dup_candidate_k,
         candidate_min_similarity=cfg.near_dup_candidate_min_similarity,
         max_distance_ratio=cfg.near_dup_max_distance_ratio,
@@ -260,10 +263,12 @@ def run_dedup(
     frame = run_sql(con, "curate/dedup_candidates_ordered").fetchnumpy()
     rids, keys = np.asarray(frame["rid"], np.int64), np.asarray(frame["key"], object)
     near = match_config(cfg)
-    thumbs = thumbnails_array(list(frame["thumb"]))
+    blobs = list(frame["thumb"])
+    thumbs = thumbnails_array(blobs)
+    resolution = thumbnails_resolution(blobs, np.asarray(frame["native_detail"], np.float64))
     rows, cols = _near_candidates(thumbs, cfg, near, map_tasks, workdir)
-    sims = pair_similarity(thumbs, thumbs, rows, cols)
-    duplicate = verified(rows, cols, sims, near)
+    sims = pair_similarity(thumbs, thumbs, rows, cols, resolution, resolution)
+    duplicate = verify(thumbs, thumbs, rows, cols, sims, near, resolution, resolution)
     _register_near_pairs(con, rids[rows], rids[cols], sims, duplicate)
     rows, cols = rows[duplicate], cols[duplicate]
     outcome.pairs["near_duplicate"] = int(duplicate.sum())
@@ -346,12 +351,16 @@ def decontamination_matches(
     eval_thumbs: np.ndarray,
     eval_labels: list[str],
     cfg: MatchConfig,
+    train_resolution: np.ndarray | None = None,
+    eval_resolution: np.ndarray | None = None,
 ) -> dict[int, str]:
     """{train row index: eval image label} for training images that the near-duplicate
-    matcher pairs with an evaluation image (thumbnails as ``thumbnails_array`` gives them)."""  # fmt: skip
+    matcher pairs with an evaluation image (thumbnails as ``thumbnails_array`` gives them,
+    resolutions as ``thumbnails_resolution``)."""  # fmt: skip
     if len(train_thumbs) == 0 or len(eval_thumbs) == 0:
         return {}
-    rows, cols, sims = cross_matches(train_thumbs, eval_thumbs, cfg)
+    rows, cols, sims = cross_matches(train_thumbs, eval_thumbs, cfg, train_resolution,
+                                     eval_resolution)  # fmt: skip
     matches: dict[int, str] = {}
     for i in np.argsort(-sims, kind="stable"):  # each training image names its closest match
         matches.setdefault(int(rows[i]), eval_labels[int(cols[i])])

@@ -48,6 +48,7 @@ from tasks.curate.near_dup import (
     THUMBNAIL_VERSION,
     image_thumbnail,
     thumbnails_array,
+    thumbnails_resolution,
 )
 from tasks.curate.rules import apply_rules, combine
 
@@ -146,8 +147,8 @@ def _embeddings_by_rid(storage: Storage, parts: list[str]) -> Callable[[np.ndarr
     return lookup
 
 
-def eval_image_thumbnails(cfg: PipelineConfig, storage: Storage) -> tuple[np.ndarray, list[str]]:
-    """Matching thumbnails (``thumbnails_array``) of every image in the evaluate stage's
+def eval_image_thumbnails(cfg: PipelineConfig, storage: Storage) -> tuple[list[bytes], list[str]]:
+    """Matching thumbnails (``image_thumbnail`` blobs) of every image in the evaluate stage's
     datasets (CLIP_benchmark WebDataset layout ``{path}/{split}/*.tar``), with labels
     ``dataset/sample``. Each dataset's thumbnails are cached under ``curate/_eval_thumbs/``,
     keyed by the digest of its tars' bytes and the thumbnail format, so a rerun decodes
@@ -166,7 +167,7 @@ def eval_image_thumbnails(cfg: PipelineConfig, storage: Storage) -> tuple[np.nda
         thumbs, names = _dataset_thumbnails(files, cache, storage)
         blobs += [row.tobytes() for row in thumbs]
         labels += [f"{dataset.name}/{name}" for name in names]
-    return thumbnails_array(blobs), labels
+    return blobs, labels
 
 
 def _dataset_thumbnails(
@@ -216,18 +217,21 @@ def _decontaminate(
     flags = np.zeros(n, dtype=bool)
     match: list[str | None] = [None] * n
     if cfg.curate.decontaminate and cfg.evaluate.datasets:
-        eval_thumbs, eval_labels = eval_image_thumbnails(cfg, storage)
+        eval_blobs, eval_labels = eval_image_thumbnails(cfg, storage)
         rows = run_sql(con, "curate/hashed_rows").fetchnumpy()
         rids = np.asarray(rows["rid"], dtype=np.int64)
+        train_blobs = list(rows["thumb"])
         found = decontamination_matches(
-            thumbnails_array(list(rows["thumb"])), eval_thumbs, eval_labels,
+            thumbnails_array(train_blobs), thumbnails_array(eval_blobs), eval_labels,
             match_config(cfg.curate),
+            thumbnails_resolution(train_blobs, np.asarray(rows["native_detail"], np.float64)),
+            thumbnails_resolution(eval_blobs),
         )  # fmt: skip
         for i, label in found.items():
             flags[rids[i]] = True
             match[rids[i]] = label
         log.info("decontamination: %d training images match %d eval images", len(found),
-                 len(eval_thumbs))  # fmt: skip
+                 len(eval_blobs))  # fmt: skip
     return pa.table(
         {"rid": pa.array(np.arange(n), pa.int64()), "drop_eval_contamination": flags,
          "eval_match": pa.array(match, pa.string())}

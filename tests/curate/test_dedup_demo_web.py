@@ -17,7 +17,12 @@ from demo.offline_data import fashion_mnist
 from flows.demo import ensure_demo_web
 from tasks.core.config import CurateConfig
 from tasks.curate.dedup import match_config
-from tasks.curate.near_dup import image_thumbnail, near_duplicate_pairs, thumbnails_array
+from tasks.curate.near_dup import (
+    image_thumbnail,
+    near_duplicate_pairs,
+    thumbnails_array,
+    thumbnails_resolution,
+)
 from tasks.curate.phash import flatten_alpha
 
 DOWNLOAD_SIDE = 28  # configs/demo.yaml download.image_size, resize_mode center_crop
@@ -30,16 +35,23 @@ def _as_downloaded(path: Path) -> Image.Image:
                             Image.Resampling.LANCZOS)  # fmt: skip
 
 
+def _native_detail(path: Path) -> float:
+    """As sql/curate/dedup_candidates.sql: the web image's side over the downloaded one's."""
+    with Image.open(path) as image:
+        return min(1.0, max(image.width, image.height) / DOWNLOAD_SIDE)
+
+
 @pytest.fixture(scope="module")
 def demo_groups():
     site = ensure_demo_web()
     planted = json.loads((site / "planted.json").read_text())
     paths = sorted({p["url"] for p in planted["pairs"] if p["url"].startswith("/img/")})
     paths = [p for p in paths if p.endswith((".png", ".jpg"))]
-    thumbs = thumbnails_array(
-        [image_thumbnail(_as_downloaded(site / p.lstrip("/"))) for p in paths]
-    )
-    rows, cols, _ = near_duplicate_pairs(thumbs, match_config(CurateConfig()))
+    files = [site / p.lstrip("/") for p in paths]
+    blobs = [image_thumbnail(_as_downloaded(f)) for f in files]
+    resolution = thumbnails_resolution(blobs, np.array([_native_detail(f) for f in files]))
+    rows, cols, _ = near_duplicate_pairs(thumbnails_array(blobs), match_config(CurateConfig()),
+                                         resolution)  # fmt: skip
     graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(paths), len(paths)))
     _, labels = connected_components(graph, directed=False)
     return planted, dict(zip(paths, labels.tolist(), strict=True)), paths

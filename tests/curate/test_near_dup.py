@@ -5,14 +5,25 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from demo import offline_data
 from demo.offline_data import fashion_mnist
+from tasks.core.config import CurateConfig
+from tasks.curate.dedup import match_config
 from tasks.curate.features import FEATURE_SCHEMA, inspect_image
-from tasks.curate.phash import phash64
+from tasks.curate.near_dup import (
+    image_thumbnail,
+    near_duplicate_pairs,
+    pair_similarity,
+    thumbnails_array,
+    thumbnails_resolution,
+)
+from tasks.curate.phash import flatten_alpha, phash64
 
 
 def _png(image: Image.Image) -> bytes:
@@ -44,3 +55,32 @@ def test_hash_column_round_trips_exactly_through_parquet(tmp_path):
                  pd.read_parquet(path)["phash"].tolist()):  # fmt: skip
         assert read[-1] is None or pd.isna(read[-1])
         assert [_stored_hash(v) for v in read[:-1]] == expected
+
+
+def _emoji_28px(unified: str) -> Image.Image:
+    """A Google emoji as the demo downloads it: 28 px, transparency on white."""
+    (entry,) = [e for e in offline_data.emoji() if e.unified == unified]
+    with Image.open(entry.path) as image:
+        return flatten_alpha(image).convert("RGB").resize((28, 28), Image.Resampling.LANCZOS)
+
+
+def test_the_band_keeps_spread_differences_and_refuses_a_changed_detail():
+    """Between near_dup_band_min_similarity and near_dup_min_similarity a pair is a duplicate
+    only when what differs is spread over the picture: a 28 px emoji re-encoded at JPEG
+    quality 30 is one; distinct emoji drawn alike (a man and a woman guard, two astronauts, a
+    cat and a wry cat) differ in one place and stay apart, at the same similarities."""
+    original = _emoji_28px("1F192")
+    buf = io.BytesIO()
+    original.save(buf, format="JPEG", quality=30)
+    images = [original, Image.open(io.BytesIO(buf.getvalue())).convert("RGB")]
+    alike = [("1F482-200D-2642-FE0F", "1F482-200D-2640-FE0F"),
+             ("1F9D1-200D-1F680", "1F469-200D-1F680"), ("1F63C", "1F431")]  # fmt: skip
+    images += [_emoji_28px(code) for pair in alike for code in pair]
+    blobs = [image_thumbnail(image) for image in images]
+    thumbs, resolution = thumbnails_array(blobs), thumbnails_resolution(blobs)
+    cfg = match_config(CurateConfig())
+    pairs = np.array([(0, 1), (2, 3), (4, 5), (6, 7)])
+    sims = pair_similarity(thumbs, thumbs, pairs[:, 0], pairs[:, 1], resolution, resolution)
+    assert ((sims >= cfg.band_min_similarity) & (sims < cfg.min_similarity)).all(), sims
+    rows, cols, _ = near_duplicate_pairs(thumbs, cfg, resolution)
+    assert list(zip(rows.tolist(), cols.tolist(), strict=True)) == [(0, 1)]

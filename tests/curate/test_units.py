@@ -14,7 +14,7 @@ from PIL import Image
 
 from demo.offline_data import fashion_mnist
 from tasks.core.config import CurateConfig
-from tasks.core.sql import SQL_DIR, bind, load_sql
+from tasks.core.sql import SQL_DIR, bind, load_sql, run_sql
 from tasks.curate import dedup
 from tasks.curate.dedup import (
     BinaryIndexSpec,
@@ -26,7 +26,7 @@ from tasks.curate.dedup import (
     survivors_of,
 )
 from tasks.curate.features import FEATURE_SCHEMA, decode_caption, inspect_image, normalise_caption
-from tasks.curate.near_dup import image_thumbnail, thumbnails_array
+from tasks.curate.near_dup import image_thumbnail, thumbnails_array, thumbnails_resolution
 from tasks.curate.phash import hamming, hashes_to_bytes, phash64
 from tasks.curate.rules import RULES, apply_rules
 
@@ -145,6 +145,56 @@ def test_decontamination_matches_name_the_eval_image():
         match_config(CurateConfig()),
     )
     assert found == {0: "e/3", 2: "e/7"}
+
+
+def test_a_copy_shrunk_on_the_web_is_compared_at_its_own_resolution():
+    """A 28 px garment shrunk to 14 px on the web, then upscaled to 28 px by the download,
+    lost half its detail: sharp, it does not pass verification against its original; compared
+    at 14 px, it does. The download's sizes say so (``native_detail``, 14/28). (The band of
+    lower similarities is off here: it would accept this copy sharp too.)"""
+    images, _ = fashion_mnist("test")
+    evals = [Image.fromarray(images[k]) for k in range(40)]
+    shrunk = evals[5].resize((14, 14), Image.Resampling.BICUBIC)
+    downloaded = shrunk.resize((28, 28), Image.Resampling.BICUBIC)
+    train_blobs, eval_blobs = [image_thumbnail(downloaded)], [image_thumbnail(p) for p in evals]
+    args = (thumbnails_array(train_blobs), thumbnails_array(eval_blobs),
+            [f"e/{k}" for k in range(40)],
+            match_config(CurateConfig(near_dup_band_min_similarity=1.0)))  # fmt: skip
+    assert decontamination_matches(*args) == {}  # sharp: the lost detail looks like a change
+    found = decontamination_matches(
+        *args, thumbnails_resolution(train_blobs, np.array([0.5])),
+        thumbnails_resolution(eval_blobs),
+    )  # fmt: skip
+    assert found == {0: "e/5"}
+
+
+def test_thumbnail_resolution_is_the_web_images_pixels_across_each_view():
+    picture = Image.new("RGB", (40, 30), "white")
+    picture.paste(Image.new("RGB", (20, 10), "navy"), (10, 10))
+    blob = image_thumbnail(picture)
+    np.testing.assert_array_equal(thumbnails_resolution([blob]), [[[30, 40], [10, 20]]])
+    np.testing.assert_array_equal(thumbnails_resolution([blob], np.array([0.5])),
+                                  [[[15, 20], [5, 10]]])  # fmt: skip
+    np.testing.assert_array_equal(
+        thumbnails_resolution([blob], np.array([3.0])), [[[30, 40], [10, 20]]]
+    )  # a downscale keeps the stored pixels
+
+
+def test_native_detail_is_the_web_images_side_over_the_stored_ones():
+    con = duckdb.connect()
+    con.execute(
+        "CREATE TABLE rules AS SELECT * FROM (VALUES "
+        "(0, 'ok', 14, 14, 28, 28), (1, 'ok', 64, 64, 28, 28), (2, 'ok', NULL, NULL, 28, 28),"
+        "(3, 'ok', 10, 40, 28, 28), (4, 'undecodable', 14, 14, NULL, NULL))"
+        " AS t(rid, image_state, original_width, original_height, image_width, image_height)"
+    )
+    con.execute("ALTER TABLE rules ADD COLUMN thumb BLOB")
+    rows = run_sql(con, "curate/hashed_rows").fetchall()
+    # 14 -> 28: half the pixels are its own; a downscale and unknown sizes: all of them. A
+    # 10 x 40 image was upscaled along one side only: the larger share is taken, so an
+    # unsure case is compared sharp (which merges less).
+    assert [(rid, detail) for rid, _, detail in rows] == [(0, 0.5), (1, 1.0), (2, 1.0),
+                                                          (3, 1.0)]  # fmt: skip
 
 
 def test_inspect_image_states():
