@@ -36,6 +36,31 @@ fell 7-13 points short of that. The candidate settings (`near_dup_candidate_k: 4
 per view, coarse correlation >= 0.6) lose no copy that verification accepts: the coarse
 similarity of right pairs is at least 0.62 in every pool. Emoji skin-tone variants are not in
 the pool: a recoloured hand correlates with its base emoji like a copy does.
+
+The band (`near_dup_band_min_similarity: 0.975` up to 0.99, `near_dup_max_residual_concentration:
+0.25`) was set from the 28 px pools and the demo web. The measure is the largest share of a
+pair's residual (after the brightness/contrast fit) that one block of a quarter of the side by
+a quarter holds, on the 16x16 verification grid. Re-encoded copies in the band spread it out
+(5th/50th/95th percentile 0.11/0.17/0.26), brightened ones mostly so (0.10/0.19/0.48: white
+that clips stays white), while the demo web's distinct look-alikes in the band, a dozen emoji
+and clipart pairs of one layout (two guards, two astronauts, a cat and a wry cat), gather it
+where they differ (0.27-0.92). At 0.25 the band admitted 13 of the 14 re-encoded and 14 of
+the 18 brightened copies it held and none of the look-alikes (0.3 admitted one). Below 0.975
+the look-alikes thicken. Distinct photographs differ all over, though: with the plain ratio
+test the band let two demo web garments match Fashion-MNIST test images in decontamination
+(0.980 and 0.987, concentration 0.17 and 0.13), so band pairs pass a stricter one
+(`near_dup_band_max_distance_ratio: 0.1`). At 0.15 / 0.1 / 0.07 / 0.05 decontamination of
+the demo web's garments against the 10,000 test images found 9 / 7 / 7 / 7 matches beyond
+the 100 planted copies (7 without the band), while 28 px jpeg found 390 / 390 / 388 / 385
+copies and brightness 392 / 390 / 384 / 380. Overlays concentrate by nature (a mark in a corner: 0.5-1), so they
+gain nothing from the band. Nor can the measure veto pairs above 0.99: there 47 of the 379
+brightened 28 px copies found score above 0.5, as do the four distinct emoji pairs that still
+merge on the demo web (0.53-0.63).
+
+Pairs where one image is far smaller (`_RESOLUTION_RATIO`, 1.25 on the shorter side) are
+compared at the smaller one's resolution, both views resampled through it
+(`_RESAMPLE_TENT`): before that, 28 px resize recall was 0.825; the tent widths tried are in
+the constant's note.
 """
 
 from __future__ import annotations
@@ -130,7 +155,9 @@ def main() -> None:
         "machine": platform.platform(), "sources": len(sources),
         "thresholds": CurateConfig().model_dump(include={
             "near_dup_min_similarity", "near_dup_max_distance_ratio", "near_dup_ratio_rank",
-            "near_dup_candidate_k", "near_dup_candidate_min_similarity"}),
+            "near_dup_candidate_k", "near_dup_candidate_min_similarity",
+            "near_dup_band_min_similarity", "near_dup_max_residual_concentration",
+            "near_dup_band_max_distance_ratio"}),
         "scores": [{**vars(s), "precision": s.precision, "recall": s.recall, "f1": s.f1,
                     "meets_targets": s.meets_targets()} for s in scores],
     }, indent=1))  # fmt: skip

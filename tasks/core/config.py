@@ -242,10 +242,16 @@ class CurateConfig(_Section):
     """Pairs from here up to near_dup_min_similarity are near-duplicates too when what differs
     between them is spread over the picture (noise, as re-encoding and brightness changes
     leave), not gathered in one place (a changed detail): see
-    near_dup_max_residual_concentration."""
+    near_dup_max_residual_concentration. 1 turns the band off (the pixel matcher is off when
+    this and near_dup_min_similarity are both 1)."""
     near_dup_max_residual_concentration: float = Field(0.25, ge=0, le=1)
     """Largest share of a band pair's residual (after the best brightness/contrast fit) that
     one block of a quarter of the side by a quarter may hold."""
+    near_dup_band_max_distance_ratio: float = Field(0.1, gt=0)
+    """The ratio test for band pairs, stricter than near_dup_max_distance_ratio: at 0.15 the
+    band let two distinct Fashion-MNIST garments of the demo web match test images (their
+    differences are spread too); at 0.1 decontamination matches what it matched without
+    the band."""
     near_dup_max_distance_ratio: float = Field(0.15, gt=0)
     """Ratio test: a pair's distance (1 - similarity) must be at most this times each image's
     distance to its near_dup_ratio_rank-th closest other candidate (look-alike crowds fail)."""

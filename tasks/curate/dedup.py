@@ -233,6 +233,7 @@ def match_config(cfg: CurateConfig) -> MatchConfig:
         min_similarity=cfg.near_dup_min_similarity,
         band_min_similarity=cfg.near_dup_band_min_similarity,
         max_residual_concentration=cfg.near_dup_max_residual_concentration,
+        band_max_distance_ratio=cfg.near_dup_band_max_distance_ratio,
         candidate_k=cfg.near_dup_candidate_k,
         candidate_min_similarity=cfg.near_dup_candidate_min_similarity,
         max_distance_ratio=cfg.near_dup_max_distance_ratio,

@@ -22,6 +22,17 @@ resized to THUMB x THUMB. Two thumbnails are compared in two steps:
    and b in every channel) leave it unchanged, while a colour change (a red and a blue copy
    of one shape) lowers it. Colour is compared blurred (JPEG keeps it at half resolution)
    and brightness sharp.
+3. **Resolution.** A copy shrunk on the web (and upscaled again by the download) has lost
+   detail its original still has, so sharp they differ like two different pictures. Each
+   thumbnail records its views' extents, and with the download's original sizes
+   (``thumbnails_resolution``) a pair of which one image is far smaller than the other is
+   compared at the smaller one's resolution, both views resampled to it.
+4. **The band.** Pairs from ``band_min_similarity`` up to ``min_similarity`` are
+   duplicates too when what differs between them is spread over the picture, as JPEG noise
+   and brightness clipping are, and not gathered in one place, as where two distinct
+   drawings of one layout differ (a mouth, an arrow, an emblem): ``residual_concentration``
+   at most ``max_residual_concentration``, and when they pass a stricter ratio test
+   (``band_max_distance_ratio``).
 
 Thresholds come from CurateConfig and were calibrated with ``bench/bench_dedup_quality.py``.
 """
@@ -93,6 +104,7 @@ class MatchConfig:
     candidate_min_similarity: float
     band_min_similarity: float = 1.0
     max_residual_concentration: float = 0.0
+    band_max_distance_ratio: float = 0.0
     max_distance_ratio: float = 1.0
     ratio_rank: int = 2
     flat_max_rows: int = 50_000
@@ -407,6 +419,15 @@ def _common_resolution(
     return np.where(coarser, np.maximum(np.rint(low), 2), THUMB).astype(np.int64)
 
 
+def _pair_resolution(
+    res_a: np.ndarray, res_b: np.ndarray, rows: np.ndarray, cols: np.ndarray, view: int
+) -> np.ndarray:
+    """``_common_resolution`` of pairs (a[rows[p]], b[cols[p]]) for one view, from the
+    images' resolutions (n, VIEWS, 2); an image's shorter side is its whole view's."""
+    return _common_resolution(res_a[rows, view], res_b[cols, view],
+                              res_a[rows, 0].min(axis=1), res_b[cols, 0].min(axis=1))  # fmt: skip
+
+
 def pair_similarity(
     a: np.ndarray,
     b: np.ndarray,
@@ -418,16 +439,16 @@ def pair_similarity(
     """Verified similarity of pairs (a[rows[p]], b[cols[p]]), thumbnails (n, VIEWS, T, T, 3):
     per view, the best correlation of one image's whole view with a window of the other's,
     either way round; then the best view. With the views' native resolutions (``res_a``,
-    ``res_b``: ``thumbnails_resolution``), a pair where one view has far fewer of its own
-    pixels than the other (a copy shrunk on the web, then upscaled) is compared at the
-    coarser one's resolution, both resampled to it. Shape (len(rows),) float32."""
+    ``res_b``: ``thumbnails_resolution``), a pair of which one image is far smaller than the
+    other (a copy shrunk on the web, then upscaled) is compared at the smaller one's
+    resolution, both views resampled to it (``_common_resolution``). Shape (len(rows),)
+    float32."""
     best = np.full(len(rows), -1.0, np.float32)
     for view in range(VIEWS):
         va, vb = a[:, view], b[:, view]
         sims = _view_similarity(va, vb, rows, cols)
         if res_a is not None and res_b is not None and len(rows):
-            target = _common_resolution(res_a[rows, view], res_b[cols, view],
-                                        res_a[rows, 0].min(axis=1), res_b[cols, 0].min(axis=1))  # fmt: skip
+            target = _pair_resolution(res_a, res_b, rows, cols, view)
             coarser = np.flatnonzero((target < THUMB).any(axis=1))
             groups, which = np.unique(target[coarser], axis=0, return_inverse=True)
             for g, (height, width) in enumerate(groups):
@@ -453,8 +474,7 @@ def _resampled_pair_views(
     (m, G*G*3) each), resampled to their common resolution as ``pair_similarity`` does."""
     va, vb = a[rows, view], b[cols, view]
     if res_a is not None and res_b is not None and len(rows):
-        target = _common_resolution(res_a[rows, view], res_b[cols, view],
-                                    res_a[rows, 0].min(axis=1), res_b[cols, 0].min(axis=1))  # fmt: skip
+        target = _pair_resolution(res_a, res_b, rows, cols, view)
         for p in np.flatnonzero((target < THUMB).any(axis=1)):
             height, width = int(target[p, 0]), int(target[p, 1])
             va[p] = _resampled(va[p : p + 1], height, width)[0]
@@ -529,21 +549,22 @@ def verified(
     cross: bool = False,
     concentration: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Which candidate pairs are duplicates: similar enough (``min_similarity``, or
-    ``band_min_similarity`` with a ``residual_concentration`` of at most
-    ``max_residual_concentration``), and standing out from each image's other candidates
-    (the ratio test). With ``cross`` rows and cols index two different sets (queries,
-    database). (len(rows),) bool."""  # fmt: skip
+    """Which candidate pairs are duplicates: similar enough (``min_similarity``) and standing
+    out from each image's other candidates (the ratio test, ``max_distance_ratio``); or in
+    the band (``band_min_similarity``, a ``residual_concentration`` of at most
+    ``max_residual_concentration``) and passing the stricter ``band_max_distance_ratio``.
+    With ``cross`` rows and cols index two different sets (queries, database). (len(rows),)
+    bool."""  # fmt: skip
     offset = int(rows.max()) + 1 if cross and len(rows) else 0
     a, b = rows, cols + offset
     distance = 1.0 - sims.astype(np.float64)
     reference = np.minimum(_rank_distance(a, b, distance, cfg.ratio_rank),
                            _rank_distance(b, a, distance, cfg.ratio_rank))  # fmt: skip
-    similar = sims >= cfg.min_similarity
-    if concentration is not None:
-        spread = concentration <= cfg.max_residual_concentration
-        similar |= (sims >= cfg.band_min_similarity) & spread
-    return similar & (distance <= cfg.max_distance_ratio * reference)
+    sure = (sims >= cfg.min_similarity) & (distance <= cfg.max_distance_ratio * reference)
+    if concentration is None:
+        return sure
+    band = (sims >= cfg.band_min_similarity) & (concentration <= cfg.max_residual_concentration)
+    return sure | (band & (distance <= cfg.band_max_distance_ratio * reference))
 
 
 def _rank_distance(node: np.ndarray, other: np.ndarray, distance: np.ndarray,

@@ -168,7 +168,8 @@ class InspectApp:
             for row, score in zip(rows, matcher_similarities(images[0], images), strict=True):
                 row["similarity"] = score
         return self.render(request, "cluster.html", rows=rows,
-                           threshold=self.cfg.curate.near_dup_min_similarity)  # fmt: skip
+                           threshold=self.cfg.curate.near_dup_min_similarity,
+                           band=self.cfg.curate.near_dup_band_min_similarity)  # fmt: skip
 
     def _training_image(self, row: dict[str, Any]) -> bytes | None:
         if row["image_state"] != "ok":

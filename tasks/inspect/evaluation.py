@@ -24,11 +24,18 @@ RULE_THRESHOLDS: dict[str, tuple[str, ...]] = {
     "language": ("allowed_languages", "min_language_confidence", "language_min_chars"),
     "url_blocked": ("url_blocklist",),
     "clip_score": ("clip_score_min", "clip_score_top_fraction"),
-    "eval_contamination": ("decontaminate", "near_dup_min_similarity"),
+    "eval_contamination": (
+        "decontaminate",
+        "near_dup_min_similarity",
+        "near_dup_band_min_similarity",
+    ),
     "near_duplicate": (
         "near_dup_min_similarity",
         "near_dup_max_distance_ratio",
         "near_dup_ratio_rank",
+        "near_dup_band_min_similarity",
+        "near_dup_max_residual_concentration",
+        "near_dup_band_max_distance_ratio",
     ),
     "semantic_duplicate": ("semantic_dedup_eps",),
 }

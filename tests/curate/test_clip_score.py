@@ -40,7 +40,8 @@ def scored(downloaded_web: DownloadedWeb, tmp_path_factory: pytest.TempPathFacto
     cfg = downloaded_web.config(
         root, clip_score_checkpoint=str(checkpoint), clip_score_model="clipflow-tiny",
         clip_score_top_fraction=TOP_FRACTION, semantic_dedup=True,
-        semantic_dedup_eps=SEMANTIC_EPS, near_dup_min_similarity=1.0, gate="warn",
+        semantic_dedup_eps=SEMANTIC_EPS, near_dup_min_similarity=1.0,
+        near_dup_band_min_similarity=1.0, gate="warn",
     )  # fmt: skip
     result = curate(cfg, Storage(cfg.storage))
     samples = pd.read_parquet(root / "curate" / "samples.parquet")
