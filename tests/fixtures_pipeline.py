@@ -29,7 +29,7 @@ def pipeline_config(root: Path, demo_web: Any, eval_set: Path, **overrides: Any)
         "curate": {"decontaminate": True, "gate": "fail"},
         "shard": {"samples_per_shard": 64},
         "train": {
-            "model": "clipflow-tiny", "batch_size": 32, "samples": 4096, "lr": 1.0e-3, "warmup": 10,
+            "model": "clipflow-tiny", "batch_size": 32, "samples": 8192, "lr": 1.0e-3, "warmup": 10,
             "precision": "fp32", "nproc_per_node": 1, "workers": 0, "log_every_steps": 2,
         },
         "evaluate": {

@@ -1,6 +1,7 @@
 """shard: the curated samples as training WebDataset shards under ``{root}/shards/``.
 
-The kept rows of ``curate/samples.parquet`` are shuffled (seeded) and cut into shards of
+The kept rows of ``curate/samples.parquet``, in the order of their images' sha256 (so the
+shards do not depend on the crawl's order), are shuffled (seeded) and cut into shards of
 ``shard.samples_per_shard``: ``000000.tar, ...``, each sample ``{key}.jpg`` (the image bytes
 exactly as downloaded, with the download's extension), ``{key}.txt`` (caption) and
 ``{key}.json`` (key, url, page_url, source, scores, ``image_sha256``: the sha256 of the image
@@ -80,8 +81,11 @@ def upload_policy(config: ShardConfig) -> UploadPolicy:
 
 
 def read_kept(storage: Storage, kept_expected: int) -> pd.DataFrame:
-    """The rows of ``curate/samples.parquet`` with ``keep``, sorted by key; checked against
-    the curate manifest's ``kept`` count and for duplicate keys."""
+    """The rows of ``curate/samples.parquet`` with ``keep``, in content order (image sha256,
+    then key); checked against the curate manifest's ``kept`` count and for duplicate keys.
+    Keys number the download's input rows, whose order follows the order in which the
+    crawl's pages answered; ordering by the images' bytes instead makes two runs over the
+    same kept samples write the same shards in the same order (and so train alike)."""
     uri = storage.uri("curate", "samples.parquet")
     if not storage.exists(uri):
         raise ShardInputError(f"{uri}: not found; run the curate stage first")
@@ -89,7 +93,8 @@ def read_kept(storage: Storage, kept_expected: int) -> pd.DataFrame:
     missing = [c for c in REQUIRED_COLUMNS if c not in samples.columns]
     if missing:
         raise ShardInputError(f"{uri}: missing column(s) {missing}")
-    kept = samples[samples["keep"].astype(bool)].sort_values("key", kind="stable")
+    kept = samples[samples["keep"].astype(bool)]
+    kept = kept.sort_values(["image_sha256", "key"], kind="stable", na_position="last")
     kept = kept.reset_index(drop=True)
     if kept.empty:
         raise ShardInputError(f"{uri}: no rows with keep=true; nothing to train on")

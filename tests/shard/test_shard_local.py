@@ -225,3 +225,22 @@ def test_nothing_kept_is_an_error(local_root: Path) -> None:
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(ShardInputError, match="no rows with keep=true"):
         run(local_root)
+
+
+def test_the_shard_order_follows_the_images_not_the_crawl_order(local_root: Path, tmp_path) -> None:
+    """Keys number the download's input rows, in the order the crawl's pages answered: two
+    crawls of one site hand the same samples different keys. The shards' order, and so the
+    training, must not follow them."""
+    from tasks.shard.stage import read_kept
+
+    samples = pd.read_parquet(local_root / "curate" / "samples.parquet")
+    recrawled = samples.copy()
+    recrawled["key"] = samples["key"].to_numpy()[::-1]  # the same rows, keyed the other way
+    other = tmp_path / "recrawled"
+    (other / "curate").mkdir(parents=True)
+    recrawled.to_parquet(other / "curate" / "samples.parquet")
+    kept = int(samples["keep"].sum())
+    first = read_kept(Storage(local_config(local_root).storage), kept)
+    second = read_kept(Storage(local_config(other).storage), kept)
+    assert first["image_sha256"].tolist() == second["image_sha256"].tolist()
+    assert first["caption"].tolist() == second["caption"].tolist()
