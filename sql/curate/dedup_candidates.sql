@@ -1,6 +1,6 @@
 -- Rows that take part in the next dedup step: decodable images not yet dropped as
 -- duplicates (table `live`), with the preference that picks each group's survivor:
--- rows no earlier rule drops, then the most original pixels, then the lowest key.
+-- rows no earlier rule drops, then the most original pixels (dedup_candidates_ordered.sql).
 CREATE OR REPLACE VIEW dedup_candidates AS
 SELECT
     r.rid,

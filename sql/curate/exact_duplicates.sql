@@ -6,6 +6,9 @@ WITH grouped AS (
         key,
         quality_ok,
         pixels,
+        sha256,
+        url,
+        caption_norm,
         CASE $rule
             WHEN 'sha256' THEN sha256
             WHEN 'url' THEN url
@@ -21,7 +24,9 @@ ranked AS (
         first_value(key) OVER w AS survivor_key
     FROM grouped
     WHERE group_key IS NOT NULL
-    WINDOW w AS (PARTITION BY group_key ORDER BY quality_ok DESC, pixels DESC, key, rid)
+    -- The preference of dedup_candidates_ordered.sql (which says why the content comes first).
+    WINDOW w AS (PARTITION BY group_key
+                 ORDER BY quality_ok DESC, pixels DESC, sha256, url, caption_norm, key, rid)
 )
 SELECT rid, survivor_key AS duplicate_of
 FROM ranked

@@ -10,8 +10,8 @@ buckets searched as separate tasks (the same pairs, memory bounded per task).
 
 Every step works on the rows still alive after the previous one, groups duplicates with
 connected components, keeps the preferred row of each group (rows no quality rule drops,
-then the most pixels, then the lowest key) and records for each dropped row the key it
-duplicates.
+then the most pixels, then the content: image hash, URL, caption; never the key, which
+follows the download's row order) and records for each dropped row the key it duplicates.
 """
 
 from __future__ import annotations

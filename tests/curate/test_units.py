@@ -298,3 +298,43 @@ def test_status_language_and_boilerplate_rules_on_nulls():
         {"caption_norm": "a red bicycle", "caption_words": 3},
     ]
     assert _rule_flags(captions, cfg, "caption_boilerplate") == [True, True, False, False, False]
+
+
+def _dedup_survivors(rows: list[dict]) -> dict[str, str]:
+    """run_dedup over a few feature rows: each dropped row's url -> its survivor's url."""
+    con = duckdb.connect()
+    con.register("features", _features(rows))
+    apply_rules(con, CurateConfig())
+    run_sql(con, "curate/live")
+    n = len(rows)
+    con.register("contamination", pa.table({
+        "rid": pa.array(range(n), pa.int64()), "drop_eval_contamination": pa.array([False] * n),
+    }))  # fmt: skip
+    outcome = dedup.run_dedup(con, CurateConfig())
+    url_of = {row["key"]: row["url"] for row in rows}
+    return {rows[rid]["url"]: url_of[key] for found in outcome.dropped.values()
+            for rid, key in found.items()}  # fmt: skip
+
+
+def test_a_duplicate_groups_survivor_follows_the_samples_not_their_keys():
+    """Keys number the download's rows, and the download orders rows by a hash of the URL,
+    which holds the web server's host and port: two runs over one web give one sample
+    different keys. Which member of a duplicate group survives must not follow them."""
+    images, _ = fashion_mnist("test")
+    garment, shoe = Image.fromarray(images[0]), Image.fromarray(images[1])
+    copy = Image.open(io.BytesIO(_jpeg(shoe, 90)))
+    base = {"status": "success", "image_state": "ok", "caption": "a garment on a plain ground",
+            "caption_norm": "a garment on a plain ground", "caption_words": 6,
+            "original_width": 28, "original_height": 28, "image_width": 28, "image_height": 28}  # fmt: skip
+    samples = [  # an exact pair (one image at two URLs) and a near pair (a re-encoded copy)
+        {"url": "http://w/a.png", "sha256": "s1", "thumb": image_thumbnail(garment)},
+        {"url": "http://w/b.png", "sha256": "s1", "thumb": image_thumbnail(garment)},
+        {"url": "http://w/c.png", "sha256": "s2", "thumb": image_thumbnail(shoe)},
+        {"url": "http://w/d.jpg", "sha256": "s3", "thumb": image_thumbnail(copy)},
+    ]
+    runs = []
+    for keys in (["0", "1", "2", "3"], ["3", "2", "1", "0"]):
+        rows = [base | sample | {"key": key} for sample, key in zip(samples, keys, strict=True)]
+        runs.append(_dedup_survivors(rows))
+    assert runs[0] == {"http://w/b.png": "http://w/a.png", "http://w/d.jpg": "http://w/c.png"}
+    assert runs[1] == runs[0]
