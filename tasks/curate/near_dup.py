@@ -234,28 +234,36 @@ def _window_spans() -> tuple[np.ndarray, np.ndarray]:
 
 
 _SPAN_MATRICES, _WINDOW_PAIRS = _window_spans()
+_SPAN_ROWS = _SPAN_MATRICES.reshape(-1, THUMB)
+_WINDOWS_BY_HORIZONTAL_SPAN = [(int(h), np.flatnonzero(_WINDOW_PAIRS[:, 1] == h))
+                               for h in np.unique(_WINDOW_PAIRS[:, 1])]  # fmt: skip
 _FULL_MATRIX = _area_matrix(0.0, 1.0, VERIFY_GRID)
+"""A view in verification space is its VERIFY_GRID x VERIFY_GRID cells, ordered (row,
+channel, column): the column axis last is what the windows' second product leaves."""
 
 
 def _windows(thumbs: np.ndarray) -> np.ndarray:
-    """(m, T, T, 3) RGB -> every window in verification space, normalised: (m, W, G*G*3)."""
-    rows = np.einsum("sgt,mtuc->sumgc", _SPAN_MATRICES, _verification_space(thumbs))
-    vertical, horizontal = _WINDOW_PAIRS[:, 0], _WINDOW_PAIRS[:, 1]
-    m, g = len(thumbs), VERIFY_GRID
-    picked = rows[vertical].reshape(len(vertical), THUMB, m * g * 3)  # (W, T, m*G*3)
-    both = np.matmul(_SPAN_MATRICES[horizontal], picked)  # (W, G, m*G*3): w, h, (m, g, c)
-    both = both.reshape(len(vertical), g, m, g, 3).transpose(2, 0, 3, 1, 4)  # (m, W, G, G, 3)
-    both = both.reshape(m, len(vertical), g * g * 3)
-    return _normalised(both)
+    """(m, T, T, 3) RGB -> every window in verification space, normalised: (m, W, G*3*G).
+    Two matrix products: every vertical span of each thumbnail at once, then per horizontal
+    span the windows that use it (each one BLAS call; no transposed copy of the output)."""
+    m, g, spans = len(thumbs), VERIFY_GRID, len(_SPAN_MATRICES)
+    columns_last = np.ascontiguousarray(_verification_space(thumbs).transpose(0, 1, 3, 2))
+    vertical = np.matmul(_SPAN_ROWS, columns_last.reshape(m, THUMB, 3 * THUMB))
+    vertical = vertical.reshape(m, spans, g, 3, THUMB)  # (m, S, G rows, channel, T columns)
+    out = np.empty((m, len(_WINDOW_PAIRS), g, 3, g), np.float32)
+    for horizontal, windows in _WINDOWS_BY_HORIZONTAL_SPAN:
+        picked = vertical[:, _WINDOW_PAIRS[windows, 0]].reshape(-1, THUMB)
+        out[:, windows] = (picked @ _SPAN_MATRICES[horizontal].T).reshape(m, len(windows), g, 3, g)
+    return _normalised(out.reshape(m, len(_WINDOW_PAIRS), g * 3 * g))
 
 
 def _full(thumbs: np.ndarray) -> np.ndarray:
-    """(m, T, T, 3) RGB -> the whole view in verification space, normalised: (m, G*G*3)."""
+    """(m, T, T, 3) RGB -> the whole view in verification space, normalised: (m, G*3*G)."""
     full = _FULL_MATRIX
-    out = np.empty((len(thumbs), VERIFY_GRID * VERIFY_GRID * 3), np.float32)
+    out = np.empty((len(thumbs), VERIFY_GRID * 3 * VERIFY_GRID), np.float32)
     for first in range(0, len(thumbs), _CHUNK):
         part = _verification_space(thumbs[first : first + _CHUNK])
-        cells = np.einsum("gt,mtuc,hu->mghc", full, part, full, optimize=True)
+        cells = np.einsum("gt,mtuc,hu->mgch", full, part, full, optimize=True)
         out[first : first + _CHUNK] = _normalised(cells.reshape(len(part), -1))
     return out
 
@@ -365,7 +373,11 @@ def _view_similarity(
     va: np.ndarray, vb: np.ndarray, rows: np.ndarray, cols: np.ndarray
 ) -> np.ndarray:
     """The best correlation of one view's whole with a window of the other's, either way
-    round, for pairs (va[rows[p]], vb[cols[p]]); views (n, T, T, 3)."""
+    round, for pairs (va[rows[p]], vb[cols[p]]); views (n, T, T, 3). Only the views that
+    some pair names are transformed."""
+    used_a, rows = np.unique(rows, return_inverse=True)
+    used_b, cols = np.unique(cols, return_inverse=True)
+    va, vb, rows, cols = va[used_a], vb[used_b], rows.ravel(), cols.ravel()
     one_way = _directed_similarity(va, _full(vb), rows, cols)
     return np.maximum(one_way, _directed_similarity(vb, _full(va), cols, rows))
 
@@ -473,7 +485,7 @@ def _resampled_pair_views(
     res_b: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pair p's ``view`` of a[rows[p]] and b[cols[p]] in verification space (normalised
-    (m, G*G*3) each), resampled to their common resolution as ``pair_similarity`` does."""
+    (m, G*3*G) each), resampled to their common resolution as ``pair_similarity`` does."""
     va, vb = a[rows, view], b[cols, view]
     if res_a is not None and res_b is not None and len(rows):
         target = _pair_resolution(res_a, res_b, rows, cols, view)
@@ -504,8 +516,8 @@ def residual_concentration(
     for view in range(VIEWS):
         x, y = _resampled_pair_views(a, b, rows, cols, view, res_a, res_b)
         corr = (x * y).sum(axis=1)
-        energy = ((y - corr[:, None] * x) ** 2).reshape(len(rows), VERIFY_GRID, VERIFY_GRID, 3)
-        cells = energy.sum(axis=3)
+        energy = ((y - corr[:, None] * x) ** 2).reshape(len(rows), VERIFY_GRID, 3, VERIFY_GRID)
+        cells = energy.sum(axis=2)
         blocks = np.lib.stride_tricks.sliding_window_view(cells, (block, block), axis=(1, 2))
         share = blocks.sum(axis=(3, 4)).max(axis=(1, 2)) / np.maximum(cells.sum(axis=(1, 2)), 1e-12)
         better = corr > best

@@ -84,3 +84,25 @@ def test_the_band_keeps_spread_differences_and_refuses_a_changed_detail():
     assert ((sims >= cfg.band_min_similarity) & (sims < cfg.min_similarity)).all(), sims
     rows, cols, _ = near_duplicate_pairs(thumbs, cfg, resolution)
     assert list(zip(rows.tolist(), cols.tolist(), strict=True)) == [(0, 1)]
+
+
+def test_each_window_is_its_crop_of_the_view_averaged_onto_the_grid():
+    """The windows (two matrix products, in their own memory layout) against the plain
+    definition: window w of a view is its vertical span x horizontal span of the view in
+    verification space, area-averaged onto VERIFY_GRID x VERIFY_GRID cells, laid out as
+    ``_full`` lays out the whole view (the whole-view window is ``_full`` itself)."""
+    from tasks.curate import near_dup as nd
+
+    images, _ = fashion_mnist("test")
+    thumbs = thumbnails_array([image_thumbnail(Image.fromarray(images[k])) for k in range(6)])
+    views = thumbs[:, 1]
+    windows = nd._windows(views)
+    space = nd._verification_space(views)
+    for w, (vertical, horizontal) in enumerate(nd._WINDOW_PAIRS):
+        rows, cols = nd._SPAN_MATRICES[vertical], nd._SPAN_MATRICES[horizontal]
+        cells = np.einsum("gt,mtuc,hu->mgch", rows, space, cols)
+        np.testing.assert_allclose(windows[:, w], nd._normalised(cells.reshape(6, -1)), atol=1e-5)
+    whole = [w for w, pair in enumerate(nd._WINDOW_PAIRS)
+             if np.allclose(nd._SPAN_MATRICES[pair], nd._FULL_MATRIX)]  # fmt: skip
+    assert len(whole) == 1
+    np.testing.assert_allclose(windows[:, whole[0]], nd._full(views), atol=1e-5)
