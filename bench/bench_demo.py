@@ -5,11 +5,14 @@ storage root, with the demo web and the benchmark sets already built (the set-up
 once before the first run and not counted in the pipeline's time). The pipeline wall time is
 the one ``clipflow demo`` prints (serving the web, the Prefect flow, the summary); the stage
 times come from the stage manifests. The spread (max - min over runs) tells how far two
-fresh runs differ: wall times on a shared machine, and accuracy, which moves by about a point
-when curate keeps a slightly different set (README: 84.28% twice, then 83.29% with one more
-near-duplicate drop).
+fresh runs differ: wall times on a shared machine, and accuracy. Fresh runs over one web keep
+the same samples in the same order, so their accuracies agree; ``--shard-seeds 0,1,2`` gives
+run i the shard stage's seed i (another order of the same samples), which shows how much the
+result owes to the order the model sees the data in (README: 65.7% and 83.9% on seeds 0 and
+1 before the demo clipped its gradients).
 
     .venv/bin/python bench/bench_demo.py [--runs 2] [--config configs/demo.yaml] [--port 8765]
+    .venv/bin/python bench/bench_demo.py --runs 2 --shard-seeds 0,1
     .venv/bin/python bench/bench_demo.py --runs 1 --web-size test   # a quick try, ~300 images
 
 Writes bench/results/demo.json and demo.md. The machine's load average is recorded around
@@ -45,11 +48,16 @@ RESULTS_LOG = "bench-demo-last.log"  # the last run's clipflow output, under dat
 _WALL = re.compile(r"wall time ([0-9.]+)s")
 
 
-def run_config(config: Path, root: Path, port: int) -> dict[str, Any]:
+def run_config(
+    config: Path, root: Path, port: int, shard_seed: int | None = None
+) -> dict[str, Any]:
     """The pipeline config of one run: ``config`` with its paths made absolute, storage under
-    ``root`` and the demo web served on ``port`` of the seed's host."""
+    ``root``, the demo web served on ``port`` of the seed's host, and ``shard.seed`` set
+    when ``shard_seed`` is given."""
     cfg = load_config(config).model_dump(mode="json")
     cfg["storage"]["root"] = str(root)
+    if shard_seed is not None:
+        cfg["shard"]["seed"] = shard_seed
     cfg["crawl"]["seeds"] = [
         re.sub(r":\d+/", f":{port}/", seed, count=1) for seed in cfg["crawl"]["seeds"]
     ]
@@ -97,13 +105,16 @@ def set_up(config: Path, size: str) -> float:
     return time.monotonic() - started
 
 
-def one_run(config: Path, port: int, size: str, keep: Path | None) -> dict[str, Any]:
+def one_run(
+    config: Path, port: int, size: str, keep: Path | None, shard_seed: int | None = None
+) -> dict[str, Any]:
     """One fresh ``clipflow demo``: stage seconds, pipeline wall time, zero-shot acc1 per
     classification set, load average before and after."""
     with tempfile.TemporaryDirectory(prefix="bench-demo-", dir=REPO / "data") as tmp:
         root = Path(tmp) / "demo"
         run_yaml = Path(tmp) / "demo.yaml"
-        run_yaml.write_text(yaml.safe_dump(run_config(config, root, port), sort_keys=False))
+        cfg = run_config(config, root, port, shard_seed)
+        run_yaml.write_text(yaml.safe_dump(cfg, sort_keys=False))
         load_before = load_average()
         started = time.monotonic()
         code, output = clipflow(
@@ -120,6 +131,7 @@ def one_run(config: Path, port: int, size: str, keep: Path | None) -> dict[str, 
         results = json.loads((root / "eval" / "results.json").read_text())["results"]
         final_train_rate = manifests["train"]["extra"]["final"]["samples_per_s"]
         run = {
+            "shard_seed": cfg["shard"]["seed"],
             "stages_s": {s: round(m["timings"]["seconds"], 1) for s, m in manifests.items()},
             "pipeline_s": float(wall.group(1)),
             "process_s": round(elapsed, 1),
@@ -141,14 +153,15 @@ def spread(values: list[float]) -> float:
 
 def table(runs: list[dict[str, Any]]) -> str:
     """Markdown: one row per run, then the spread (max - min) of every column."""
-    header = ["run", *STAGES, "pipeline s", f"{HEADLINE} acc1 %", "load before/after"]
+    header = ["run", "shard seed", *STAGES, "pipeline s", f"{HEADLINE} acc1 %",
+              "load before/after"]  # fmt: skip
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i, run in enumerate(runs, 1):
-        cells = [str(i), *(f"{run['stages_s'][s]:.1f}" for s in STAGES)]
+        cells = [str(i), str(run["shard_seed"]), *(f"{run['stages_s'][s]:.1f}" for s in STAGES)]
         cells += [f"{run['pipeline_s']:.1f}", f"{100 * run['acc1'][HEADLINE]:.2f}"]
         cells.append(f"{run['load_before']:.1f} / {run['load_after']:.1f}")
         rows.append("| " + " | ".join(cells) + " |")
-    cells = ["spread", *(f"{spread([r['stages_s'][s] for r in runs]):.1f}" for s in STAGES)]
+    cells = ["spread", "", *(f"{spread([r['stages_s'][s] for r in runs]):.1f}" for s in STAGES)]
     cells += [f"{spread([r['pipeline_s'] for r in runs]):.1f}"]
     cells += [f"{100 * spread([r['acc1'][HEADLINE] for r in runs]):.2f}", ""]
     rows.append("| " + " | ".join(cells) + " |")
@@ -172,13 +185,16 @@ def main() -> None:
     parser.add_argument("--web-size", default="demo", choices=("demo", "test"))
     parser.add_argument("--keep", type=Path, help="copy the last run's storage root here")
     parser.add_argument("--name", default="demo", help="results file name (bench/results/NAME)")
+    parser.add_argument("--shard-seeds", type=lambda v: [int(x) for x in v.split(",")],
+                        help="run i uses shard.seed SEEDS[i % len] (default: the config's)")  # fmt: skip
     args = parser.parse_args()
     (REPO / "data").mkdir(exist_ok=True)
     setup_s = set_up(args.config, args.web_size)
     print(f"set-up (demo web, benchmark sets): {setup_s:.1f}s")
     runs: list[dict[str, Any]] = []
     for i in range(args.runs):
-        runs.append(one_run(args.config, args.port, args.web_size, args.keep))
+        seed = None if not args.shard_seeds else args.shard_seeds[i % len(args.shard_seeds)]
+        runs.append(one_run(args.config, args.port, args.web_size, args.keep, seed))
         print(f"run {i + 1}: {json.dumps(runs[-1])}", flush=True)
         write_results(args, setup_s, runs)  # after every run: a long bench keeps what it has
     print(table(runs))

@@ -28,18 +28,29 @@ def test_run_config_moves_storage_and_port_and_still_validates(tmp_path):
     fashion = next(d for d in cfg.evaluate.datasets if d.name == "fashion_mnist")
     assert fashion.path == str(REPO / ".cache" / "benchmarks" / "fashion_mnist")
     assert cfg.train == load_config(REPO / "configs" / "demo.yaml").train
+    assert cfg.shard == load_config(REPO / "configs" / "demo.yaml").shard
 
 
-def _run(seconds: float, acc1: float) -> dict:
+def test_a_shard_seed_changes_only_the_shard_order():
+    demo = load_config(REPO / "configs" / "demo.yaml").model_dump(mode="json")
+    data = bench_demo.run_config(REPO / "configs" / "demo.yaml", Path("/r"), 8765, shard_seed=3)
+    assert data["shard"] == {**demo["shard"], "seed": 3}
+    assert {k: v for k, v in data.items() if k not in ("shard", "storage")} == {
+        k: v for k, v in demo.items() if k not in ("shard", "storage")
+    }
+
+
+def _run(seconds: float, acc1: float, shard_seed: int = 0) -> dict:
     stages = dict.fromkeys(bench_demo.STAGES, seconds)
-    return {"stages_s": stages, "pipeline_s": 6 * seconds, "acc1": {"fashion_mnist": acc1},
+    return {"shard_seed": shard_seed, "stages_s": stages, "pipeline_s": 6 * seconds, "acc1": {"fashion_mnist": acc1},
             "load_before": 2.0, "load_after": 3.0}  # fmt: skip
 
 
 def test_table_has_a_row_per_run_and_the_spread():
-    rows = bench_demo.table([_run(10.0, 0.83), _run(12.5, 0.8512)]).splitlines()
+    rows = bench_demo.table([_run(10.0, 0.83), _run(12.5, 0.8512, 1)]).splitlines()
     assert len(rows) == 2 + 2 + 1  # header, rule, two runs, spread
-    assert rows[2].startswith("| 1 | 10.0 |") and "| 83.00 |" in rows[2]
+    assert rows[2].startswith("| 1 | 0 | 10.0 |") and "| 83.00 |" in rows[2]
+    assert rows[3].startswith("| 2 | 1 | 12.5 |")
     spread = rows[-1].split(" | ")
-    assert spread[0] == "| spread" and spread[1:7] == ["2.5"] * 6
-    assert spread[7] == "15.0" and spread[8] == "2.12"
+    assert spread[0] == "| spread" and spread[2:8] == ["2.5"] * 6
+    assert spread[8] == "15.0" and spread[9] == "2.12"
