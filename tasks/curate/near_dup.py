@@ -460,19 +460,36 @@ def pair_similarity(
     best = np.full(len(rows), -1.0, np.float32)
     for view in range(VIEWS):
         va, vb = a[:, view], b[:, view]
-        sims = _view_similarity(va, vb, rows, cols)
-        if res_a is not None and res_b is not None and len(rows):
-            target = _pair_resolution(res_a, res_b, rows, cols, view)
-            coarser = np.flatnonzero((target < THUMB).any(axis=1))
-            groups, which = np.unique(target[coarser], axis=0, return_inverse=True)
-            for g, (height, width) in enumerate(groups):
-                p = coarser[which.ravel() == g]
-                ia, ra = np.unique(rows[p], return_inverse=True)
-                ib, rb = np.unique(cols[p], return_inverse=True)
-                shrink = partial(_resampled, height=int(height), width=int(width))
-                sims[p] = _view_similarity(shrink(va[ia]), shrink(vb[ib]), ra.ravel(), rb.ravel())
+        sims = np.empty(len(rows), np.float32)
+        sharp = np.ones(len(rows), bool)
+        for height, width, p in _coarser_groups(res_a, res_b, rows, cols, view):
+            sharp[p] = False
+            ia, ra = np.unique(rows[p], return_inverse=True)
+            ib, rb = np.unique(cols[p], return_inverse=True)
+            shrink = partial(_resampled, height=height, width=width)
+            sims[p] = _view_similarity(shrink(va[ia]), shrink(vb[ib]), ra.ravel(), rb.ravel())
+        sims[sharp] = _view_similarity(va, vb, rows[sharp], cols[sharp])
         best = np.maximum(best, sims)
     return best
+
+
+def _coarser_groups(
+    res_a: np.ndarray | None,
+    res_b: np.ndarray | None,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    view: int,
+) -> list[tuple[int, int, np.ndarray]]:
+    """The pairs (a[rows[p]], b[cols[p]]) whose ``view`` is compared below THUMB pixels
+    (``_pair_resolution``), grouped by that resolution: (height, width, pair indices); none
+    without the resolutions."""
+    if res_a is None or res_b is None or not len(rows):
+        return []
+    target = _pair_resolution(res_a, res_b, rows, cols, view)
+    coarser = np.flatnonzero((target < THUMB).any(axis=1))
+    groups, which = np.unique(target[coarser], axis=0, return_inverse=True)
+    return [(int(height), int(width), coarser[which.ravel() == g])
+            for g, (height, width) in enumerate(groups)]  # fmt: skip
 
 
 def _resampled_pair_views(
@@ -487,12 +504,8 @@ def _resampled_pair_views(
     """Pair p's ``view`` of a[rows[p]] and b[cols[p]] in verification space (normalised
     (m, G*3*G) each), resampled to their common resolution as ``pair_similarity`` does."""
     va, vb = a[rows, view], b[cols, view]
-    if res_a is not None and res_b is not None and len(rows):
-        target = _pair_resolution(res_a, res_b, rows, cols, view)
-        for p in np.flatnonzero((target < THUMB).any(axis=1)):
-            height, width = int(target[p, 0]), int(target[p, 1])
-            va[p] = _resampled(va[p : p + 1], height, width)[0]
-            vb[p] = _resampled(vb[p : p + 1], height, width)[0]
+    for height, width, p in _coarser_groups(res_a, res_b, rows, cols, view):
+        va[p], vb[p] = _resampled(va[p], height, width), _resampled(vb[p], height, width)
     return _full(va), _full(vb)
 
 
