@@ -503,10 +503,28 @@ def _resampled_pair_views(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pair p's ``view`` of a[rows[p]] and b[cols[p]] in verification space (normalised
     (m, G*3*G) each), resampled to their common resolution as ``pair_similarity`` does."""
-    va, vb = a[rows, view], b[cols, view]
+    x = np.empty((len(rows), VERIFY_GRID * 3 * VERIFY_GRID), np.float32)
+    y = np.empty_like(x)
+    sharp = np.ones(len(rows), bool)
     for height, width, p in _coarser_groups(res_a, res_b, rows, cols, view):
-        va[p], vb[p] = _resampled(va[p], height, width), _resampled(vb[p], height, width)
-    return _full(va), _full(vb)
+        sharp[p] = False
+        x[p] = _full_per_pair(a[:, view], rows[p], height, width)
+        y[p] = _full_per_pair(b[:, view], cols[p], height, width)
+    x[sharp] = _full_per_pair(a[:, view], rows[sharp])
+    y[sharp] = _full_per_pair(b[:, view], cols[sharp])
+    return x, y
+
+
+def _full_per_pair(
+    views: np.ndarray, index: np.ndarray, height: int = THUMB, width: int = THUMB
+) -> np.ndarray:
+    """``_full`` of views[index[p]] per pair p, each image transformed once (resampled to
+    height x width first when that is below THUMB)."""
+    used, inverse = np.unique(index, return_inverse=True)
+    picked = views[used]
+    if height < THUMB or width < THUMB:
+        picked = _resampled(picked, height, width)
+    return _full(picked)[inverse.ravel()]
 
 
 def residual_concentration(
