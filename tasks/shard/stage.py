@@ -83,9 +83,10 @@ def upload_policy(config: ShardConfig) -> UploadPolicy:
 def read_kept(storage: Storage, kept_expected: int) -> pd.DataFrame:
     """The rows of ``curate/samples.parquet`` with ``keep``, in content order (image sha256,
     then key); checked against the curate manifest's ``kept`` count and for duplicate keys.
-    Keys number the download's input rows, whose order follows the order in which the
-    crawl's pages answered; ordering by the images' bytes instead makes two runs over the
-    same kept samples write the same shards in the same order (and so train alike)."""
+    Keys number the download's input rows, ordered by a hash of (url, caption), and a URL
+    holds the web server's host and port; ordering by the images' bytes instead makes two
+    runs over the same kept samples write the same shards in the same order (and so train
+    alike)."""
     uri = storage.uri("curate", "samples.parquet")
     if not storage.exists(uri):
         raise ShardInputError(f"{uri}: not found; run the curate stage first")

@@ -30,9 +30,9 @@ from tests.fixtures_pipeline import pipeline_config
 MIN_MARGIN_OVER_CHANCE = 0.03
 """Untrained clipflow-tiny models score 0.079-0.100 on this set (3 seeds, measured). Trained
 here on 4,096 samples it scored 0.13-0.25 from run to run (one CI run fell below the
-margin): the web's port changes every session, so its sample keys do, and with them the
-shards and which copy of a duplicated picture curate keeps. On 8,192 samples it scored
-0.25-0.29 in four runs (0.11 with lr 5e-4: hence lr 1e-3)."""
+margin): the web's port changes every session, so its sample keys did, and with them the
+shards and which copy of a duplicated picture curate kept (both now follow the content). On
+8,192 samples it scored 0.25-0.29 in four runs (0.11 with lr 5e-4: hence lr 1e-3)."""
 
 
 async def _artifact_keys_by_flow(pipeline_run: UUID) -> dict[str, set[str]]:
