@@ -247,6 +247,19 @@ class CurateConfig(_Section):
     near_dup_max_residual_concentration: float = Field(0.25, ge=0, le=1)
     """Largest share of a band pair's residual (after the best brightness/contrast fit) that
     one block of a quarter of the side by a quarter may hold."""
+    near_dup_local_max_share: float = Field(0.5, ge=0, le=1)
+    """The local-difference veto (tasks.curate.near_dup.local_difference): a verified pair is
+    no duplicate when one block of a quarter of the side by a quarter holds more than this
+    share of what differs between the two (after the best brightness/contrast fit, which may
+    clip), that block more than near_dup_local_min_residual of the picture's variance, and
+    the difference's centre at least near_dup_local_min_border of the side from every edge.
+    1 turns the veto off. Calibrated with bench/bench_dedup_quality.py (see its docstring)."""
+    near_dup_local_min_residual: float = Field(0.004, ge=0)
+    """The local-difference veto: the least residual (a share of the picture's variance) in
+    the block where the difference gathers."""
+    near_dup_local_min_border: float = Field(0.14, ge=0, le=0.5)
+    """The local-difference veto: how far from every edge (a fraction of the side) the
+    difference's centre must lie; nearer an edge it may be a watermark a copy added."""
     near_dup_band_max_distance_ratio: float = Field(0.1, gt=0)
     """The ratio test for band pairs, stricter than near_dup_max_distance_ratio: at 0.15 the
     band let two distinct Fashion-MNIST garments of the demo web match test images (their

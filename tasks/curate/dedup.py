@@ -241,6 +241,9 @@ def match_config(cfg: CurateConfig) -> MatchConfig:
         flat_max_rows=cfg.near_dup_flat_max_rows,
         ivf_nprobe=cfg.near_dup_ivf_nprobe,
         faiss_device=cfg.faiss_device,
+        local_max_share=cfg.near_dup_local_max_share,
+        local_min_residual=cfg.near_dup_local_min_residual,
+        local_min_border=cfg.near_dup_local_min_border,
     )
 
 

@@ -33,6 +33,13 @@ resized to THUMB x THUMB. Two thumbnails are compared in two steps:
    drawings of one layout differ (a mouth, an arrow, an emblem): ``residual_concentration``
    at most ``max_residual_concentration``, and when they pass a stricter ratio test
    (``band_max_distance_ratio``).
+5. **The local-difference veto.** A pair that passed is no duplicate after all when what
+   differs between the two whole views, after the best brightness/contrast fit that may clip
+   (``local_difference``), is gathered in one block (more than ``local_max_share`` of it, and
+   more than ``local_min_residual`` of the picture's variance) whose centre lies at least
+   ``local_min_border`` of the side from every edge: two drawings of one layout differing
+   in their middle (an arrow, a mouth, an emblem), which correlate as well as a copy. A mark
+   near an edge (a watermark, a shop name) may be what a copy added, and stays a duplicate.
 
 Thresholds come from CurateConfig and were calibrated with ``bench/bench_dedup_quality.py``.
 """
@@ -112,6 +119,9 @@ class MatchConfig:
     flat_max_rows: int = 50_000
     ivf_nprobe: int = 16
     faiss_device: FaissDevice = "auto"
+    local_max_share: float = 1.0
+    local_min_residual: float = 0.0
+    local_min_border: float = 0.0
 
 
 def _uniform(line: np.ndarray, colour: np.ndarray) -> bool:
@@ -556,6 +566,90 @@ def residual_concentration(
     return out
 
 
+_TONE_FIT_PASSES = 4
+"""Least-squares refits of the clipped brightness/contrast fit (``_clipped_fit_residual``),
+each over the pixels the previous fit left unclipped."""
+_LOCAL_BLOCK = VERIFY_GRID // 4
+"""Side, in VERIFY_GRID cells, of the block a local difference is measured in."""
+
+
+def _clipped_fit_residual(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(m, P) pixel values 0-255 -> y minus the best fit clip(a * x + b, 0, 255) per row: a
+    brightness or contrast change that clips (white stays white) leaves no residual, as it
+    does with a plain linear fit. a and b are fitted by least squares over the pixels that
+    the previous pass's fit does not clip."""
+    unclipped = np.ones(x.shape, bool)
+    for _ in range(_TONE_FIT_PASSES):
+        w = unclipped.astype(np.float64)
+        n = np.maximum(w.sum(axis=1), 1.0)
+        mean_x, mean_y = (w * x).sum(axis=1) / n, (w * y).sum(axis=1) / n
+        dx = x - mean_x[:, None]
+        covariance = (w * dx * (y - mean_y[:, None])).sum(axis=1)
+        slope = covariance / np.maximum((w * dx**2).sum(axis=1), 1e-9)
+        fit = slope[:, None] * dx + mean_y[:, None]
+        unclipped = (fit > 1.0) & (fit < 254.0)
+    return y - np.clip(fit, 0.0, 255.0)
+
+
+def _local_difference_cells(va: np.ndarray, vb: np.ndarray) -> np.ndarray:
+    """Views (m, T, T, 3) -> (m, G, G): per VERIFY_GRID cell, the energy of what the best
+    clipped fit of one view leaves of the other, as a share of the fitted view's variance;
+    whichever way round leaves less."""
+    m = len(va)
+    x, y = va.reshape(m, -1).astype(np.float64), vb.reshape(m, -1).astype(np.float64)
+    best = np.full((m, VERIFY_GRID, VERIFY_GRID), np.inf)
+    step = THUMB // VERIFY_GRID
+    for source, target in ((x, y), (y, x)):
+        energy = (_clipped_fit_residual(source, target) ** 2).reshape(m, THUMB, THUMB, 3)
+        cells = energy.sum(axis=3).reshape(m, VERIFY_GRID, step, VERIFY_GRID, step).sum(axis=(2, 4))
+        variance = ((target - target.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
+        cells /= np.maximum(variance, 1e-9)[:, None, None]
+        better = cells.sum(axis=(1, 2)) < best.sum(axis=(1, 2))
+        best[better] = cells[better]
+    return best
+
+
+def local_difference(
+    a: np.ndarray,
+    b: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    res_a: np.ndarray | None = None,
+    res_b: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per pair (a[rows[p]], b[cols[p]]), on the view whose whole the other explains best
+    (``_local_difference_cells``, both resampled to their common resolution as
+    ``pair_similarity`` does): (share, residual, border), each (len(rows),) float.
+
+    - share: the largest share of the residual that one block of a quarter of the side by a
+      quarter holds (1/16 when spread evenly, 1 when one detail differs);
+    - residual: that block's residual as a share of the picture's variance;
+    - border: how far the residual's centre (each cell weighted by its energy squared, so
+      the centre follows where the residual gathers) lies from the nearest edge, as a
+      fraction of the side (0.5 in the middle)."""
+    cells = np.zeros((len(rows), VERIFY_GRID, VERIFY_GRID))
+    total = np.full(len(rows), np.inf)
+    for view in range(VIEWS):
+        va, vb = a[rows, view], b[cols, view]
+        for height, width, p in _coarser_groups(res_a, res_b, rows, cols, view):
+            va[p], vb[p] = _resampled(va[p], height, width), _resampled(vb[p], height, width)
+        view_cells = _local_difference_cells(va, vb)
+        view_total = view_cells.sum(axis=(1, 2))
+        better = view_total < total
+        cells[better], total[better] = view_cells[better], view_total[better]
+    block = _LOCAL_BLOCK
+    blocks = np.lib.stride_tricks.sliding_window_view(cells, (block, block), axis=(1, 2))
+    residual = blocks.sum(axis=(3, 4)).reshape(len(rows), -1).max(axis=1)
+    share = residual / np.maximum(total, 1e-12)
+    weight = cells**2
+    centre = (np.arange(VERIFY_GRID) + 0.5) / VERIFY_GRID
+    mass = np.maximum(weight.sum(axis=(1, 2)), 1e-300)
+    y = (weight.sum(axis=2) * centre).sum(axis=1) / mass
+    x = (weight.sum(axis=1) * centre).sum(axis=1) / mass
+    border = np.minimum(np.minimum(y, 1 - y), np.minimum(x, 1 - x))
+    return share, residual, border
+
+
 def verify(
     a: np.ndarray,
     b: np.ndarray,
@@ -568,12 +662,19 @@ def verify(
     cross: bool = False,
 ) -> np.ndarray:
     """``verified`` for candidate pairs of thumbnails a and b with their ``pair_similarity``:
-    the residual concentration is computed for the pairs in the band only."""
+    the residual concentration is computed for the pairs in the band only, and the pairs that
+    pass lose the ones the local-difference veto (``local_difference``) refuses."""
     band = (sims >= cfg.band_min_similarity) & (sims < cfg.min_similarity)
     concentration = np.ones(len(rows), np.float32)
     if band.any():
         concentration[band] = residual_concentration(a, b, rows[band], cols[band], res_a, res_b)
-    return verified(rows, cols, sims, cfg, cross, concentration)
+    keep = verified(rows, cols, sims, cfg, cross, concentration)
+    if cfg.local_max_share < 1.0 and keep.any():
+        passed = np.flatnonzero(keep)
+        share, residual, border = local_difference(a, b, rows[passed], cols[passed], res_a, res_b)
+        local = (share > cfg.local_max_share) & (residual > cfg.local_min_residual)
+        keep[passed[local & (border >= cfg.local_min_border)]] = False
+    return keep
 
 
 def candidate_similarities(

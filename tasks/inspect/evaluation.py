@@ -28,6 +28,9 @@ RULE_THRESHOLDS: dict[str, tuple[str, ...]] = {
         "decontaminate",
         "near_dup_min_similarity",
         "near_dup_band_min_similarity",
+        "near_dup_local_max_share",
+        "near_dup_local_min_residual",
+        "near_dup_local_min_border",
     ),
     "near_duplicate": (
         "near_dup_min_similarity",
@@ -36,6 +39,9 @@ RULE_THRESHOLDS: dict[str, tuple[str, ...]] = {
         "near_dup_band_min_similarity",
         "near_dup_max_residual_concentration",
         "near_dup_band_max_distance_ratio",
+        "near_dup_local_max_share",
+        "near_dup_local_min_residual",
+        "near_dup_local_min_border",
     ),
     "semantic_duplicate": ("semantic_dedup_eps",),
 }

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
+from PIL import Image, ImageDraw, ImageEnhance
 
 from demo import offline_data
 from demo.offline_data import fashion_mnist
@@ -84,6 +84,38 @@ def test_the_band_keeps_spread_differences_and_refuses_a_changed_detail():
     assert ((sims >= cfg.band_min_similarity) & (sims < cfg.min_similarity)).all(), sims
     rows, cols, _ = near_duplicate_pairs(thumbs, cfg, resolution)
     assert list(zip(rows.tolist(), cols.tolist(), strict=True)) == [(0, 1)]
+
+
+def _merged(a: Image.Image, b: Image.Image, cfg: CurateConfig) -> bool:
+    blobs = [image_thumbnail(a), image_thumbnail(b)]
+    thumbs, resolution = thumbnails_array(blobs), thumbnails_resolution(blobs)
+    rows, _, _ = near_duplicate_pairs(thumbs, match_config(cfg), resolution)
+    return len(rows) == 1
+
+
+def _marked(image: Image.Image, x: int, y: int) -> Image.Image:
+    """A copy with a round mark of 4 px (a seventh of the side) at (x, y)."""
+    out = image.copy()
+    ImageDraw.Draw(out).ellipse((x, y, x + 3, y + 3), fill=(20, 160, 60))
+    return out
+
+
+def test_the_local_difference_veto_refuses_a_changed_middle_and_keeps_a_mark_at_the_edge():
+    """The outbox and inbox trays (1F4E4, 1F4E5) at 28 px differ only in the arrow and
+    correlate 0.99 on the verification grid, as a copy does: the veto keeps them apart, and
+    without it (near_dup_local_max_share 1) they merge. A mark in a corner (a watermark) and
+    a brightness/contrast change that clips leave copies that still merge; the same mark in
+    the middle of the picture is a changed detail and does not."""
+    outbox, inbox = _emoji_28px("1F4E4"), _emoji_28px("1F4E5")
+    cfg = CurateConfig()
+    assert not _merged(outbox, inbox, cfg)
+    assert _merged(outbox, inbox, CurateConfig(near_dup_local_max_share=1.0))
+    brighter = ImageEnhance.Contrast(ImageEnhance.Brightness(inbox).enhance(1.2)).enhance(1.2)
+    assert (np.asarray(brighter) == 255).mean() > (np.asarray(inbox) == 255).mean() + 0.02
+    assert _merged(inbox, brighter, cfg)
+    assert _merged(inbox, _marked(inbox, 23, 23), cfg)
+    assert not _merged(inbox, _marked(inbox, 12, 16), cfg)
+    assert _merged(inbox, _marked(inbox, 12, 16), CurateConfig(near_dup_local_max_share=1.0))
 
 
 def test_each_window_is_its_crop_of_the_view_averaged_onto_the_grid():
