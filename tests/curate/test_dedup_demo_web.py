@@ -85,29 +85,55 @@ def test_no_two_fashion_mnist_images_merge(demo_groups):
     assert merged == sorted(GENUINE_DATASET_DUPLICATES + KNOWN_FALSE_MERGES)
 
 
+def _class_correlations(
+    images: np.ndarray, labels: np.ndarray, label: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The train indices of one class and the Pearson correlation of every pair of its images
+    (the diagonal set to -2)."""
+    members = np.flatnonzero(labels == label)
+    z = images[members].reshape(len(members), -1).astype(np.float32)
+    z -= z.mean(axis=1, keepdims=True)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    corr = z @ z.T
+    np.fill_diagonal(corr, -2.0)
+    return members, corr
+
+
 def test_the_genuine_dataset_duplicates_are_one_picture():
-    images, _ = fashion_mnist("train")
+    """Each pair is one picture stored twice: its pixels correlate above 0.997, or above 0.99
+    where no other pair of distinct images of its class (6,000, some 18 million pairs) comes
+    as close; and the two are not byte-identical."""
+    images, labels = fashion_mnist("train")
     for (_, a), (_, b) in GENUINE_DATASET_DUPLICATES:
         x, y = images[a].astype(np.float64), images[b].astype(np.float64)
-        assert np.corrcoef(x.ravel(), y.ravel())[0, 1] > 0.997  # the same picture...
-        assert not np.array_equal(x, y)  # ...stored twice, not byte-identical
+        assert not np.array_equal(x, y)
+        corr = np.corrcoef(x.ravel(), y.ravel())[0, 1]
+        assert corr > 0.99
+        if corr <= 0.997:
+            members, pairs = _class_correlations(images, labels, int(labels[a]))
+            i, j = np.searchsorted(members, a), np.searchsorted(members, b)
+            assert pairs[i, j] == pairs.max()  # no other pair of the class is as close
+            assert np.sort(pairs.max(axis=1))[-3] < 0.99  # nor within 0.99 (next: 0.987)
 
 
 GENUINE_DATASET_DUPLICATES: list[list[tuple[str, int]]] = [
     [("train", 34772), ("train", 49602)],  # one pair of trousers: mean |difference| 1.8/255
     [("train", 11251), ("train", 11421)],  # one bag, 17/255 brighter: the matcher is
     # brightness-invariant by design (brightness changes are planted copies too)
+    [("train", 32734), ("train", 58962)],  # one ankle boot, 9/255 brighter: correlation
+    # 0.994 (0.9934 allowing 1 px shifts), the closest pair of all 6,000 ankle boots, where
+    # 99.9 % of them have no other boot closer than 0.987
 ]
 """Different Fashion-MNIST train indices holding the same picture (pixel evidence above)."""
 KNOWN_FALSE_MERGES: list[list[tuple[str, int]]] = [
     [("train", 23162), ("train", 28897)],  # two bags of one outline, one darker
-    [("train", 32734), ("train", 58962)],  # two ankle boots, one brighter
 ]
-"""Distinct images the matcher still merges at 28 px (listed so that any new one fails). Each
-pair has one outline and may well be one product photographed twice, but the pixels do not
-prove it: their correlation after the best 1-pixel shift (0.88 and 0.99) and the overlap of
-their silhouettes (IoU 0.84 and 0.96) are no higher than those of a garment and its closest
-other garment of the class in the training set (99th percentile 0.99 and 0.985)."""
+"""Distinct images the matcher still merges at 28 px (listed so that any new one fails). The
+bags share an outline, and the one scaled by 3-5 % correlates 0.978 with the other (0.871
+unaligned), which may be one product photographed twice or cropped differently, but the
+pixels do not prove it: 40 bags' closest other bags, searched over the same scales and
+sub-pixel shifts, correlate 0.93 (median) to 0.986. A crop copy of a 28 px bag is resampled
+the same way, so the pixel matcher cannot tell the two apart."""
 
 
 def test_every_other_merge_is_listed(demo_groups):
