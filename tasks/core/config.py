@@ -253,7 +253,9 @@ class CurateConfig(_Section):
     share of what differs between the two (after the best brightness/contrast fit, which may
     clip), that block more than near_dup_local_min_residual of the picture's variance, and
     the difference's centre at least near_dup_local_min_border of the side from every edge.
-    1 turns the veto off. Calibrated with bench/bench_dedup_quality.py (see its docstring)."""
+    1 turns the veto off. Near-duplicate removal only: decontamination does without it (a
+    false match there costs one training sample). Calibrated with
+    bench/bench_dedup_quality.py (see its docstring)."""
     near_dup_local_min_residual: float = Field(0.004, ge=0)
     """The local-difference veto: the least residual (a share of the picture's variance) in
     the block where the difference gathers."""

@@ -40,6 +40,8 @@ resized to THUMB x THUMB. Two thumbnails are compared in two steps:
    ``local_min_border`` of the side from every edge: two drawings of one layout differing
    in their middle (an arrow, a mouth, an emblem), which correlate as well as a copy. A mark
    near an edge (a watermark, a shop name) may be what a copy added, and stays a duplicate.
+   Decontamination (``cross_matches``) does without the veto: there a false match costs one
+   training sample, a missed one the benchmark's meaning.
 
 Thresholds come from CurateConfig and were calibrated with ``bench/bench_dedup_quality.py``.
 """
@@ -571,13 +573,16 @@ _TONE_FIT_PASSES = 4
 each over the pixels the previous fit left unclipped."""
 _LOCAL_BLOCK = VERIFY_GRID // 4
 """Side, in VERIFY_GRID cells, of the block a local difference is measured in."""
+_LOCAL_CHUNK = 1024
+"""Pairs whose local difference is computed at once (a few float64 (CHUNK, T*T*3) arrays:
+~25 MiB each)."""
 
 
 def _clipped_fit_residual(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """(m, P) pixel values 0-255 -> y minus the best fit clip(a * x + b, 0, 255) per row: a
-    brightness or contrast change that clips (white stays white) leaves no residual, as it
-    does with a plain linear fit. a and b are fitted by least squares over the pixels that
-    the previous pass's fit does not clip."""
+    brightness or contrast change leaves no residual even where it clips (white stays white),
+    which a plain linear fit leaves there. a and b are fitted by least squares over the
+    pixels that the previous pass's fit does not clip."""
     unclipped = np.ones(x.shape, bool)
     for _ in range(_TONE_FIT_PASSES):
         w = unclipped.astype(np.float64)
@@ -660,20 +665,25 @@ def verify(
     res_a: np.ndarray | None = None,
     res_b: np.ndarray | None = None,
     cross: bool = False,
+    local_veto: bool = True,
 ) -> np.ndarray:
     """``verified`` for candidate pairs of thumbnails a and b with their ``pair_similarity``:
-    the residual concentration is computed for the pairs in the band only, and the pairs that
-    pass lose the ones the local-difference veto (``local_difference``) refuses."""
+    the residual concentration is computed for the pairs in the band only, and with
+    ``local_veto`` the pairs that pass lose the ones the local-difference veto
+    (``local_difference``) refuses."""
     band = (sims >= cfg.band_min_similarity) & (sims < cfg.min_similarity)
     concentration = np.ones(len(rows), np.float32)
     if band.any():
         concentration[band] = residual_concentration(a, b, rows[band], cols[band], res_a, res_b)
     keep = verified(rows, cols, sims, cfg, cross, concentration)
-    if cfg.local_max_share < 1.0 and keep.any():
-        passed = np.flatnonzero(keep)
-        share, residual, border = local_difference(a, b, rows[passed], cols[passed], res_a, res_b)
+    if not local_veto or cfg.local_max_share >= 1.0:
+        return keep
+    passed = np.flatnonzero(keep)
+    for first in range(0, len(passed), _LOCAL_CHUNK):
+        part = passed[first : first + _LOCAL_CHUNK]
+        share, residual, border = local_difference(a, b, rows[part], cols[part], res_a, res_b)
         local = (share > cfg.local_max_share) & (residual > cfg.local_min_residual)
-        keep[passed[local & (border >= cfg.local_min_border)]] = False
+        keep[part[local & (border >= cfg.local_min_border)]] = False
     return keep
 
 
@@ -753,8 +763,12 @@ def cross_matches(
     query_resolution: np.ndarray | None = None,
     db_resolution: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Verified pairs (query i, database j) between two thumbnail sets, with similarity."""
+    """Verified pairs (query i, database j) between two thumbnail sets, with similarity.
+    Decontamination's matcher: without the local-difference veto, so it errs towards a
+    match (a look-alike of an evaluation image costs one training sample, a missed copy
+    biases the benchmark)."""
     rows, cols = candidate_pairs(db, cfg, queries)
     sims = pair_similarity(queries, db, rows, cols, query_resolution, db_resolution)
-    keep = verify(queries, db, rows, cols, sims, cfg, query_resolution, db_resolution, cross=True)
+    keep = verify(queries, db, rows, cols, sims, cfg, query_resolution, db_resolution,
+                  cross=True, local_veto=False)  # fmt: skip
     return rows[keep], cols[keep], sims[keep]

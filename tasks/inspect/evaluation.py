@@ -28,9 +28,6 @@ RULE_THRESHOLDS: dict[str, tuple[str, ...]] = {
         "decontaminate",
         "near_dup_min_similarity",
         "near_dup_band_min_similarity",
-        "near_dup_local_max_share",
-        "near_dup_local_min_residual",
-        "near_dup_local_min_border",
     ),
     "near_duplicate": (
         "near_dup_min_similarity",

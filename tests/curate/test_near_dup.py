@@ -17,6 +17,7 @@ from tasks.core.config import CurateConfig
 from tasks.curate.dedup import match_config
 from tasks.curate.features import FEATURE_SCHEMA, inspect_image
 from tasks.curate.near_dup import (
+    cross_matches,
     image_thumbnail,
     near_duplicate_pairs,
     pair_similarity,
@@ -105,10 +106,16 @@ def test_the_local_difference_veto_refuses_a_changed_middle_and_keeps_a_mark_at_
     correlate 0.99 on the verification grid, as a copy does: the veto keeps them apart, and
     without it (near_dup_local_max_share 1) they merge. A mark in a corner (a watermark) and
     a brightness/contrast change that clips leave copies that still merge; the same mark in
-    the middle of the picture is a changed detail and does not."""
+    the middle of the picture is a changed detail and does not. Decontamination does without
+    the veto: the inbox on the web matches the outbox among the evaluation images."""
     outbox, inbox = _emoji_28px("1F4E4"), _emoji_28px("1F4E5")
     cfg = CurateConfig()
     assert not _merged(outbox, inbox, cfg)
+    blobs = [image_thumbnail(outbox), image_thumbnail(inbox)]
+    thumbs, resolution = thumbnails_array(blobs), thumbnails_resolution(blobs)
+    found, _, _ = cross_matches(thumbs[1:], thumbs[:1], match_config(cfg), resolution[1:],
+                                resolution[:1])  # fmt: skip
+    assert len(found) == 1
     assert _merged(outbox, inbox, CurateConfig(near_dup_local_max_share=1.0))
     brighter = ImageEnhance.Contrast(ImageEnhance.Brightness(inbox).enhance(1.2)).enhance(1.2)
     assert (np.asarray(brighter) == 255).mean() > (np.asarray(inbox) == 255).mean() + 0.02
