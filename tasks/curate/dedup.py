@@ -39,6 +39,7 @@ from tasks.curate.near_dup import (
     MatchConfig,
     candidate_pairs,
     cross_matches,
+    local_vetoes,
     pair_similarity,
     thumbnails_array,
     thumbnails_resolution,
@@ -272,8 +273,11 @@ def run_dedup(
     resolution = thumbnails_resolution(blobs, np.asarray(frame["native_detail"], np.float64))
     rows, cols = _near_candidates(thumbs, cfg, near, map_tasks, workdir)
     sims = pair_similarity(thumbs, thumbs, rows, cols, resolution, resolution)
-    duplicate = verify(thumbs, thumbs, rows, cols, sims, near, resolution, resolution)
-    _register_near_pairs(con, rids[rows], rids[cols], sims, duplicate)
+    passed = verify(thumbs, thumbs, rows, cols, sims, near, resolution, resolution,
+                    local_veto=False)  # fmt: skip
+    vetoed = local_vetoes(thumbs, thumbs, rows, cols, passed, near, resolution, resolution)
+    duplicate = passed & ~vetoed
+    _register_near_pairs(con, rids[rows], rids[cols], sims, duplicate, vetoed)
     rows, cols = rows[duplicate], cols[duplicate]
     outcome.pairs["near_duplicate"] = int(duplicate.sum())
     _drop(con, outcome.dropped["near_duplicate"], _named_duplicates(rids, keys, rows, cols))
@@ -337,13 +341,15 @@ def _register_near_pairs(
     rid_b: np.ndarray,
     sims: np.ndarray,
     duplicate: np.ndarray,
+    vetoed: np.ndarray,
 ) -> None:
-    """Table ``near_pairs`` (rid_a, rid_b, similarity, verified): every candidate pair with
-    its verified similarity and verdict, for the report's gallery of the pairs closest to
-    the threshold."""
+    """Table ``near_pairs`` (rid_a, rid_b, similarity, verified, vetoed): every candidate
+    pair with its verified similarity and verdict, and whether the local-difference veto
+    refused it, for the report's gallery of the pairs closest to the decision."""
     table = pa.table({
         "rid_a": pa.array(rid_a, pa.int64()), "rid_b": pa.array(rid_b, pa.int64()),
         "similarity": pa.array(sims, pa.float64()), "verified": pa.array(duplicate),
+        "vetoed": pa.array(vetoed),
     })  # fmt: skip
     con.register("near_pairs_arrow", table)
     con.execute("CREATE OR REPLACE TABLE near_pairs AS SELECT * FROM near_pairs_arrow")

@@ -676,15 +676,35 @@ def verify(
     if band.any():
         concentration[band] = residual_concentration(a, b, rows[band], cols[band], res_a, res_b)
     keep = verified(rows, cols, sims, cfg, cross, concentration)
-    if not local_veto or cfg.local_max_share >= 1.0:
-        return keep
-    passed = np.flatnonzero(keep)
-    for first in range(0, len(passed), _LOCAL_CHUNK):
-        part = passed[first : first + _LOCAL_CHUNK]
+    if local_veto:
+        keep &= ~local_vetoes(a, b, rows, cols, keep, cfg, res_a, res_b)
+    return keep
+
+
+def local_vetoes(
+    a: np.ndarray,
+    b: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    passed: np.ndarray,
+    cfg: MatchConfig,
+    res_a: np.ndarray | None = None,
+    res_b: np.ndarray | None = None,
+) -> np.ndarray:
+    """Which of the pairs that ``passed`` the local-difference veto refuses: what differs is
+    gathered in one block (``local_difference``: share above ``local_max_share``, residual
+    above ``local_min_residual``) whose centre lies ``local_min_border`` or more from every
+    edge. (len(rows),) bool; none when the veto is off (``local_max_share`` 1)."""
+    out = np.zeros(len(rows), bool)
+    if cfg.local_max_share >= 1.0:
+        return out
+    candidates = np.flatnonzero(passed)
+    for first in range(0, len(candidates), _LOCAL_CHUNK):
+        part = candidates[first : first + _LOCAL_CHUNK]
         share, residual, border = local_difference(a, b, rows[part], cols[part], res_a, res_b)
         local = (share > cfg.local_max_share) & (residual > cfg.local_min_residual)
-        keep[part[local & (border >= cfg.local_min_border)]] = False
-    return keep
+        out[part] = local & (border >= cfg.local_min_border)
+    return out
 
 
 def candidate_similarities(

@@ -127,7 +127,8 @@ def plot_duplicates(con: duckdb.DuckDBPyConnection, storage: Storage, path: str)
 
 def plot_near_threshold(con: duckdb.DuckDBPyConnection, storage: Storage, path: str) -> str:
     """Each row: a near-duplicate candidate pair and its similarity, the closest to the
-    threshold first on either side (verified: dropped; rejected: both kept)."""
+    threshold on either side (verified: dropped; rejected: both kept), then the most similar
+    pairs the local-difference veto refused (both kept)."""
     pairs = run_sql(con, "curate/near_threshold_pairs", {"limit": NEAR_THRESHOLD_EXAMPLES})
     rows = pairs.fetchall()
     images = _images(storage, [(r[1], r[0]) for r in rows] + [(r[3], r[2]) for r in rows])
@@ -137,8 +138,9 @@ def plot_near_threshold(con: duckdb.DuckDBPyConnection, storage: Storage, path: 
         ax.axis("off")
     if not rows:
         axes[0][0].text(0, 0.5, "no near-duplicate candidates", fontsize=12)
-    for row, (key_a, shard_a, key_b, shard_b, similarity, verified) in enumerate(rows):
+    for row, (key_a, shard_a, key_b, shard_b, similarity, verified, vetoed) in enumerate(rows):
         verdict = "near duplicate" if verified else "kept apart"
+        verdict += " (local difference)" if vetoed else ""
         for col, (shard, key) in enumerate(((shard_a, key_a), (shard_b, key_b))):
             data = images.get((shard, key))
             if data is not None:

@@ -338,3 +338,27 @@ def test_a_duplicate_groups_survivor_follows_the_samples_not_their_keys():
         runs.append(_dedup_survivors(rows))
     assert runs[0] == {"http://w/b.png": "http://w/a.png", "http://w/d.jpg": "http://w/c.png"}
     assert runs[1] == runs[0]
+
+
+def test_the_near_threshold_gallery_shows_each_side_and_the_vetoed_pairs():
+    """near_threshold_pairs.sql: the verified pairs closest above the threshold, the rejected
+    ones closest below, and the most similar pairs the local-difference veto refused, each
+    side at most $limit (a vetoed pair of 0.999 is not crowded out by plain rejections)."""
+    con = duckdb.connect()
+    con.execute("CREATE TABLE rules AS SELECT range AS rid, 'k' || range AS key, "
+                "'s.tar' AS download_shard FROM range(12)")  # fmt: skip
+    pairs = [  # rid_a, rid_b, similarity, verified, vetoed
+        (0, 1, 0.995, True, False), (2, 3, 0.991, True, False), (4, 5, 0.993, True, False),
+        (6, 7, 0.9995, False, False), (8, 9, 0.9990, False, False), (1, 2, 0.98, False, False),
+        (10, 11, 0.9991, False, True), (3, 4, 0.992, False, True), (5, 6, 0.990, False, True),
+    ]  # fmt: skip
+    con.execute("CREATE TABLE near_pairs (rid_a BIGINT, rid_b BIGINT, similarity DOUBLE, "
+                "verified BOOLEAN, vetoed BOOLEAN)")  # fmt: skip
+    con.executemany("INSERT INTO near_pairs VALUES (?, ?, ?, ?, ?)", pairs)
+    rows = run_sql(con, "curate/near_threshold_pairs", {"limit": 2}).fetchall()
+    shown = [(r[0], r[2], r[5], r[6]) for r in rows]
+    assert shown == [
+        ("k6", "k7", False, False), ("k8", "k9", False, False),  # kept, closest below
+        ("k4", "k5", True, False), ("k2", "k3", True, False),  # dropped, closest above
+        ("k10", "k11", False, True), ("k3", "k4", False, True),  # refused by the veto
+    ]  # fmt: skip
