@@ -25,11 +25,13 @@ def flat_neighbours(
     found = []
     for q0 in range(0, len(probe), KNN_QUERY_BLOCK):
         queries = probe[q0 : q0 + KNN_QUERY_BLOCK]
-        parts = [
-            _block_nearest(queries @ database[d0 : d0 + KNN_DATABASE_BLOCK].T, k,
-                           min_similarity, first_id + d0)
-            for d0 in range(0, len(database), KNN_DATABASE_BLOCK)
-        ]  # fmt: skip
+        best = np.full((len(queries), k), -np.inf, np.float32)  # the k largest seen, any order
+        parts = []
+        for d0 in range(0, len(database), KNN_DATABASE_BLOCK):
+            sims = queries @ database[d0 : d0 + KNN_DATABASE_BLOCK].T
+            best = _k_largest(np.concatenate([best, sims], axis=1), k)
+            floor = np.maximum(best.min(axis=1), min_similarity)
+            parts.append(_at_or_above(sims, floor, first_id + d0))
         rows, ids, sims = (np.concatenate(p) for p in zip(*parts, strict=True))
         rows, ids, sims = nearest_first(rows, ids, sims, k)
         found.append((rows + q0, ids, sims))
@@ -39,17 +41,19 @@ def flat_neighbours(
     return rows, ids, sims
 
 
-def _block_nearest(
-    sims: np.ndarray, k: int, min_similarity: float, first_id: int
+def _k_largest(values: np.ndarray, k: int) -> np.ndarray:
+    """(q, n) -> (q, k): each row's k largest values, in no order."""
+    return np.partition(values, values.shape[1] - k, axis=1)[:, values.shape[1] - k :]
+
+
+def _at_or_above(
+    sims: np.ndarray, floor: np.ndarray, first_id: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(q, b) similarities -> triplets of every entry at or above both min_similarity and its
-    row's k-th largest (ties at the k-th place all stay)."""
-    floor = np.full((len(sims), 1), min_similarity, np.float32)
-    crowded = np.nonzero((sims >= floor).sum(axis=1) > k)[0]  # the others keep all they have
-    if len(crowded):
-        kth = np.partition(sims[crowded], sims.shape[1] - k, axis=1)[:, sims.shape[1] - k]
-        floor[crowded, 0] = np.maximum(min_similarity, kth)
-    rows, cols = np.nonzero(sims >= floor)
+    """(q, b) similarities -> triplets of every entry at or above its row's floor. The floor
+    is the k-th largest similarity of the row's blocks so far (or min_similarity): it only
+    rises, never above the row's final k-th, so every entry of the final k (ties at the
+    k-th place included) is kept, and a later block keeps only what beats the earlier."""
+    rows, cols = np.nonzero(sims >= floor[:, None])
     return rows, cols + first_id, sims[rows, cols]
 
 

@@ -83,6 +83,10 @@ area land within about 2 % of the side of one (coarser steps, 88-100 % at three 
 missed a third of the crops at 64 and 224 px)."""
 _CHUNK = 128
 """Images whose windows are computed at once ((CHUNK, W, D) float32: ~25 MiB)."""
+_BLANK_WINDOW = 1e-4
+"""A window is blank when its variance is at most this share of its sum of squares (less the
+view's mean): a standard deviation of 1 % of the window's offset from the mean, where
+float32 sums of squares of the 768 cells leave rounding noise some 100 times smaller."""
 _YCBCR = np.array(
     [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], np.float32
 )
@@ -254,19 +258,33 @@ _FULL_MATRIX = _area_matrix(0.0, 1.0, VERIFY_GRID)
 channel, column): the column axis last is what the windows' second product leaves."""
 
 
-def _windows(thumbs: np.ndarray) -> np.ndarray:
-    """(m, T, T, 3) RGB -> every window in verification space, normalised: (m, W, G*3*G).
-    Two matrix products: every vertical span of each thumbnail at once, then per horizontal
-    span the windows that use it (each one BLAS call; no transposed copy of the output)."""
-    m, g, spans = len(thumbs), VERIFY_GRID, len(_SPAN_MATRICES)
-    columns_last = np.ascontiguousarray(_verification_space(thumbs).transpose(0, 1, 3, 2))
+def _windows(space: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(m, T, T, 3) views in verification space -> every window's cells, (m, W, G*3*G), and
+    the inverse of each window's norm once centred on its own mean, (m, W): the correlation
+    of window w with a centred unit vector d is (cells[w] @ d) * inverse_norm[w] (d sums to
+    zero, so the window's mean drops out), and no centred, normalised copy of the windows
+    is written. The cells are of the view less its own mean (a window's variance is the
+    same, and float32 sums of squares lose less to cancellation); a blank window's inverse
+    norm is 0 (``_BLANK_WINDOW``). Two matrix products:
+    every vertical span of each view at once, then per horizontal span the windows that use
+    it (each one BLAS call; no transposed copy of the output)."""
+    m, g, spans = len(space), VERIFY_GRID, len(_SPAN_MATRICES)
+    centred = space - space.mean(axis=(1, 2, 3), keepdims=True)
+    columns_last = np.ascontiguousarray(centred.transpose(0, 1, 3, 2))
     vertical = np.matmul(_SPAN_ROWS, columns_last.reshape(m, THUMB, 3 * THUMB))
     vertical = vertical.reshape(m, spans, g, 3, THUMB)  # (m, S, G rows, channel, T columns)
     out = np.empty((m, len(_WINDOW_PAIRS), g, 3, g), np.float32)
     for horizontal, windows in _WINDOWS_BY_HORIZONTAL_SPAN:
         picked = vertical[:, _WINDOW_PAIRS[windows, 0]].reshape(-1, THUMB)
         out[:, windows] = (picked @ _SPAN_MATRICES[horizontal].T).reshape(m, len(windows), g, 3, g)
-    return _normalised(out.reshape(m, len(_WINDOW_PAIRS), g * 3 * g))
+    cells = out.reshape(m, len(_WINDOW_PAIRS), g * 3 * g)
+    sums = cells.sum(axis=2)
+    squares = np.einsum("mwd,mwd->mw", cells, cells)
+    variance = squares - sums * sums / cells.shape[2]
+    # A window whose variance is at float32's resolution of its sum of squares is blank (a
+    # plain background): it correlates 0 with anything, not its rounding noise.
+    blank = variance <= _BLANK_WINDOW * squares
+    return cells, np.where(blank, 0.0, 1.0 / np.sqrt(np.where(blank, 1.0, variance)))
 
 
 def _full(thumbs: np.ndarray) -> np.ndarray:
@@ -283,9 +301,12 @@ def _full(thumbs: np.ndarray) -> np.ndarray:
 def candidate_vectors(thumbs: np.ndarray) -> np.ndarray:
     """(n, VIEWS, T, T, 3) thumbnails -> (n * VIEWS, CANDIDATE_GRID^2 * 3) centred unit
     vectors, view-major within each image (row i * VIEWS + v)."""
-    step = THUMB // CANDIDATE_GRID
-    views = thumbs.reshape(-1, CANDIDATE_GRID, step, CANDIDATE_GRID, step, 3)
-    return _normalised(views.mean(axis=(2, 4)).reshape(len(views), -1))
+    step, grid = THUMB // CANDIDATE_GRID, CANDIDATE_GRID
+    # Cell sums, each over a contiguous axis (a third of the time of one mean over two axes);
+    # the scale drops out in the normalisation.
+    rows = thumbs.reshape(-1, grid, step, THUMB * 3).sum(axis=2)
+    cells = rows.reshape(-1, grid, grid, step, 3).sum(axis=3)
+    return _normalised(cells.reshape(len(cells), -1))
 
 
 def _ivf_index(dim: int, n: int, cfg: MatchConfig, train: np.ndarray) -> faiss.Index:
@@ -374,10 +395,12 @@ def _directed_similarity(
     images, starts = np.unique(rows[order], return_index=True)
     bounds = np.append(starts, len(order))
     for first in range(0, len(images), _CHUNK):
-        windows = _windows(src[images[first : first + _CHUNK]])  # (u, W, D)
+        space = _verification_space(src[images[first : first + _CHUNK]])
+        windows, inverse_norm = _windows(space)  # (u, W, D), (u, W)
         for u in range(len(windows)):
             part = order[bounds[first + u] : bounds[first + u + 1]]
-            out[part] = (windows[u] @ dst_full[cols[part]].T).max(axis=0)
+            products = windows[u] @ dst_full[cols[part]].T  # (W, pairs)
+            out[part] = (products * inverse_norm[u][:, None]).max(axis=0)
     return out
 
 

@@ -157,6 +157,11 @@ def test_shards_run_as_mapped_prefect_tasks(prefect_harness):
     assert len(searched) == 3 and all(t.state.is_completed() for t in searched)
 
 
+def _small_query_blocks() -> None:
+    """A pool's initializer: the flat search takes 256 query views per block."""
+    flat_knn.KNN_QUERY_BLOCK = 256
+
+
 def single_pass_task(database: str) -> tuple[int, int]:
     """The single pass as one task over a vectors file: (pairs found, peak memory growth)."""
     with PeakMemory() as memory:
@@ -179,9 +184,12 @@ def test_a_shard_task_needs_less_memory_than_the_single_pass(thumbs: np.ndarray,
     k = CFG.candidate_k * VIEWS + VIEWS
     start, stop = max(shard_bounds(len(vectors), 4), key=lambda b: b[1] - b[0])
     job = ShardSearchJob(database, database, start, stop, k, CFG.candidate_min_similarity,
-                         4096, str(tmp_path / "shard.npy"))  # fmt: skip
+                         1024, str(tmp_path / "shard.npy"))  # fmt: skip
     context = multiprocessing.get_context("spawn")
-    with context.Pool(2, maxtasksperchild=1) as pool:  # a fresh process per task
+    # A fresh process per task, both searching 256 queries at a time: the working buffers of
+    # a query block (~17 MiB at the default 2,048, the same for either task) do not grow
+    # with the data, and at this size would hide what does.
+    with context.Pool(2, initializer=_small_query_blocks, maxtasksperchild=1) as pool:
         single = pool.apply_async(single_pass_task, (database,))
         shard = pool.apply_async(search_shard, (job,))
         (_, single_peak), shard_run = single.get(), shard.get()

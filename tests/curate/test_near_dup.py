@@ -135,13 +135,38 @@ def test_each_window_is_its_crop_of_the_view_averaged_onto_the_grid():
     images, _ = fashion_mnist("test")
     thumbs = thumbnails_array([image_thumbnail(Image.fromarray(images[k])) for k in range(6)])
     views = thumbs[:, 1]
-    windows = nd._windows(views)
     space = nd._verification_space(views)
+    cells, inverse_norm = nd._windows(space)
+    # What the matcher uses: a window's correlation with a centred unit vector.
+    windows = (cells - cells.mean(axis=2, keepdims=True)) * inverse_norm[:, :, None]
     for w, (vertical, horizontal) in enumerate(nd._WINDOW_PAIRS):
         rows, cols = nd._SPAN_MATRICES[vertical], nd._SPAN_MATRICES[horizontal]
-        cells = np.einsum("gt,mtuc,hu->mgch", rows, space, cols)
-        np.testing.assert_allclose(windows[:, w], nd._normalised(cells.reshape(6, -1)), atol=1e-5)
+        plain = np.einsum("gt,mtuc,hu->mgch", rows, space, cols).reshape(6, -1)
+        np.testing.assert_allclose(windows[:, w], nd._normalised(plain), atol=1e-5)
+        partner = nd._normalised(np.roll(plain, 1, axis=0))  # another image's cells
+        np.testing.assert_allclose((cells[:, w] * partner).sum(axis=1) * inverse_norm[:, w],
+                                   (nd._normalised(plain) * partner).sum(axis=1), atol=1e-5)  # fmt: skip
     whole = [w for w, pair in enumerate(nd._WINDOW_PAIRS)
              if np.allclose(nd._SPAN_MATRICES[pair], nd._FULL_MATRIX)]  # fmt: skip
     assert len(whole) == 1
     np.testing.assert_allclose(windows[:, whole[0]], nd._full(views), atol=1e-5)
+
+
+def test_a_blank_window_correlates_zero_not_its_rounding_noise():
+    """A white view with a dark line along its left edge: the windows that leave the line out
+    are plain white. Their cells differ from each other only by float32 rounding, which a
+    variance taken from sums of squares would scale up to a correlation (the harness's 28 px
+    brightness pool had a thin pen drawing correlate 21 with an arrow); they are blank."""
+    from tasks.curate import near_dup as nd
+
+    view = np.full((1, nd.THUMB, nd.THUMB, 3), 255.0, np.float32)
+    view[0, :, :2] = 0.0
+    cells, inverse_norm = nd._windows(nd._verification_space(view))
+    covers_line = np.array([nd._SPAN_MATRICES[h][:, :2].sum() > 0 for _, h in nd._WINDOW_PAIRS])
+    assert (~covers_line).any() and covers_line.any()
+    assert (inverse_norm[0, ~covers_line] == 0).all()
+    assert (inverse_norm[0, covers_line] > 0).all()
+    partner = nd._normalised(cells[0, covers_line][:1])  # a window that shows the line
+    correlation = (cells[0] @ partner.T)[:, 0] * inverse_norm[0]
+    assert np.abs(correlation).max() <= 1 + 1e-5
+    assert correlation[covers_line].max() > 0.99
