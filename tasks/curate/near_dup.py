@@ -130,30 +130,32 @@ class MatchConfig:
     local_min_border: float = 0.0
 
 
-def _uniform(line: np.ndarray, colour: np.ndarray) -> bool:
-    """Whether a row or column of pixels (k, 3) is (nearly all) ``colour``."""
-    close = np.abs(line.astype(np.int16) - colour).max(axis=1) <= _BORDER_TOLERANCE
-    return bool(close.mean() >= _BORDER_UNIFORM)
-
-
 def _trim_once(pixels: np.ndarray) -> np.ndarray:
     """Strip rows and columns of the corners' colour from every side (as ``convert -trim``
-    with a fuzz does); the picture's first non-uniform lines stay."""
+    with a fuzz does); the picture's first non-uniform lines stay. A line is uniform when at
+    least _BORDER_UNIFORM of its pixels are within _BORDER_TOLERANCE of that colour in every
+    channel: rows over the whole width, then columns over the rows that stay."""
     h, w = pixels.shape[:2]
     corners = np.stack([pixels[0, 0], pixels[0, -1], pixels[-1, 0], pixels[-1, -1]])
-    colour = np.median(corners.astype(np.int16), axis=0)
-    top, bottom, left, right = 0, h, 0, w
-    while bottom - top > 2 and _uniform(pixels[top, left:right], colour):
-        top += 1
-    while bottom - top > 2 and _uniform(pixels[bottom - 1, left:right], colour):
-        bottom -= 1
-    while right - left > 2 and _uniform(pixels[top:bottom, left], colour):
-        left += 1
-    while right - left > 2 and _uniform(pixels[top:bottom, right - 1], colour):
-        right -= 1
+    middle = np.sort(corners.astype(np.int16), axis=0)[1:3]
+    colour = middle.mean(axis=0)  # the corners' median, per channel (may end in .5)
+    low, high = np.ceil(colour - _BORDER_TOLERANCE), np.floor(colour + _BORDER_TOLERANCE)
+    close = ((pixels >= low) & (pixels <= high)).all(axis=2)  # (h, w): near the colour
+    top, bottom = _uniform_ends(close.mean(axis=1) >= _BORDER_UNIFORM)
+    left, right = _uniform_ends(close[top:bottom].mean(axis=0) >= _BORDER_UNIFORM)
     if bottom - top <= 2 or right - left <= 2:  # a blank image: nothing to trim to
         return pixels
     return pixels[top:bottom, left:right]
+
+
+def _uniform_ends(uniform: np.ndarray) -> tuple[int, int]:
+    """Lines (n,) -> [start, stop): the uniform lines at either end stripped, the start one
+    at a time first, then the stop, as long as more than two lines are left."""
+    n = len(uniform)
+    varied = np.flatnonzero(~uniform)
+    start = min(int(varied[0]) if len(varied) else n, max(n - 2, 0))
+    stop = max(int(varied[-1]) + 1 if len(varied) else 0, start + 2)
+    return start, min(stop, n)
 
 
 def trim_borders(pixels: np.ndarray, passes: int = 3) -> np.ndarray:

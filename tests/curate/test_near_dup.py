@@ -170,3 +170,51 @@ def test_a_blank_window_correlates_zero_not_its_rounding_noise():
     correlation = (cells[0] @ partner.T)[:, 0] * inverse_norm[0]
     assert np.abs(correlation).max() <= 1 + 1e-5
     assert correlation[covers_line].max() > 0.99
+
+
+def _trim_line_by_line(pixels: np.ndarray) -> np.ndarray:
+    """The plain definition of one trim pass: strip a line at a time, top, bottom, left, right,
+    while it is uniform (80 % of its pixels within 40 of the corners' median colour in every
+    channel) and more than two lines are left."""
+
+    def uniform(line: np.ndarray) -> bool:
+        return bool((np.abs(line.astype(np.int16) - colour).max(axis=1) <= 40).mean() >= 0.8)
+
+    h, w = pixels.shape[:2]
+    colour = np.median(np.stack([pixels[0, 0], pixels[0, -1], pixels[-1, 0], pixels[-1, -1]])
+                       .astype(np.int16), axis=0)  # fmt: skip
+    top, bottom, left, right = 0, h, 0, w
+    while bottom - top > 2 and uniform(pixels[top, left:right]):
+        top += 1
+    while bottom - top > 2 and uniform(pixels[bottom - 1, left:right]):
+        bottom -= 1
+    while right - left > 2 and uniform(pixels[top:bottom, left]):
+        left += 1
+    while right - left > 2 and uniform(pixels[top:bottom, right - 1]):
+        right -= 1
+    if bottom - top <= 2 or right - left <= 2:
+        return pixels
+    return pixels[top:bottom, left:right]
+
+
+def test_trimming_strips_the_lines_the_plain_definition_strips():
+    """The trim (whole-image masks) against the line-at-a-time definition, on 3,000 random
+    images: borders of random widths and colours, noise within and beyond the tolerance,
+    tiny and blank images, and every Fashion-MNIST test image of the first 500."""
+    from tasks.curate import near_dup as nd
+
+    rng = np.random.default_rng(0)
+    images, _ = fashion_mnist("test")
+    cases = [np.repeat(images[k][:, :, None], 3, axis=2) for k in range(500)]
+    for _ in range(2500):
+        h, w = rng.integers(1, 40, size=2)
+        image = np.full((h, w, 3), rng.integers(0, 256, size=3), np.uint8)
+        t, b, left, r = rng.integers(0, h // 2 + 1, size=2).tolist() + rng.integers(
+            0, w // 2 + 1, size=2).tolist()  # fmt: skip
+        inner = image[t : h - b, left : w - r]
+        inner[...] = rng.integers(0, 256, size=inner.shape)
+        if rng.random() < 0.5:  # borders that are near, or just beyond, the tolerance
+            image = np.clip(image + rng.integers(-45, 46, size=image.shape), 0, 255)
+        cases.append(image.astype(np.uint8))
+    for image in cases:
+        np.testing.assert_array_equal(nd._trim_once(image), _trim_line_by_line(image))
