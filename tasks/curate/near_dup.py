@@ -84,9 +84,10 @@ missed a third of the crops at 64 and 224 px)."""
 _CHUNK = 128
 """Images whose windows are computed at once ((CHUNK, W, D) float32: ~25 MiB)."""
 _BLANK_WINDOW = 1e-4
-"""A window is blank when its variance is at most this share of its sum of squares (less the
-view's mean): a standard deviation of 1 % of the window's offset from the mean, where
-float32 sums of squares of the 768 cells leave rounding noise some 100 times smaller."""
+"""A window is blank when its variance is at most this share of its sum of squares (taken
+after the view's own mean is subtracted): a standard deviation under 1 % of the window's
+offset from that mean, where float32 sums of the 768 cells' squares leave rounding noise
+some 100 times smaller."""
 _YCBCR = np.array(
     [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], np.float32
 )
@@ -267,9 +268,9 @@ def _windows(space: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     zero, so the window's mean drops out), and no centred, normalised copy of the windows
     is written. The cells are of the view less its own mean (a window's variance is the
     same, and float32 sums of squares lose less to cancellation); a blank window's inverse
-    norm is 0 (``_BLANK_WINDOW``). Two matrix products:
-    every vertical span of each view at once, then per horizontal span the windows that use
-    it (each one BLAS call; no transposed copy of the output)."""
+    norm is 0 (``_BLANK_WINDOW``). Two matrix products: every vertical span of each view at
+    once, then per horizontal span the windows that use it (each one BLAS call; no
+    transposed copy of the output)."""
     m, g, spans = len(space), VERIFY_GRID, len(_SPAN_MATRICES)
     centred = space - space.mean(axis=(1, 2, 3), keepdims=True)
     columns_last = np.ascontiguousarray(centred.transpose(0, 1, 3, 2))
