@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from demo import offline_data
-from model.atomic import atomic_folder
+from model.atomic import atomic_folder, one_builder
 from model.tario import SampleWriter
 
 log = logging.getLogger(__name__)
@@ -246,12 +246,13 @@ def build_set(name: str, out: Path, train_samples: int = 10_000, force: bool = F
     if name not in SETS:
         raise ValueError(f"unknown benchmark set {name!r}; known: {sorted(SETS)}")
     marker = Path(out) / "build.json"
-    if not force and marker.exists():
-        done: dict = json.loads(marker.read_text())
-        if done.get("format_version") == FORMAT_VERSION:
-            log.info("%s: up to date at %s", name, out)
-            return done
-    summary = write_set(Path(out), SETS[name](train_samples))
+    with one_builder(Path(out)):
+        if not force and marker.exists():
+            done: dict = json.loads(marker.read_text())
+            if done.get("format_version") == FORMAT_VERSION:
+                log.info("%s: up to date at %s", name, out)
+                return done
+        summary = write_set(Path(out), SETS[name](train_samples))
     log.info("%s: wrote %s to %s", name, summary["samples"], out)
     return summary
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from flows.pipeline import pipeline_flow, pipeline_summary
+from model.atomic import one_builder
 from tasks.core.config import ALLOW_PRIVATE_ENV, PipelineConfig, load_config
 from tasks.core.storage import Storage
 
@@ -33,14 +34,15 @@ def ensure_demo_web(out_dir: Path = DEMO_WEB_DIR, size: str = "demo") -> Path:
     from demo.web import BUILD_VERSION, PRESETS, build_demo_web
 
     planted = out_dir / "planted.json"
-    if planted.exists():
-        built = json.loads(planted.read_text())
-        if (built.get("sizes"), built.get("version")) == (asdict(PRESETS[size]), BUILD_VERSION):
-            return out_dir
-        log.info("the demo web in %s has other sizes or an older build: rebuilding it", out_dir)
-        shutil.rmtree(out_dir)
-    log.info("building the %r demo web into %s", size, out_dir)
-    build_demo_web(out_dir, size)
+    with one_builder(out_dir):  # a second `clipflow demo` waits, then finds the web built
+        if planted.exists():
+            built = json.loads(planted.read_text())
+            if (built.get("sizes"), built.get("version")) == (asdict(PRESETS[size]), BUILD_VERSION):
+                return out_dir
+            log.info("the demo web in %s has other sizes or an older build: rebuilding it", out_dir)
+            shutil.rmtree(out_dir)
+        log.info("building the %r demo web into %s", size, out_dir)
+        build_demo_web(out_dir, size)
     return out_dir
 
 

@@ -4,9 +4,14 @@ that the demo web never uses as a caption."""
 from __future__ import annotations
 
 import itertools
+import multiprocessing
+import os
 import random
 import re
 import string
+import time
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -109,3 +114,35 @@ def test_emoji_retrieval_captions(emoji_retrieval_small):
     emoji = benchmark_sets._base_emoji()[0]
     captions = benchmark_sets.emoji_captions(emoji)
     assert len(captions) == 2 and len(set(captions)) == 2 and all(emoji.name in c for c in captions)
+
+
+def _build_in_a_child(name: str, out: str, start: Any, log: str) -> None:
+    """A child process's build_set of a set whose builder takes a second and logs its pid."""
+
+    def slow_set(_train: int) -> benchmark_sets.BenchmarkSet:
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(1.0)
+        return small_fashion_set(20, 10)
+
+    benchmark_sets.SETS[name] = slow_set
+    start.wait()
+    benchmark_sets.build_set(name, Path(out))
+
+
+def test_two_processes_building_one_set_build_it_once(tmp_path):
+    """Two `clipflow demo` runs (or two test workers) at once: one builds, the other waits
+    and finds the set up to date. Without a lock both build into one fixed temporary
+    folder, and one of them fails or leaves a set the other half-wrote."""
+    ctx = multiprocessing.get_context("fork")
+    start, log, out = ctx.Barrier(2), tmp_path / "builds.log", tmp_path / "sets" / "slow"
+    children = [ctx.Process(target=_build_in_a_child, args=("slow", str(out), start, str(log)))
+                for _ in range(2)]  # fmt: skip
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(timeout=120)
+    assert [child.exitcode for child in children] == [0, 0]
+    assert len(log.read_text().split()) == 1  # built once
+    info = read_dataset_info(str(out), needs_templates=True)
+    assert info.classnames == list(FASHION_MNIST_CLASSNAMES)

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import multiprocessing
+import os
+import time
+from pathlib import Path
+from typing import Any
+
 import pytest
 import yaml
 
@@ -62,3 +70,38 @@ def test_demo_opens_loopback_for_its_own_config_only(monkeypatch):
     monkeypatch.setattr(flows.demo, "run_demo", lambda path, **_: calls.append(path) or 0)
     assert main(["demo", "configs/demo.yaml"]) == 0
     assert calls == ["configs/demo.yaml"]
+
+
+def _ensure_web_in_a_child(out: str, start: Any, log: str) -> None:
+    """A child process's ensure_demo_web, with a builder that takes a second and logs its pid."""
+    import demo.web
+    from flows.demo import ensure_demo_web
+
+    def slow_build(out_dir: Path, size: str) -> None:
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(1.0)
+        sizes = dataclasses.asdict(demo.web.PRESETS[size])
+        Path(out_dir).mkdir(parents=True)
+        (Path(out_dir) / "planted.json").write_text(
+            json.dumps({"sizes": sizes, "version": demo.web.BUILD_VERSION})
+        )
+
+    demo.web.build_demo_web = slow_build  # type: ignore[assignment]
+    start.wait()
+    ensure_demo_web(Path(out), "test")
+
+
+def test_two_demos_at_once_build_the_demo_web_once(tmp_path):
+    """Two `clipflow demo` runs in one checkout share .cache/demo-web: one builds it, the
+    other waits and finds it built (without the lock both build into the same folder)."""
+    ctx = multiprocessing.get_context("fork")
+    start, log = ctx.Barrier(2), tmp_path / "builds.log"
+    args = (str(tmp_path / "web"), start, str(log))
+    children = [ctx.Process(target=_ensure_web_in_a_child, args=args) for _ in range(2)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(timeout=120)
+    assert [child.exitcode for child in children] == [0, 0]
+    assert len(log.read_text().split()) == 1
