@@ -76,6 +76,8 @@ def synthetic_features(n: int, seed: int = 0) -> pa.Table:
             "caption_invalid_utf8": pa.array(np.zeros(n, bool)),
             "original_width": pa.array(width),
             "original_height": pa.array(height),
+            "image_width": pa.array(np.minimum(width, 256)),
+            "image_height": pa.array(np.minimum(height, 256)),
             "language": pa.array(language),
             "language_confidence": pa.array(rng.random(n)),
             "image_state": pa.array(np.where(status == "success", "ok", "not_downloaded")),

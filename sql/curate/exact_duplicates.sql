@@ -4,11 +4,7 @@ WITH grouped AS (
     SELECT
         rid,
         key,
-        quality_ok,
-        pixels,
-        sha256,
-        url,
-        caption_norm,
+        preference,
         CASE $rule
             WHEN 'sha256' THEN sha256
             WHEN 'url' THEN url
@@ -24,9 +20,8 @@ ranked AS (
         first_value(key) OVER w AS survivor_key
     FROM grouped
     WHERE group_key IS NOT NULL
-    -- The preference of dedup_candidates_ordered.sql (which says why the content comes first).
-    WINDOW w AS (PARTITION BY group_key
-                 ORDER BY quality_ok DESC, pixels DESC, sha256, url, caption_norm, key, rid)
+    -- The preference of dedup_candidates.sql (which says why the content comes first).
+    WINDOW w AS (PARTITION BY group_key ORDER BY preference)
 )
 SELECT rid, survivor_key AS duplicate_of
 FROM ranked

@@ -3,6 +3,7 @@
 -- Thresholds are named parameters bound from CurateConfig.
 -- `features` carries rid, the row's position in the input (0..n-1, shard by shard), and
 -- the features parsed per shard: url_host, page_host, caption_norm, caption_words.
+-- Besides the flags it adds two measures: caption_chars and native_detail.
 WITH repeated_key_hashes AS (
     -- Sorting 32-bit hashes of the keys is far cheaper than grouping the strings (or sorting
     -- 64-bit hashes). Only rows whose hash repeats are then compared by key: a collision
@@ -46,7 +47,14 @@ measured AS (
             WHEN caption IS NULL THEN TRUE
             WHEN caption < '!' OR caption >= chr(128) THEN trim(caption) = ''
             ELSE FALSE
-        END AS caption_blank
+        END AS caption_blank,
+        -- The share of the stored image's pixels across that are the web image's own: below 1
+        -- where the download upscaled it (tasks.curate.near_dup.thumbnails_resolution). Where
+        -- one side was upscaled and the other not, the larger share is taken, so an unsure
+        -- case is compared sharp (which merges less); unknown sizes count as the image's own.
+        coalesce(least(1.0, greatest(original_width::DOUBLE / nullif(image_width, 0),
+                                     original_height::DOUBLE / nullif(image_height, 0))),
+                 1.0) AS native_detail
     FROM features
 )
 SELECT

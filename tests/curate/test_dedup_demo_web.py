@@ -36,7 +36,7 @@ def _as_downloaded(path: Path) -> Image.Image:
 
 
 def _native_detail(path: Path) -> float:
-    """As sql/curate/dedup_candidates.sql: the web image's side over the downloaded one's."""
+    """As sql/curate/rules.sql: the web image's side over the downloaded one's."""
     with Image.open(path) as image:
         return min(1.0, max(image.width, image.height) / DOWNLOAD_SIDE)
 

@@ -22,7 +22,7 @@ DIGEST = (
     " count(*) FILTER (WHERE drop_download_failed), bit_xor(hash(rules)) FROM rules"
 )
 RAW_BYTES = (
-    "SELECT sum(8 * 7 + strlen(key) + strlen(url_host) + strlen(page_host) + strlen(caption)"
+    "SELECT sum(8 * 9 + strlen(key) + strlen(url_host) + strlen(page_host) + strlen(caption)"
     " + strlen(caption_norm) + strlen(status) + strlen(image_state) + strlen(language))"
     " FROM features"
 )
@@ -48,6 +48,7 @@ def _write_parts(folder: Path) -> list[str]:
                     CASE WHEN i % 10 = 0 THEN 'failed' ELSE 'success' END AS status,
                     'ok' AS image_state, FALSE AS caption_invalid_utf8,
                     (i % 300)::BIGINT AS original_width, (i % 200 + 1)::BIGINT AS original_height,
+                    64::BIGINT AS image_width, 64::BIGINT AS image_height,
                     'en' AS language, (i % 100) / 100.0 AS language_confidence,
                     NULL::DOUBLE AS clip_score
                 FROM range({lo}, {hi}) AS t(i)

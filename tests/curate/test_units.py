@@ -181,14 +181,12 @@ def test_thumbnail_resolution_is_the_web_images_pixels_across_each_view():
 
 
 def test_native_detail_is_the_web_images_side_over_the_stored_ones():
+    sizes = [("ok", 14, 14, 28, 28), ("ok", 64, 64, 28, 28), ("ok", None, None, 28, 28),
+             ("ok", 10, 40, 28, 28), ("undecodable", 14, 14, None, None)]  # fmt: skip
+    names = ("image_state", "original_width", "original_height", "image_width", "image_height")
     con = duckdb.connect()
-    con.execute(
-        "CREATE TABLE rules AS SELECT * FROM (VALUES "
-        "(0, 'ok', 14, 14, 28, 28), (1, 'ok', 64, 64, 28, 28), (2, 'ok', NULL, NULL, 28, 28),"
-        "(3, 'ok', 10, 40, 28, 28), (4, 'undecodable', 14, 14, NULL, NULL))"
-        " AS t(rid, image_state, original_width, original_height, image_width, image_height)"
-    )
-    con.execute("ALTER TABLE rules ADD COLUMN thumb BLOB")
+    con.register("features", _features([dict(zip(names, row, strict=True)) for row in sizes]))
+    apply_rules(con, CurateConfig())
     rows = run_sql(con, "curate/hashed_rows").fetchall()
     # 14 -> 28: half the pixels are its own; a downscale and unknown sizes: all of them. A
     # 10 x 40 image was upscaled along one side only: the larger share is taken, so an
