@@ -10,6 +10,7 @@ killed process leaves behind carries ``TEMP_MARK`` for the owner of the folder t
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import shutil
 import tempfile
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from model import s3
+
+log = logging.getLogger(__name__)
 
 TEMP_MARK = ".tmp-"
 """In the name of every temporary file or folder this module writes beside its target."""
@@ -134,7 +137,11 @@ def one_builder(path: Path) -> Iterator[None]:
     lock = path.with_name(f"{path.name}.lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("%s: another process is building it; waiting for it to finish", path)
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
