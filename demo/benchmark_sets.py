@@ -29,7 +29,8 @@ import numpy as np
 from PIL import Image
 
 from demo import offline_data
-from model.atomic import atomic_folder, one_builder
+from demo.build_lock import one_builder
+from model.atomic import atomic_folder
 from model.tario import SampleWriter
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from demo.build_lock import one_builder
 from flows.pipeline import pipeline_flow, pipeline_summary
-from model.atomic import one_builder
 from tasks.core.config import ALLOW_PRIVATE_ENV, PipelineConfig, load_config
 from tasks.core.storage import Storage
 

@@ -9,8 +9,6 @@ killed process leaves behind carries ``TEMP_MARK`` for the owner of the folder t
 
 from __future__ import annotations
 
-import fcntl
-import logging
 import os
 import shutil
 import tempfile
@@ -21,8 +19,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from model import s3
-
-log = logging.getLogger(__name__)
 
 TEMP_MARK = ".tmp-"
 """In the name of every temporary file or folder this module writes beside its target."""
@@ -127,25 +123,6 @@ class AtomicWriter:
 def write_atomic(data: bytes, uri: str, storage_options: Mapping[str, Any] | None = None) -> None:
     """``AtomicWriter.write_bytes`` for a caller holding fsspec storage options."""
     AtomicWriter.for_options(storage_options).write_bytes(data, uri)
-
-
-@contextmanager
-def one_builder(path: Path) -> Iterator[None]:
-    """Hold ``{path}.lock`` exclusively (``flock``): one process at a time checks and builds
-    ``path``, and one that waited finds the build done. The lock file stays (it is empty); the
-    kernel releases the lock when its holder exits, killed or not."""
-    lock = path.with_name(f"{path.name}.lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("%s: another process is building it; waiting for it to finish", path)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextmanager

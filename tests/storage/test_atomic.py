@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import signal
-import threading
 from pathlib import Path
 
 import pytest
 
-from model.atomic import TEMP_MARK, AtomicWriter, atomic_folder, one_builder, write_atomic
+from model.atomic import TEMP_MARK, AtomicWriter, atomic_folder, write_atomic
 from model.s3 import make_client
 
 
@@ -57,24 +53,3 @@ def test_a_folder_appears_only_when_complete(tmp_path: Path) -> None:
         raise RuntimeError("killed")
     assert (out / "a.txt").read_text() == "first"
     assert not [p for p in tmp_path.iterdir() if TEMP_MARK in p.name]
-
-
-def _die_holding(path: Path) -> None:
-    with one_builder(path):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def test_a_builder_killed_while_building_does_not_block_the_next(tmp_path):
-    out = tmp_path / "set"
-    child = multiprocessing.get_context("fork").Process(target=_die_holding, args=(out,))
-    child.start()
-    child.join(timeout=60)
-    assert child.exitcode == -signal.SIGKILL
-    done = threading.Event()
-
-    def build() -> None:
-        with one_builder(out):
-            done.set()
-
-    threading.Thread(target=build, daemon=True).start()
-    assert done.wait(timeout=10)  # the kernel dropped the dead holder's lock
