@@ -7,8 +7,9 @@ that rewrites that shard. So img2dataset runs in a child that leads its own proc
 and the processes of that tree ask the kernel to SIGKILL them the moment their parent dies:
 the death runs down the tree with no code of the dying processes to run. (A Python signal
 handler is not enough: it waits while the main thread is busy in C code, and the process's
-other threads go on writing meanwhile.) A watchdog thread in the child takes the group down
-where the kernel cannot (not Linux).
+other threads go on writing meanwhile.) A reaper process in the group, forked by the child,
+SIGKILLs the whole group when the child dies, for the processes that are not armed (yet). A
+watchdog thread in the child takes the group down where the kernel cannot (not Linux).
 
 Linux sends the parent-death signal when the *thread* that started a process ends, not only
 when the parent process dies. That is safe for the child (the stage's thread waits for it)
@@ -36,6 +37,7 @@ from typing import Any
 _PR_SET_PDEATHSIG = 1
 _POLL_SECONDS = 0.1
 _BETWEEN_TASKS_SIGNAL = signal.SIGUSR1
+_REAPER_SIGNAL = signal.SIGUSR2
 
 
 class ChildFailed(RuntimeError):
@@ -63,8 +65,32 @@ def run_in_process_tree(fn: Callable[..., Any], *args: Any) -> None:
 def _child_main(parent: int, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
     os.setpgid(0, 0)  # every process fn starts joins this group
     die_with_parent(parent)
+    _start_reaper()  # before any thread starts: a fork of a single thread
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     fn(*args)
+
+
+def _start_reaper() -> None:
+    """Fork a process that SIGKILLs this process's group the moment this process dies. The
+    processes of the tree that arm themselves die with their parent; this takes down the
+    ones that cannot be armed in time: a pool worker is armed when it takes a task, and one
+    still waiting for its first (there are fewer shards left than processes, or it replaces
+    a worker) holds its own task queue open and would wait for ever. Linux only."""
+    if not sys.platform.startswith("linux"):
+        return
+    leader = os.getpid()
+    if os.fork() != 0:
+        return
+    try:  # the reaper: no Python code of the tree, none of its pipes held open
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        signal.signal(_REAPER_SIGNAL, lambda signum, frame: _kill_group(0))
+        _set_death_signal(_REAPER_SIGNAL)
+        if os.getppid() != leader:  # the leader died before the signal was armed
+            _kill_group(0)
+        while True:
+            signal.pause()
+    finally:
+        os._exit(0)
 
 
 def _watch_parent(parent: int) -> None:

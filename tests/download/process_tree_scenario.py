@@ -19,6 +19,7 @@ import os
 import sys
 import threading
 import time
+from pathlib import Path
 
 from tasks.download.process_tree import killed_with_parent, run_in_process_tree
 
@@ -59,5 +60,29 @@ def pool(out: str) -> None:
         f.write(" ".join(map(str, sorted(squares))))
 
 
+def unarmed(out: str) -> None:
+    proc = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(600,))
+    proc.start()
+    with open(out, "w") as f:
+        f.write(str(proc.pid))
+    proc.join()
+
+
+def _worker_ready(out: str) -> None:
+    with open(out + ".ready", "a") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+def idle_pool(out: str) -> None:
+    with multiprocessing.get_context("spawn").Pool(2, _worker_ready, (out,)) as workers:
+        workers.map(pool_task, [3])  # one worker takes the task; the other never gets one
+        while len(Path(out + ".ready").read_text().split()) < 2:  # both wait for tasks
+            time.sleep(0.05)
+        with open(out, "w") as f:
+            f.write(" ".join(str(p.pid) for p in multiprocessing.active_children()))
+        time.sleep(600)
+
+
 if __name__ == "__main__":
-    run_in_process_tree({"writer": writer, "pool": pool}[sys.argv[1]], sys.argv[2])
+    modes = {"writer": writer, "pool": pool, "idle_pool": idle_pool, "unarmed": unarmed}
+    run_in_process_tree(modes[sys.argv[1]], sys.argv[2])

@@ -68,6 +68,32 @@ def test_nothing_writes_after_the_stage_is_killed(tmp_path: Path, killed: str) -
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+@pytest.mark.parametrize("mode", ["unarmed", "idle_pool"])
+def test_a_process_that_is_not_armed_dies_with_the_stage(tmp_path: Path, mode: str) -> None:
+    """``unarmed``: a process of the tree that never arms a death signal. ``idle_pool``: a
+    pool worker is armed when it takes a task; one still waiting for its first is not, and it
+    holds its own task queue open. Both lived on after ``kill -9`` of the stage (orphans of
+    ~700 MB each were found alive an hour after a kill-resume test); the child's reaper
+    takes them down. (Without it, ``unarmed`` always failed; ``idle_pool`` about 1 run in 4.)"""
+    out = tmp_path / "started.txt"
+    proc = subprocess.Popen(
+        [sys.executable, str(SCENARIO), mode, str(out)], env=_env(), start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (out.exists() and out.stat().st_size > 0):
+            assert proc.poll() is None, f"the scenario exited with {proc.returncode}"
+            assert time.monotonic() < deadline, "the scenario never started its processes"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        left = wait_for_session_to_end(proc.pid, 5)
+        assert not left, f"still running 5 s after the stage died: {left}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def test_a_pool_with_replacement_workers_terminates(tmp_path: Path) -> None:
     """img2dataset's pool (``maxtasksperchild``) starts workers from its handler thread, whose
     end at ``terminate()`` is a parent-death signal to them; a worker killed by it while idle
