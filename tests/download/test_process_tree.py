@@ -74,7 +74,7 @@ def test_a_process_that_is_not_armed_dies_with_the_stage(tmp_path: Path, mode: s
     pool worker is armed when it takes a task; one still waiting for its first is not, and it
     holds its own task queue open. Both lived on after ``kill -9`` of the stage (orphans of
     ~700 MB each were found alive an hour after a kill-resume test); the child's reaper
-    takes them down. (Without it, ``unarmed`` always failed; ``idle_pool`` about 1 run in 4.)"""
+    takes them down. (Without it, ``unarmed`` failed in every run, ``idle_pool`` in 3 of 8.)"""
     out = tmp_path / "started.txt"
     proc = subprocess.Popen(
         [sys.executable, str(SCENARIO), mode, str(out)], env=_env(), start_new_session=True

@@ -4,14 +4,12 @@ that the demo web never uses as a caption."""
 from __future__ import annotations
 
 import itertools
-import multiprocessing
 import os
 import random
 import re
 import string
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -20,6 +18,7 @@ from demo import captions as demo_captions
 from demo.benchmark_sets import FASHION_MNIST_CLASSNAMES, FASHION_MNIST_TEMPLATES
 from model.eval_data import read_dataset_info
 from tests.evaluate.conftest import small_fashion_set
+from tests.two_at_once import exit_codes_of_two_at_once
 
 
 def _normalise(text: str) -> str:
@@ -116,7 +115,7 @@ def test_emoji_retrieval_captions(emoji_retrieval_small):
     assert len(captions) == 2 and len(set(captions)) == 2 and all(emoji.name in c for c in captions)
 
 
-def _build_in_a_child(name: str, out: str, start: Any, log: str) -> None:
+def _build_in_a_child(name: str, out: str, log: str) -> None:
     """A child process's build_set of a set whose builder takes a second and logs its pid."""
 
     def slow_set(_train: int) -> benchmark_sets.BenchmarkSet:
@@ -126,7 +125,6 @@ def _build_in_a_child(name: str, out: str, start: Any, log: str) -> None:
         return small_fashion_set(20, 10)
 
     benchmark_sets.SETS[name] = slow_set
-    start.wait()
     benchmark_sets.build_set(name, Path(out))
 
 
@@ -134,15 +132,8 @@ def test_two_processes_building_one_set_build_it_once(tmp_path):
     """Two `clipflow demo` runs (or two test workers) at once: one builds, the other waits
     and finds the set up to date. Without a lock both build into one fixed temporary
     folder, and one of them fails or leaves a set the other half-wrote."""
-    ctx = multiprocessing.get_context("fork")
-    start, log, out = ctx.Barrier(2), tmp_path / "builds.log", tmp_path / "sets" / "slow"
-    children = [ctx.Process(target=_build_in_a_child, args=("slow", str(out), start, str(log)))
-                for _ in range(2)]  # fmt: skip
-    for child in children:
-        child.start()
-    for child in children:
-        child.join(timeout=120)
-    assert [child.exitcode for child in children] == [0, 0]
+    log, out = tmp_path / "builds.log", tmp_path / "sets" / "slow"
+    assert exit_codes_of_two_at_once(_build_in_a_child, "slow", str(out), str(log)) == [0, 0]
     assert len(log.read_text().split()) == 1  # built once
     info = read_dataset_info(str(out), needs_templates=True)
     assert info.classnames == list(FASHION_MNIST_CLASSNAMES)

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -18,6 +16,7 @@ from tasks.core.config import load_config
 from tasks.core.manifest import StageResult
 from tasks.core.runner import run_stage
 from tasks.stages import STAGES
+from tests.two_at_once import exit_codes_of_two_at_once
 
 
 def write_config(tmp_path, data) -> str:
@@ -72,7 +71,7 @@ def test_demo_opens_loopback_for_its_own_config_only(monkeypatch):
     assert calls == ["configs/demo.yaml"]
 
 
-def _ensure_web_in_a_child(out: str, start: Any, log: str) -> None:
+def _ensure_web_in_a_child(out: str, log: str) -> None:
     """A child process's ensure_demo_web, with a builder that takes a second and logs its pid."""
     import demo.web
     from flows.demo import ensure_demo_web
@@ -88,20 +87,13 @@ def _ensure_web_in_a_child(out: str, start: Any, log: str) -> None:
         )
 
     demo.web.build_demo_web = slow_build  # type: ignore[assignment]
-    start.wait()
     ensure_demo_web(Path(out), "test")
 
 
 def test_two_demos_at_once_build_the_demo_web_once(tmp_path):
     """Two `clipflow demo` runs in one checkout share .cache/demo-web: one builds it, the
     other waits and finds it built (without the lock both build into the same folder)."""
-    ctx = multiprocessing.get_context("fork")
-    start, log = ctx.Barrier(2), tmp_path / "builds.log"
-    args = (str(tmp_path / "web"), start, str(log))
-    children = [ctx.Process(target=_ensure_web_in_a_child, args=args) for _ in range(2)]
-    for child in children:
-        child.start()
-    for child in children:
-        child.join(timeout=120)
-    assert [child.exitcode for child in children] == [0, 0]
+    log = tmp_path / "builds.log"
+    codes = exit_codes_of_two_at_once(_ensure_web_in_a_child, str(tmp_path / "web"), str(log))
+    assert codes == [0, 0]
     assert len(log.read_text().split()) == 1
