@@ -22,4 +22,9 @@ def exit_codes_of_two_at_once(target: Callable[..., None], *args: Any) -> list[i
         child.start()
     for child in children:
         child.join(timeout=120)
-    return [child.exitcode for child in children]
+    codes = [child.exitcode for child in children]  # None: still running after 120 s
+    for child in children:
+        if child.is_alive():  # a hung child fails the test; it must not outlive it
+            child.kill()
+            child.join()
+    return codes
