@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import Future
 from typing import Any
 
 from prefect import flow
@@ -12,6 +15,7 @@ from flows.common import ConfigParam, as_config, load_flow
 from tasks.core.config import PipelineConfig
 from tasks.core.lineage import check_upstream, pipeline_status, read_manifest, stale_upstream
 from tasks.core.storage import Storage
+from tasks.curate.stage import eval_image_thumbnails
 from tasks.stages import STAGES, downstream, stage
 
 
@@ -49,8 +53,11 @@ def pipeline_flow(
     selected = plan(cfg, stages, force, with_upstream)
     forced = set(downstream(force)) if force else set()
     logger = get_run_logger()
+    thumbnails = prefetch_eval_thumbnails(cfg, selected)
     manifests: dict[str, Any] = {}
     for name in selected:
+        if name == "curate" and thumbnails is not None:
+            _await_prefetch(thumbnails, logger)
         logger.info("stage %s%s", name, " (forced)" if name in forced else "")
         manifests[name] = load_flow(name)(config=cfg, force=name in forced)
     create_markdown_artifact(
@@ -59,6 +66,46 @@ def pipeline_flow(
         description="funnel, training throughput and zero-shot results of this run",
     )
     return manifests
+
+
+def prefetch_eval_thumbnails(cfg: PipelineConfig, selected: list[str]) -> Future[float] | None:
+    """Start making decontamination's thumbnails of the evaluation images (cached under
+    ``curate/_eval_thumbs/``, ``tasks.curate.stage.eval_image_thumbnails``) in a thread, when
+    curate will decontaminate after stages it can overlap with: they read the benchmark tars
+    only, and crawl and download mostly wait on the network (the demo's crawl waits ~9 s on
+    its stalling pages). The future holds the seconds it took. A daemon thread: a failed
+    run does not wait for it, and what a killed one half-wrote the curate stage sweeps."""
+    if "curate" not in selected or selected.index("curate") == 0:
+        return None
+    if not cfg.curate.decontaminate or not cfg.evaluate.datasets:
+        return None
+    future: Future[float] = Future()
+
+    def work() -> None:
+        started = time.monotonic()
+        try:
+            eval_image_thumbnails(cfg, Storage(cfg.storage))
+        except BaseException as e:  # handed to the flow, which lets curate report it
+            future.set_exception(e)
+        else:
+            future.set_result(time.monotonic() - started)
+
+    threading.Thread(target=work, name="eval-thumbnails", daemon=True).start()
+    return future
+
+
+def _await_prefetch(future: Future[float], logger: Any) -> None:
+    """Wait for the prefetch before curate starts. A failure only logs: curate makes the
+    thumbnails itself and fails there, naming the dataset, if it must."""
+    waited = time.monotonic()
+    try:
+        seconds = future.result()
+    except Exception as e:
+        logger.warning("evaluation thumbnails: the prefetch failed (%s: %s); curate makes them",
+                       type(e).__name__, e)  # fmt: skip
+        return
+    logger.info("evaluation thumbnails: ready (%.1fs, during the stages before curate; "
+                "%.1fs waited)", seconds, time.monotonic() - waited)  # fmt: skip
 
 
 def pipeline_summary(cfg: PipelineConfig) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import tarfile
 from uuid import UUID
 
@@ -118,6 +119,19 @@ def test_pipeline_end_to_end_rerun_and_force(small_pipeline, demo_web):
         "train",
         "evaluate",
     ]
+
+
+def test_evaluation_thumbnails_are_made_while_crawl_and_download_run(small_pipeline):
+    """Decontamination's thumbnails of the evaluation images depend on the benchmark tars
+    only, so the pipeline makes them (and caches them) while the stages before curate run:
+    the cache is written before the curate stage starts, and curate reads it."""
+    storage = small_pipeline.storage
+    caches = storage.glob(storage.uri("curate", "_eval_thumbs", "*.npz"))
+    assert len(caches) == len(small_pipeline.cfg.evaluate.datasets), caches
+    curate_started = read_manifest(storage, "curate")["timings"]["started"]
+    crawl_started = read_manifest(storage, "crawl")["timings"]["started"]
+    for cache in caches:
+        assert crawl_started < os.path.getmtime(cache) < curate_started, cache
 
 
 def test_failed_stage_stops_the_dag_and_a_rerun_resumes_there(
