@@ -186,7 +186,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="copy the last run's storage root here")
     parser.add_argument("--name", default="demo", help="results file name (bench/results/NAME)")
     parser.add_argument("--shard-seeds", type=lambda v: [int(x) for x in v.split(",")],
-                        help="run i uses shard.seed SEEDS[i % len] (default: the config's)")  # fmt: skip
+                        help="run i uses shard.seed SEEDS[i %% len] (default: the config's)")  # fmt: skip
     args = parser.parse_args()
     (REPO / "data").mkdir(exist_ok=True)
     setup_s = set_up(args.config, args.web_size)
