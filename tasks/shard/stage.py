@@ -82,11 +82,12 @@ def upload_policy(config: ShardConfig) -> UploadPolicy:
 
 def read_kept(storage: Storage, kept_expected: int) -> pd.DataFrame:
     """The rows of ``curate/samples.parquet`` with ``keep``, in content order (image sha256,
-    then key); checked against the curate manifest's ``kept`` count and for duplicate keys.
-    Keys number the download's input rows, ordered by a hash of (url, caption), and a URL
-    holds the web server's host and port; ordering by the images' bytes instead makes two
-    runs over the same kept samples write the same shards in the same order (and so train
-    alike)."""
+    then caption, then key); checked against the curate manifest's ``kept`` count and for
+    duplicate keys. Keys number the download's input rows, ordered by a hash of (url,
+    caption), and a URL holds the web server's host and port; ordering by the images' bytes
+    instead makes two runs over the same kept samples write the same shards in the same order
+    (and so train alike). Kept samples that share an image differ in their caption (curate
+    drops a repeated image and caption), so the key only breaks ties it cannot meet."""
     uri = storage.uri("curate", "samples.parquet")
     if not storage.exists(uri):
         raise ShardInputError(f"{uri}: not found; run the curate stage first")
@@ -95,7 +96,7 @@ def read_kept(storage: Storage, kept_expected: int) -> pd.DataFrame:
     if missing:
         raise ShardInputError(f"{uri}: missing column(s) {missing}")
     kept = samples[samples["keep"].astype(bool)]
-    kept = kept.sort_values(["image_sha256", "key"], kind="stable", na_position="last")
+    kept = kept.sort_values(["image_sha256", "caption", "key"], kind="stable", na_position="last")
     kept = kept.reset_index(drop=True)
     if kept.empty:
         raise ShardInputError(f"{uri}: no rows with keep=true; nothing to train on")
