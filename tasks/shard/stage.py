@@ -87,7 +87,7 @@ def read_kept(storage: Storage, kept_expected: int) -> pd.DataFrame:
     caption), and a URL holds the web server's host and port; ordering by the images' bytes
     instead makes two runs over the same kept samples write the same shards in the same order
     (and so train alike). Kept samples that share an image differ in their caption (curate
-    drops a repeated image and caption), so the key only breaks ties it cannot meet."""
+    drops a repeated image and caption), so the key is a last resort they do not reach."""
     uri = storage.uri("curate", "samples.parquet")
     if not storage.exists(uri):
         raise ShardInputError(f"{uri}: not found; run the curate stage first")
