@@ -139,12 +139,18 @@ class CLIP(nn.Module):
         # Causal attention: tokens after a row's end-of-text cannot change its pooled feature.
         # Rows are grouped by length and each group's padded tail is cut off, so the
         # transformer runs on about the mean caption length instead of the longest.
+        # One embedding lookup for the whole batch, not one per group: each lookup's backward
+        # writes a dense (vocab, width) gradient, which the groups' lookups then add up. On
+        # the CPU one lookup made a clipflow-tiny step 4% faster (one rank, batch 128) and
+        # 11% faster with patch 7 (two DDP ranks of 64).
         order = eot.argsort()
         groups = order.chunk(TEXT_LENGTH_GROUPS)
         lengths = (torch.stack([eot[rows[-1]] for rows in groups]) + 1).tolist()  # one sync
+        longest = max(lengths)
+        embedded = self.token_embedding(text[:, :longest]) + self.positional_embedding[:longest]
         pooled = []
         for rows, T in zip(groups, lengths, strict=True):
-            x = self.token_embedding(text[rows, :T]) + self.positional_embedding[:T]  # (b, T, W)
+            x = embedded[rows, :T]  # (b, T, W)
             pooled.append(self.transformer.forward_pooled(x, eot[rows], is_causal=True))
         x = torch.cat(pooled)[order.argsort()]  # (B, W), back in input order
         x = self.ln_final(x) @ self.text_projection

@@ -21,7 +21,7 @@ def write(tmp_path, data) -> str:
 @pytest.mark.parametrize("path", ["configs/demo.yaml", "configs/demo-s3.yaml"])
 def test_demo_configs_validate(path):
     cfg = load_config(path)
-    assert cfg.train.model == "clipflow-tiny"
+    assert cfg.train.model in ("clipflow-tiny", "clipflow-tiny-p7")  # the 28 px tiny models
     assert cfg.crawl.allow_private_networks is True
 
 

@@ -52,6 +52,9 @@ def _register_configs(tmp_path_factory) -> None:
     open_clip.add_model_config(variants / "clipflow-tiny-quickgelu-ls.json")
 
 
+TINY_VARIANTS = ["clipflow-tiny", "clipflow-tiny-p7", "clipflow-tiny-quickgelu-ls"]
+
+
 def _inputs(name: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     cfg = open_clip.get_model_config(name)
     size = cfg["vision_cfg"]["image_size"]
@@ -86,7 +89,7 @@ def _assert_same_outputs(ours: CLIP, ref: torch.nn.Module, name: str) -> None:
         assert diff <= TOL, f"{name} {what}: max abs diff {diff:.2e}"
 
 
-@pytest.mark.parametrize("name", ["clipflow-tiny", "clipflow-tiny-quickgelu-ls"])
+@pytest.mark.parametrize("name", TINY_VARIANTS)
 def test_open_clip_weights_load_strictly_and_give_the_same_outputs(name: str) -> None:
     torch.manual_seed(1)
     ref = open_clip.create_model(name)
@@ -95,7 +98,7 @@ def test_open_clip_weights_load_strictly_and_give_the_same_outputs(name: str) ->
     _assert_same_outputs(ours, ref, name)
 
 
-@pytest.mark.parametrize("name", ["clipflow-tiny", "clipflow-tiny-quickgelu-ls"])
+@pytest.mark.parametrize("name", TINY_VARIANTS)
 def test_our_checkpoint_loads_into_open_clip_create_model(name: str, tmp_path) -> None:
     torch.manual_seed(2)
     ours = create_model(open_clip.get_model_config(name))
