@@ -72,8 +72,8 @@ def prefetch_eval_thumbnails(cfg: PipelineConfig, selected: list[str]) -> Future
     """Start making decontamination's thumbnails of the evaluation images (cached under
     ``curate/_eval_thumbs/``, ``tasks.curate.stage.eval_image_thumbnails``) in a thread, when
     curate will decontaminate after stages it can overlap with: they read the benchmark tars
-    only, and crawl and download mostly wait on the network (the demo's crawl waits ~9 s on
-    its stalling pages). The future holds the seconds it took. A daemon thread: a failed
+    only, and crawl and download mostly wait on the network (on the demo, the thumbnails' ~9 s
+    now overlap the download). The future holds the seconds it took. A daemon thread: a failed
     run does not wait for it, and what a killed one half-wrote the curate stage sweeps."""
     if "curate" not in selected or selected.index("curate") == 0:
         return None
