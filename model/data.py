@@ -73,6 +73,7 @@ class LoaderConfig:
     seed: int = 0
     sampling: str = "split"
     shuffle_buffer: int = 2000
+    decoded_cache_mb: int = 0
     crop_scale: tuple[float, float] = (0.9, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: bool = False
@@ -221,6 +222,24 @@ def resize_crop(image: Image.Image, box: tuple[int, int, int, int], size: int) -
     return resized[0].permute(1, 2, 0).numpy()
 
 
+class DecodedCache:
+    """Decoded RGB images by sample name, up to ``budget`` bytes of pixels; once full it
+    keeps what it holds (an epoch reads every sample once, so evicting would only churn)."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget, self.used = budget, 0
+        self._images: dict[str, Image.Image] = {}
+
+    def get(self, name: str) -> Image.Image | None:
+        return self._images.get(name)
+
+    def put(self, name: str, image: Image.Image) -> None:
+        size = image.width * image.height * len(image.getbands())
+        if self.used + size <= self.budget:
+            self._images[name] = image
+            self.used += size
+
+
 class ShardStream(IterableDataset):
     """The endless batch stream of every reader of one rank (see the module docstring)."""
 
@@ -268,27 +287,34 @@ class ShardStream(IterableDataset):
                 raise RuntimeError(f"reader {g}: its shards hold no samples: {shards}")
             epoch += 1
 
-    def _decode(self, sample: RawSample, rng: random.Random) -> tuple[np.ndarray | Job, str]:
+    def _decode(
+        self, sample: RawSample, rng: random.Random, cache: DecodedCache | None = None
+    ) -> tuple[np.ndarray | Job, str]:
         """(S, S, 3) uint8 crop, or the ``Job`` of a JPEG left to the device, and the caption;
-        raises ValueError on a bad sample."""
+        raises ValueError on a bad sample. The decoded image comes from ``cache`` when it
+        holds the sample, and goes there when it does not (device JPEGs never do)."""
         name, members = sample
         ext = image_extension(members)
         if ext is None or "txt" not in members:
             raise ValueError(f"{name}: needs an image and a .txt, has {sorted(members)}")
         caption = members["txt"].decode("utf-8").strip()
         size, scale, ratio = self.cfg.image_size, self.cfg.crop_scale, self.cfg.crop_ratio
-        with Image.open(io.BytesIO(members[ext])) as img:
-            if (
-                self.cfg.decode_device is not None
-                and img.format == "JPEG"
-                and img.mode in _GPU_MODES
-            ):
-                # The device decodes at full size (no draft): the crop box is drawn on it.
-                box = _crop_box(rng, img.width, img.height, scale, ratio)
-                return Job(members[ext], box, self.cfg.hflip and rng.random() < 0.5), caption
-            # JPEG can decode at 1/2..1/8 scale; keep enough pixels for the smallest crop.
-            img.draft("RGB", decode_size(img.width, img.height, size, scale, ratio))
-            rgb = img.convert("RGB")
+        cache = cache if cache is not None else DecodedCache(0)
+        rgb = cache.get(name)
+        if rgb is None:
+            with Image.open(io.BytesIO(members[ext])) as img:
+                if (
+                    self.cfg.decode_device is not None
+                    and img.format == "JPEG"
+                    and img.mode in _GPU_MODES
+                ):
+                    # The device decodes at full size (no draft): the crop box is drawn on it.
+                    box = _crop_box(rng, img.width, img.height, scale, ratio)
+                    return Job(members[ext], box, self.cfg.hflip and rng.random() < 0.5), caption
+                # JPEG can decode at 1/2..1/8 scale; keep enough pixels for the smallest crop.
+                img.draft("RGB", decode_size(img.width, img.height, size, scale, ratio))
+                rgb = img.convert("RGB")
+            cache.put(name, rgb)
         pixels = resize_crop(rgb, _crop_box(rng, rgb.width, rgb.height, scale, ratio), size)
         if self.cfg.hflip and rng.random() < 0.5:
             pixels = pixels[:, ::-1]
@@ -300,6 +326,7 @@ class ShardStream(IterableDataset):
         g = self.rank * self.readers + reader
         raw, taken = pos.raw[reader], pos.taken[reader]
         stream = self._raw_stream(reader)
+        cache = DecodedCache(cfg.decoded_cache_mb << 20)
         for _ in range(raw):  # fast-forward without decoding
             next(stream)
         failures_in_a_row = 0
@@ -312,7 +339,7 @@ class ShardStream(IterableDataset):
             for sample in stream:
                 raw += 1
                 try:
-                    pixels, caption = self._decode(sample, rng)
+                    pixels, caption = self._decode(sample, rng, cache)
                 except (ValueError, OSError, Image.DecompressionBombError) as e:
                     skipped += 1
                     failures_in_a_row += 1

@@ -228,6 +228,7 @@ def make_loader(
         seed=cfg.seed,
         sampling=resolve_sampling(cfg.sampling, len(shards), env.world, cfg.workers),
         shuffle_buffer=cfg.shuffle_buffer,
+        decoded_cache_mb=cfg.decoded_cache_mb,
         crop_scale=(cfg.crop_scale_min, 1.0),
         crop_ratio=(cfg.crop_ratio_min, cfg.crop_ratio_max),
         hflip=cfg.hflip,

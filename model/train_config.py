@@ -58,7 +58,7 @@ _RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     **{name: ("an integer >= 1", lambda v: _integer(v) and v >= 1) for name in _AT_LEAST_ONE},
     **{
         name: ("an integer >= 0", lambda v: _integer(v) and v >= 0)
-        for name in ("warmup", "workers", "shuffle_buffer")
+        for name in ("warmup", "workers", "shuffle_buffer", "decoded_cache_mb")
     },
     **{
         name: ("a number > 0", lambda v: _number(v) and v > 0)
@@ -142,6 +142,11 @@ class TrainConfig:
     there are fewer shards than readers."""
     shuffle_buffer: int = 2000
     """Samples held per data-loader worker for shuffling (0: shard order only)."""
+    decoded_cache_mb: int = 0
+    """MiB of decoded images each data-loader worker keeps (0: none), so that a dataset
+    that fits is decoded once, not once per epoch. Batches are bit-identical either way:
+    the random crop is drawn on the cached image as on a fresh decode. Images beyond the
+    budget are decoded every time."""
     crop_scale_min: float = 0.9
     """Smallest image area fraction a training random-resized crop keeps (OpenCLIP: 0.9)."""
     crop_ratio_min: float = 3 / 4

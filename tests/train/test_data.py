@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from demo.train_shards import write_fashion_shards
 from model.data import (
@@ -121,3 +122,34 @@ def test_png_and_grayscale_images_decode(tmp_path: Path) -> None:
     loader = TrainLoader(loader_config(tmp_path, batch_size=3, workers=0), rank=0, world=1)
     images, _ = loader.next_batch()
     assert images.shape == (3, 28, 28, 3)
+
+
+def test_decoded_cache_gives_the_same_batches_and_decodes_less(
+    fashion_shards: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened = {"n": 0}
+    real_open = Image.open
+
+    def counting_open(*args: object, **kwargs: object) -> Image.Image:
+        opened["n"] += 1
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", counting_open)
+
+    def batches(cache_mb: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int]:
+        # 3+ epochs of 600 samples, with random crops and flips drawn per batch.
+        cfg = loader_config(fashion_shards, workers=0, batch_size=64, crop_scale=(0.5, 1.0),
+                            hflip=True, seed=5, decoded_cache_mb=cache_mb)  # fmt: skip
+        loader = TrainLoader(cfg, rank=0, world=1)
+        opened["n"] = 0
+        out = [loader.next_batch() for _ in range(30)]
+        return out, opened["n"]
+
+    plain, plain_opens = batches(0)
+    # 1 MiB holds 445 of the 600 28 px images: some come from the cache, the rest are
+    # decoded each epoch, as without one.
+    cached, cached_opens = batches(1)
+    for (images, texts), (got_images, got_texts) in zip(plain, cached, strict=True):
+        assert torch.equal(got_images, images) and torch.equal(got_texts, texts)
+    assert plain_opens >= 30 * 64
+    assert cached_opens <= plain_opens - 2 * 445

@@ -30,7 +30,7 @@ def test_single_node_is_standalone_and_multi_node_uses_c10d() -> None:
 def test_resume_only_continues_the_same_experiment() -> None:
     base = {"model": "clipflow-tiny", "lr": 1e-3, "samples": 100, "data_fingerprint": "a"}
     assert can_resume(None, base) == (False, "no previous run")
-    assert can_resume(base, {**base, "samples": 500, "workers": 4})[0]
+    assert can_resume(base, {**base, "samples": 500, "workers": 4, "decoded_cache_mb": 64})[0]
     ok, reason = can_resume(base, {**base, "data_fingerprint": "b"})
     assert not ok and "data_fingerprint" in reason
     assert not can_resume(base, {**base, "lr": 2e-3})[0]
