@@ -21,17 +21,30 @@ def flat_neighbours(
     """Each probe row's k nearest database rows by inner product, those at or above
     ``min_similarity`` of them, exactly: triplets (probe row, database id, similarity) sorted
     by (row, similarity desc, id asc), so among rows tied at the k-th place the lowest ids
-    stay. Ids count from ``first_id`` (a multiple of KNN_DATABASE_BLOCK)."""
+    stay. Ids count from ``first_id`` (a multiple of KNN_DATABASE_BLOCK).
+
+    Each row keeps a floor: its k-th largest similarity so far, or min_similarity. An entry
+    below the floor can never be among the row's final k, so a block's product is only
+    scanned where a row's largest entry reaches its floor; past the first blocks that is
+    few rows, and the product's other entries are never visited again."""
     found = []
     for q0 in range(0, len(probe), KNN_QUERY_BLOCK):
         queries = probe[q0 : q0 + KNN_QUERY_BLOCK]
-        best = np.full((len(queries), k), -np.inf, np.float32)  # the k largest seen, any order
+        best = np.full((len(queries), k), -np.inf, np.float32)  # the k largest kept, any order
+        floor = np.full(len(queries), min_similarity, np.float32)
         parts = []
         for d0 in range(0, len(database), KNN_DATABASE_BLOCK):
             sims = queries @ database[d0 : d0 + KNN_DATABASE_BLOCK].T
-            best = _k_largest(np.concatenate([best, sims], axis=1), k)
-            floor = np.maximum(best.min(axis=1), min_similarity)
-            parts.append(_at_or_above(sims, floor, first_id + d0))
+            hot = np.flatnonzero(sims.max(axis=1) >= floor)
+            if not len(hot):
+                continue
+            rows, cols = np.nonzero(sims[hot] >= floor[hot, None])  # row-major: rows sorted
+            rows, values = hot[rows], sims[hot[rows], cols]
+            best[hot] = _k_largest(best[hot], rows, values, hot, k)
+            floor[hot] = np.maximum(best[hot].min(axis=1), min_similarity)
+            parts.append((rows, cols + first_id + d0, values))
+        if not parts:
+            continue
         rows, ids, sims = (np.concatenate(p) for p in zip(*parts, strict=True))
         rows, ids, sims = nearest_first(rows, ids, sims, k)
         found.append((rows + q0, ids, sims))
@@ -41,20 +54,18 @@ def flat_neighbours(
     return rows, ids, sims
 
 
-def _k_largest(values: np.ndarray, k: int) -> np.ndarray:
-    """(q, n) -> (q, k): each row's k largest values, in no order."""
-    return np.partition(values, values.shape[1] - k, axis=1)[:, values.shape[1] - k :]
-
-
-def _at_or_above(
-    sims: np.ndarray, floor: np.ndarray, first_id: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(q, b) similarities -> triplets of every entry at or above its row's floor. The floor
-    is the k-th largest similarity of the row's blocks so far (or min_similarity): it only
-    rises, never above the row's final k-th, so every entry of the final k (ties at the
-    k-th place included) is kept, and a later block keeps only what beats the earlier."""
-    rows, cols = np.nonzero(sims >= floor[:, None])
-    return rows, cols + first_id, sims[rows, cols]
+def _k_largest(
+    best: np.ndarray, rows: np.ndarray, values: np.ndarray, hot: np.ndarray, k: int
+) -> np.ndarray:
+    """(h, k) values of rows ``hot`` and new entries (rows, sorted as ``hot``; values) ->
+    each hot row's k largest of both, in no order."""
+    slot = np.searchsorted(hot, rows)
+    position = np.arange(len(rows)) - np.searchsorted(rows, rows)
+    width = int(position.max()) + 1
+    merged = np.full((len(hot), k + width), -np.inf, np.float32)
+    merged[:, :k] = best
+    merged[slot, k + position] = values
+    return np.partition(merged, width, axis=1)[:, width:]
 
 
 def nearest_first(
