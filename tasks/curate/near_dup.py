@@ -48,6 +48,9 @@ Thresholds come from CurateConfig and were calibrated with ``bench/bench_dedup_q
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
@@ -55,6 +58,7 @@ import faiss
 import numpy as np
 from PIL import Image
 from scipy.ndimage import uniform_filter
+from threadpoolctl import threadpool_limits
 
 from tasks.curate.faiss_device import FaissDevice, on_device
 from tasks.curate.flat_knn import flat_neighbours
@@ -190,9 +194,11 @@ def _blob_rows(blobs: list[bytes]) -> np.ndarray:
 
 
 def thumbnails_array(blobs: list[bytes]) -> np.ndarray:
-    """THUMB_BYTES blobs -> their views' pixels, (n, VIEWS, THUMB, THUMB, 3) float32."""
+    """THUMB_BYTES blobs -> their views' pixels, (n, VIEWS, THUMB, THUMB, 3) uint8. They stay
+    uint8 (a quarter of float32's memory: the demo's evaluation thumbnails are 146 MB, not
+    585 MB); each step converts the chunk it works on (exactly: uint8 fits float32)."""
     pixels = _blob_rows(blobs)[:, :PIXEL_BYTES]
-    return pixels.reshape(len(blobs), VIEWS, THUMB, THUMB, 3).astype(np.float32)
+    return pixels.reshape(len(blobs), VIEWS, THUMB, THUMB, 3)
 
 
 def thumbnails_resolution(blobs: list[bytes], detail: np.ndarray | None = None) -> np.ndarray:
@@ -213,9 +219,9 @@ def _normalised(x: np.ndarray) -> np.ndarray:
 
 
 def _verification_space(thumbs: np.ndarray) -> np.ndarray:
-    """(m, T, T, 3) RGB -> (m, T, T, 3) RGB with the colour (Cb, Cr) blurred by _CHROMA_BLUR
-    and the brightness (Y) kept sharp."""
-    ycc = thumbs @ _YCBCR.T
+    """(m, T, T, 3) RGB (uint8 or float) -> (m, T, T, 3) float32 RGB with the colour (Cb,
+    Cr) blurred by _CHROMA_BLUR and the brightness (Y) kept sharp."""
+    ycc = thumbs.astype(np.float32, copy=False) @ _YCBCR.T
     ycc[..., 1:] = uniform_filter(ycc[..., 1:], size=(1, _CHROMA_BLUR, _CHROMA_BLUR, 1),
                                   mode="nearest")  # fmt: skip
     return ycc @ _RGB.T
@@ -261,7 +267,25 @@ _FULL_MATRIX = _area_matrix(0.0, 1.0, VERIFY_GRID)
 channel, column): the column axis last is what the windows' second product leaves."""
 
 
-def _windows(space: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+class _Scratch:
+    """float32 buffers one thread reuses from chunk to chunk: the windows of a chunk take tens
+    of MiB, and fresh pages for every chunk cost more than the arithmetic (the demo's
+    verification ran 16.5 s with fresh arrays, 12.1 s with memory kept by malloc)."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A contiguous (uninitialised) float32 array of ``shape``; valid until the next
+        ``get`` of the same name."""
+        size = int(np.prod(shape))
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.size < size:
+            buffer = self._buffers[name] = np.empty(size, np.float32)
+        return buffer[:size].reshape(shape)
+
+
+def _windows(space: np.ndarray, scratch: _Scratch | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(m, T, T, 3) views in verification space -> every window's cells, (m, W, G*3*G), and
     the inverse of each window's norm once centred on its own mean, (m, W): the correlation
     of window w with a centred unit vector d is (cells[w] @ d) * inverse_norm[w] (d sums to
@@ -270,16 +294,23 @@ def _windows(space: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     same, and float32 sums of squares lose less to cancellation); a blank window's inverse
     norm is 0 (``_BLANK_WINDOW``). Two matrix products: every vertical span of each view at
     once, then per horizontal span the windows that use it (each one BLAS call; no
-    transposed copy of the output)."""
+    transposed copy of the output). With ``scratch`` the large arrays, the cells returned
+    among them, live in its buffers."""
     m, g, spans = len(space), VERIFY_GRID, len(_SPAN_MATRICES)
+    scratch = scratch or _Scratch()
     centred = space - space.mean(axis=(1, 2, 3), keepdims=True)
     columns_last = np.ascontiguousarray(centred.transpose(0, 1, 3, 2))
-    vertical = np.matmul(_SPAN_ROWS, columns_last.reshape(m, THUMB, 3 * THUMB))
+    vertical = np.matmul(_SPAN_ROWS, columns_last.reshape(m, THUMB, 3 * THUMB),
+                         out=scratch.get("vertical", (m, spans * g, 3 * THUMB)))  # fmt: skip
     vertical = vertical.reshape(m, spans, g, 3, THUMB)  # (m, S, G rows, channel, T columns)
-    out = np.empty((m, len(_WINDOW_PAIRS), g, 3, g), np.float32)
+    out = scratch.get("windows", (m, len(_WINDOW_PAIRS), g, 3, g))
     for horizontal, windows in _WINDOWS_BY_HORIZONTAL_SPAN:
-        picked = vertical[:, _WINDOW_PAIRS[windows, 0]].reshape(-1, THUMB)
-        out[:, windows] = (picked @ _SPAN_MATRICES[horizontal].T).reshape(m, len(windows), g, 3, g)
+        n = len(windows)
+        picked = np.take(vertical, _WINDOW_PAIRS[windows, 0], axis=1, mode="clip",
+                         out=scratch.get("picked", (m, n, g, 3, THUMB)))  # fmt: skip
+        product = np.matmul(picked.reshape(-1, THUMB), _SPAN_MATRICES[horizontal].T,
+                            out=scratch.get("product", (m * n * g * 3, g)))  # fmt: skip
+        out[:, windows] = product.reshape(m, n, g, 3, g)
     cells = out.reshape(m, len(_WINDOW_PAIRS), g * 3 * g)
     sums = cells.sum(axis=2)
     squares = np.einsum("mwd,mwd->mw", cells, cells)
@@ -307,7 +338,7 @@ def candidate_vectors(thumbs: np.ndarray) -> np.ndarray:
     step, grid = THUMB // CANDIDATE_GRID, CANDIDATE_GRID
     # Cell sums, each over a contiguous axis (a third of the time of one mean over two axes);
     # the scale drops out in the normalisation.
-    rows = thumbs.reshape(-1, grid, step, THUMB * 3).sum(axis=2)
+    rows = thumbs.reshape(-1, grid, step, THUMB * 3).sum(axis=2, dtype=np.float32)
     cells = rows.reshape(-1, grid, grid, step, 3).sum(axis=3)
     return _normalised(cells.reshape(len(cells), -1))
 
@@ -392,19 +423,41 @@ def _directed_similarity(
     src: np.ndarray, dst_full: np.ndarray, rows: np.ndarray, cols: np.ndarray
 ) -> np.ndarray:
     """For pairs (rows[p], cols[p]): the best correlation between a window of src[rows[p]]
-    and the whole dst_full[cols[p]]. src: (n, T, T, 3); dst_full: (n', D) normalised."""
+    and the whole dst_full[cols[p]]. src: (n, T, T, 3); dst_full: (n', D) normalised. Chunks
+    of _CHUNK source images run on ``_chunk_threads`` threads."""
     out = np.full(len(rows), -1.0, np.float32)
     order = np.argsort(rows, kind="stable")
     images, starts = np.unique(rows[order], return_index=True)
     bounds = np.append(starts, len(order))
-    for first in range(0, len(images), _CHUNK):
+
+    scratch = threading.local()
+
+    def chunk(first: int) -> None:
+        if not hasattr(scratch, "buffers"):
+            scratch.buffers = _Scratch()
         space = _verification_space(src[images[first : first + _CHUNK]])
-        windows, inverse_norm = _windows(space)  # (u, W, D), (u, W)
+        windows, inverse_norm = _windows(space, scratch.buffers)  # (u, W, D), (u, W)
         for u in range(len(windows)):
             part = order[bounds[first + u] : bounds[first + u + 1]]
             products = windows[u] @ dst_full[cols[part]].T  # (W, pairs)
             out[part] = (products * inverse_norm[u][:, None]).max(axis=0)
+
+    firsts = range(0, len(images), _CHUNK)
+    threads = min(_chunk_threads(), len(firsts))
+    if threads <= 1:
+        for first in firsts:
+            chunk(first)
+        return out
+    # Each chunk writes its own pairs' entries of ``out``; one BLAS thread per chunk
+    # thread, so the cores are not oversubscribed (the chunks' products are small).
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
+        list(pool.map(chunk, firsts))
     return out
+
+
+def _chunk_threads() -> int:
+    """Threads the verification's chunks run on: the cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _view_similarity(
@@ -451,8 +504,10 @@ def _tent_matrix(pixels: int) -> np.ndarray:
 
 
 def _resampled(views: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(m, T, T, 3) views as they would look at height x width pixels, upscaled again."""
+    """(m, T, T, 3) views (uint8 or float) as they would look at height x width pixels,
+    upscaled again, float32."""
     tall, wide = _resample_matrix(height), _resample_matrix(width)
+    views = views.astype(np.float32, copy=False)
     return np.einsum("st,mtuc,vu->msvc", tall, views, wide, optimize=True)
 
 
@@ -578,7 +633,23 @@ def residual_concentration(
     other (what brightness and contrast cannot explain) is summed per cell of the
     VERIFY_GRID; the result is the largest share of it that one block of a quarter of the
     side by a quarter holds (1/16 when spread evenly, up to 1 when one detail differs).
-    Computed on the view where the two correlate best. Shape (len(rows),) float32."""
+    Computed on the view where the two correlate best, _LOCAL_CHUNK pairs at a time. Shape
+    (len(rows),) float32."""
+    out = np.ones(len(rows), np.float32)
+    for first in range(0, len(rows), _LOCAL_CHUNK):
+        part = slice(first, first + _LOCAL_CHUNK)
+        out[part] = _residual_concentration(a, b, rows[part], cols[part], res_a, res_b)
+    return out
+
+
+def _residual_concentration(
+    a: np.ndarray,
+    b: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    res_a: np.ndarray | None,
+    res_b: np.ndarray | None,
+) -> np.ndarray:
     out = np.ones(len(rows), np.float32)
     best = np.full(len(rows), -np.inf, np.float32)
     block = VERIFY_GRID // 4
@@ -661,7 +732,7 @@ def local_difference(
     cells = np.zeros((len(rows), VERIFY_GRID, VERIFY_GRID))
     total = np.full(len(rows), np.inf)
     for view in range(VIEWS):
-        va, vb = a[rows, view], b[cols, view]
+        va, vb = a[rows, view].astype(np.float32), b[cols, view].astype(np.float32)
         for height, width, p in _coarser_groups(res_a, res_b, rows, cols, view):
             va[p], vb[p] = _resampled(va[p], height, width), _resampled(vb[p], height, width)
         view_cells = _local_difference_cells(va, vb)
