@@ -268,9 +268,9 @@ channel, column): the column axis last is what the windows' second product leave
 
 
 class _Scratch:
-    """float32 buffers one thread reuses from chunk to chunk: the windows of a chunk take tens
-    of MiB, and fresh pages for every chunk cost more than the arithmetic (the demo's
-    verification ran 16.5 s with fresh arrays, 12.1 s with memory kept by malloc)."""
+    """float32 buffers one thread reuses from chunk to chunk. A chunk's windows take tens of
+    MiB; allocated afresh, every chunk's pages fault in again, and threads that fault at once
+    wait on each other in the kernel."""
 
     def __init__(self) -> None:
         self._buffers: dict[str, np.ndarray] = {}
@@ -449,7 +449,8 @@ def _directed_similarity(
             chunk(first)
         return out
     # Each chunk writes its own pairs' entries of ``out``; one BLAS thread per chunk
-    # thread, so the cores are not oversubscribed (the chunks' products are small).
+    # thread, so the cores are not oversubscribed (the chunks' products are small). The
+    # BLAS limit is process-wide while the pool runs.
     with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
         list(pool.map(chunk, firsts))
     return out
