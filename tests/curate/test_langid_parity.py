@@ -30,3 +30,34 @@ def test_same_language_and_probability_as_langid(caption):
 def test_empty_caption_has_no_language():
     assert identify_language("  ") == (None, None)
     assert identify_language(None) == (None, None)
+
+
+def test_threads_that_start_together_load_the_model_once(monkeypatch):
+    """Curate's shard tasks run on threads of one process and all ask for a language at
+    once: the model (~1.2 s to unpickle) must be loaded once, not once per thread."""
+    import threading
+
+    from tasks.curate import language
+
+    loads = []
+    real = language.LanguageIdentifier.from_modelstring
+
+    def slow_load(*args, **kwargs):
+        loads.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(language.LanguageIdentifier, "from_modelstring", slow_load)
+    language._loaded.cache_clear()
+    start = threading.Barrier(6)
+
+    def ask() -> None:
+        start.wait()
+        identify_language("my new ankle boots for the winter")
+
+    threads = [threading.Thread(target=ask) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    language._loaded.cache_clear()
+    assert len(loads) == 1
