@@ -17,8 +17,11 @@ Besides samples/s (wall clock, which a shared machine distorts), each side's CPU
 summed over the process and its loader workers: samples per CPU-second is samples/s per
 core, and 1,000 / that is the cores needed per 1,000 samples/s. ``--decode-device cuda`` adds
 our loader with ``train.decode_device: cuda`` (nvJPEG on the GPU); it needs a CUDA GPU.
+``--decoded-cache-mb N`` adds our loader with ``train.decoded_cache_mb: N``, measured after
+one epoch has filled the cache (the steady state of a dataset that fits).
 
     .venv/bin/python bench/bench_loader.py [--quick] [--image-size 224] [--decode-device cuda]
+        [--decoded-cache-mb 64]
 
 Writes bench/results/loader.json (loader_224.json at 224 px).
 """
@@ -71,12 +74,17 @@ def rate(next_batch: Callable[[], Any], batches: int, batch_size: int) -> tuple[
 
 def ours(
     folder: Path, batch: int, workers: int, batches: int, size: int, context: int,
-    decode_device: str | None = None,
+    decode_device: str | None = None, decoded_cache_mb: int = 0,
 ) -> tuple[float, float]:  # fmt: skip
     shards, sizes = read_shard_list(str(folder), {})
     cfg = LoaderConfig(shards, sizes, batch, size, context, workers=workers,
-                       sampling="resampled", decode_device=decode_device)  # fmt: skip
-    return rate(TrainLoader(cfg, rank=0, world=1).next_batch, batches, batch)
+                       sampling="resampled", decode_device=decode_device,
+                       decoded_cache_mb=decoded_cache_mb)  # fmt: skip
+    loader = TrainLoader(cfg, rank=0, world=1)
+    if decoded_cache_mb:  # one epoch first, so that the cache holds what fits
+        for _ in range(sum(sizes) // batch + 1):
+            loader.next_batch()
+    return rate(loader.next_batch, batches, batch)
 
 
 def open_clip_loader(
@@ -126,6 +134,8 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, choices=(28, 224), default=28)
     parser.add_argument("--decode-device", choices=("cpu", "cuda"), default="cpu",
                         help="cuda: also our loader with nvJPEG decode (needs a CUDA GPU)")  # fmt: skip
+    parser.add_argument("--decoded-cache-mb", type=int, default=0,
+                        help="also our loader with this decoded-image cache, after an epoch")  # fmt: skip
     args = parser.parse_args()
     if args.decode_device == "cuda":
         try:
@@ -156,23 +166,32 @@ def main() -> None:
             if args.decode_device == "cuda":
                 device = ours(folder, batch, workers, batches, size, context, "cuda")
                 row |= {"ours_cuda": device[0], "ours_cuda_per_core": device[1]}
+            if args.decoded_cache_mb:
+                cached = ours(folder, batch, workers, batches, size, context,
+                              decoded_cache_mb=args.decoded_cache_mb)  # fmt: skip
+                row |= {"ours_cached": cached[0], "ours_cached_per_core": cached[1]}
             rows.append(row)
     what = "28 px Fashion-MNIST" if size == 28 else "224 px crops of 256 px web-style"
     print(f"loader, batch {batch}, {what} JPEG shards (shared 2-core machine)")
     print(f"{'workers':>8} {'ours/s':>8} {'oclip/s':>8} {'ratio':>6} | {'ours/core':>10} "
           f"{'oclip/core':>10} {'ratio':>6}" + (f" | {'cuda/s':>8} {'cuda/core':>10}"
-          if args.decode_device == "cuda" else ""))  # fmt: skip
+          if args.decode_device == "cuda" else "")
+          + (f" | {'cached/s':>8} {'cached/core':>11}" if args.decoded_cache_mb else ""))  # fmt: skip
     for r in rows:
         line = (f"{r['workers']:>8} {r['ours']:>8.0f} {r['open_clip']:>8.0f} {r['ratio']:>5.2f}x"
                 f" | {r['ours_per_core']:>10.0f} {r['open_clip_per_core']:>10.0f}"
                 f" {r['ratio_per_core']:>5.2f}x")  # fmt: skip
         if "ours_cuda" in r:
             line += f" | {r['ours_cuda']:>8.0f} {r['ours_cuda_per_core']:>10.0f}"
+        if "ours_cached" in r:
+            line += f" | {r['ours_cached']:>8.0f} {r['ours_cached_per_core']:>11.0f}"
         print(line)
     per_core = {"ours": sum(r["ours_per_core"] for r in rows) / len(rows),
                 "open_clip": sum(r["open_clip_per_core"] for r in rows) / len(rows)}  # fmt: skip
     if args.decode_device == "cuda":
         per_core["ours_cuda"] = sum(r["ours_cuda_per_core"] for r in rows) / len(rows)
+    if args.decoded_cache_mb:
+        per_core["ours_cached"] = sum(r["ours_cached_per_core"] for r in rows) / len(rows)
     cores = {name: 1000 / value for name, value in per_core.items()}
     print("CPU cores per 1,000 samples/s (mean over the rows): "
           + ", ".join(f"{name} {value:.2f}" for name, value in cores.items()))  # fmt: skip
