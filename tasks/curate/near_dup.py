@@ -456,9 +456,15 @@ def _directed_similarity(
     return out
 
 
+_MAX_CHUNK_THREADS = 8
+"""At most this many chunk threads: each holds ~40 MiB of scratch buffers at _CHUNK 128."""
+
+
 def _chunk_threads() -> int:
-    """Threads the verification's chunks run on: the cores this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """Threads the verification's chunks run on: the cores this process may use, at most
+    _MAX_CHUNK_THREADS."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(cores or 1, _MAX_CHUNK_THREADS)
 
 
 def _view_similarity(
