@@ -218,3 +218,21 @@ def test_trimming_strips_the_lines_the_plain_definition_strips():
         cases.append(image.astype(np.uint8))
     for image in cases:
         np.testing.assert_array_equal(nd._trim_once(image), _trim_line_by_line(image))
+
+
+def test_verification_is_the_same_on_one_thread_and_on_several(monkeypatch):
+    """The verification's chunks of source images run on threads; the similarities must
+    not depend on how many (each chunk writes only its own pairs, BLAS at one thread)."""
+    from tasks.curate import near_dup as nd
+
+    images, _ = fashion_mnist("test")
+    blobs = [image_thumbnail(Image.fromarray(images[k])) for k in range(400)]
+    thumbs, resolution = thumbnails_array(blobs), thumbnails_resolution(blobs)
+    rng = np.random.default_rng(0)
+    rows, cols = rng.integers(0, 400, 3000), rng.integers(0, 400, 3000)  # > 3 chunks each way
+    found = {}
+    for threads in (1, 3):
+        monkeypatch.setattr(nd, "_chunk_threads", lambda threads=threads: threads)
+        found[threads] = pair_similarity(thumbs, thumbs, rows, cols, resolution, resolution)
+    assert np.array_equal(found[1], found[3])
+    assert (found[1] > -1).all()  # every pair was computed
