@@ -678,8 +678,8 @@ each over the pixels the previous fit left unclipped."""
 _LOCAL_BLOCK = VERIFY_GRID // 4
 """Side, in VERIFY_GRID cells, of the block a local difference is measured in."""
 _LOCAL_CHUNK = 1024
-"""Pairs whose local difference is computed at once (a few float64 (CHUNK, T*T*3) arrays:
-~25 MiB each)."""
+"""Pairs whose local difference (a few float64 (CHUNK, T*T*3) arrays: ~25 MiB each) or
+residual concentration is computed at once."""
 
 
 def _clipped_fit_residual(x: np.ndarray, y: np.ndarray) -> np.ndarray:
