@@ -236,3 +236,24 @@ def test_verification_is_the_same_on_one_thread_and_on_several(monkeypatch):
         found[threads] = pair_similarity(thumbs, thumbs, rows, cols, resolution, resolution)
     assert np.array_equal(found[1], found[3])
     assert (found[1] > -1).all()  # every pair was computed
+
+
+def test_candidate_vectors_are_the_plain_cell_means_bit_for_bit(monkeypatch):
+    """The candidate vectors (cell sums as matrix products, in chunks) against the plain
+    definition: each view's CANDIDATE_GRID x CANDIDATE_GRID cell means per channel, centred
+    and normalised; equal bit for bit, across chunk boundaries, on extreme values too."""
+    from tasks.curate import near_dup as nd
+
+    monkeypatch.setattr(nd, "_CANDIDATE_CHUNK", 7)  # several chunks and a short last one
+    rng = np.random.default_rng(0)
+    thumbs = rng.integers(0, 256, (12, nd.VIEWS, nd.THUMB, nd.THUMB, 3), dtype=np.uint8)
+    thumbs[0] = 255  # the largest sums; a blank view stays a zero vector
+    thumbs[1, 0] = 0
+    step = nd.THUMB // nd.CANDIDATE_GRID
+    views = thumbs.reshape(-1, nd.CANDIDATE_GRID, step, nd.CANDIDATE_GRID, step, 3)
+    plain = views.astype(np.float64).mean(axis=(2, 4)).astype(np.float32) * (step * step)
+    want = nd._normalised(plain.reshape(len(plain), -1))
+    got = nd.candidate_vectors(thumbs)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    assert np.array_equal(got, want)
+    assert not got[0].any() and not got[2].any()
