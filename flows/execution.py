@@ -1,8 +1,9 @@
 """The Prefect task runner that ``execution`` names, for a stage's mapped per-shard tasks.
 
-``local`` keeps the flow's own thread pool. ``dask`` and ``ray`` use the real integrations
-(prefect-dask, prefect-ray): a cluster at ``execution.address``, or a local one started on
-127.0.0.1 (no dashboard) for the mapped work of one stage run and stopped after it.
+``local`` keeps the flow's own thread pool, or a pool of ``execution.threads`` threads.
+``dask`` and ``ray`` use the real integrations (prefect-dask, prefect-ray): a cluster at
+``execution.address``, or a local one started on 127.0.0.1 (no dashboard) for the mapped
+work of one stage run and stopped after it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,12 @@ def runner_environment(execution: ExecutionConfig) -> AbstractContextManager[Non
 
 
 def task_runner(execution: ExecutionConfig) -> TaskRunner[Any] | None:
-    """The task runner for ``execution``; None for ``local`` (the flow's own runner)."""
+    """The task runner for ``execution``; None for ``local`` without ``threads`` (the flow's
+    own runner)."""
+    if execution.runner == "local" and execution.threads is not None:
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=execution.threads)
     if execution.runner == "dask":
         from prefect_dask import DaskTaskRunner
 
@@ -60,7 +66,11 @@ def task_runner(execution: ExecutionConfig) -> TaskRunner[Any] | None:
 def describe(execution: ExecutionConfig) -> str:
     """Where mapped tasks run, in words, for the logs."""
     if execution.runner == "local":
-        return "threads of the flow process"
+        if execution.threads is None:
+            return "threads of the flow process"
+        return (
+            f"{execution.threads} thread{'s' if execution.threads > 1 else ''} of the flow process"
+        )
     where = f"at {execution.address}" if execution.address else "started on 127.0.0.1"
     unit = "worker processes" if execution.runner == "dask" else "CPUs"
     size = "" if execution.address else f", {execution.workers} {unit}"

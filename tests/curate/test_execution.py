@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
 import cloudpickle
 import pandas as pd
 import pytest
+from prefect import flow
 
 from flows.common import map_as_tasks
 from flows.curate import curate_flow
@@ -44,14 +46,46 @@ def test_an_address_needs_an_engine():
         load_config({"execution": {"address": "tcp://127.0.0.1:8786"}})
 
 
+def test_threads_size_the_local_runner_only():
+    with pytest.raises(ConfigError, match="execution: .*threads sizes the local runner"):
+        load_config({"execution": {"runner": "dask", "threads": 2}})
+    with pytest.raises(ConfigError, match="execution"):
+        load_config({"execution": {"threads": 0}})
+
+
 def process_id(seconds: float) -> int:
     time.sleep(seconds)  # long enough that every worker takes some of the tasks
     return os.getpid()
 
 
-def test_a_local_dask_cluster_runs_mapped_tasks_in_two_worker_processes(prefect_harness):
-    pids = map_as_tasks("probe", ExecutionConfig(runner="dask"), process_id, [0.3] * 8)
-    assert len(set(pids)) == 2 and os.getpid() not in pids
+_RUNNING = threading.Lock()
+_running: list[int] = [0, 0]  # now, most at once
+
+
+def count_running(seconds: float) -> int:
+    """Sleeps, counting how many calls run at once; returns its thread's id."""
+    with _RUNNING:
+        _running[0] += 1
+        _running[1] = max(_running)
+    time.sleep(seconds)
+    with _RUNNING:
+        _running[0] -= 1
+    return threading.get_ident()
+
+
+@flow
+def _mapped_in_a_flow(threads: int | None) -> list[int]:
+    return map_as_tasks("probe", ExecutionConfig(threads=threads), count_running, [0.3] * 6)
+
+
+@pytest.mark.parametrize(("threads", "at_once"), [(None, 6), (1, 1), (2, 2)])
+def test_local_threads_bound_the_tasks_that_run_at_once(prefect_harness, threads, at_once):
+    """None: the flow's own pool runs all six at once (a thread per task, up to the CPU
+    count + 4); ``threads`` caps them."""
+    _running[:] = [0, 0]
+    idents = _mapped_in_a_flow(threads)
+    assert _running[1] == at_once
+    assert len(set(idents)) == at_once
 
 
 def _curated(downloaded_web: DownloadedWeb, root: Path, execution: ExecutionConfig) -> pd.DataFrame:
@@ -93,6 +127,13 @@ def test_curate_on_a_dask_cluster_matches_the_local_runner(
     assert len(executed) == 2 and sum(executed.values()) == shards  # both workers' tasks
     pd.testing.assert_frame_equal(on_dask, local_samples)
     assert local_samples["keep"].any() and not local_samples["keep"].all()
+
+
+def test_curate_on_one_local_thread_matches_the_flows_pool(
+    local_samples, downloaded_web: DownloadedWeb, tmp_path: Path
+):
+    on_one = _curated(downloaded_web, tmp_path, ExecutionConfig(threads=1))
+    pd.testing.assert_frame_equal(on_one, local_samples)
 
 
 def test_a_local_ray_instance_runs_mapped_tasks_in_its_own_workers(prefect_harness):
