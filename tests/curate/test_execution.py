@@ -58,6 +58,11 @@ def process_id(seconds: float) -> int:
     return os.getpid()
 
 
+def test_a_local_dask_cluster_runs_mapped_tasks_in_two_worker_processes(prefect_harness):
+    pids = map_as_tasks("probe", ExecutionConfig(runner="dask"), process_id, [0.3] * 8)
+    assert len(set(pids)) == 2 and os.getpid() not in pids
+
+
 _RUNNING = threading.Lock()
 _running: list[int] = [0, 0]  # now, most at once
 
