@@ -85,8 +85,8 @@ def _mapped_in_a_flow(threads: int | None) -> list[int]:
 
 @pytest.mark.parametrize(("threads", "at_once"), [(None, 6), (1, 1), (2, 2)])
 def test_local_threads_bound_the_tasks_that_run_at_once(prefect_harness, threads, at_once):
-    """None: the flow's own pool runs all six at once (a thread per task, up to the CPU
-    count + 4); ``threads`` caps them."""
+    """None: the flow's own pool runs all six at once (Prefect's default: a thread per
+    task); ``threads`` caps them."""
     _running[:] = [0, 0]
     idents = _mapped_in_a_flow(threads)
     assert _running[1] == at_once
