@@ -357,7 +357,7 @@ def candidate_vectors(thumbs: np.ndarray) -> np.ndarray:
         np.copyto(chunk[:n], source)
         # Cell sums as two products with 0/1 matrices (rows, then columns per channel): sums
         # of at most 16 uint8 values are whole numbers float32 holds exactly, so they equal
-        # numpy's sums bit for bit, at a fifth of the time of two reductions with a cast. The
+        # numpy's sums bit for bit, in about half the time of two reductions with a cast. The
         # scale drops out in the normalisation, which is per row: chunk by chunk it is the
         # same. The buffers are reused: on a machine slow to fault fresh pages in, they
         # were most of the time.
