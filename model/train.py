@@ -37,6 +37,8 @@ from model.atomic import write_atomic
 from model.clip import CLIP, clamp_logit_scale, create_model
 from model.data import LoaderConfig, LoaderPosition, TrainLoader, read_shard_list, resolve_sampling
 from model.device_decode import require_device
+from model.token_rows import UsedTokenRows, use_token_rows, used_token_ids
+from model.tokenizer import get_tokenizer
 from model.train_checkpoint import (
     check_resumable,
     find_resume,
@@ -94,6 +96,8 @@ class TrainState:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     step: int = 0
     samples_seen: int = 0
+    token_rows: UsedTokenRows | None = None
+    """The token embedding's trained rows, with ``train.token_rows: used``."""
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -127,6 +131,13 @@ def build_state(cfg: TrainRun, env: Distributed, total_steps: int) -> TrainState
     model = create_model(
         resolve_model_config(cfg), device=env.device, grad_checkpointing=cfg.grad_checkpointing
     )
+    token_rows = None
+    if cfg.token_rows == "used":
+        shards, _ = read_shard_list(cfg.shards, cfg.storage_options)
+        tokenizer = get_tokenizer(cfg.vocab, context_length=model.context_length)
+        token_rows = use_token_rows(model, used_token_ids(shards, cfg.storage_options, tokenizer))
+        log.info("token_rows 'used': %d of the embedding's %d rows are trained, the others "
+                 "only decay", len(token_rows.used), token_rows.num_embeddings)  # fmt: skip
     ddp: nn.Module = model
     if env.world > 1:
         device_ids = [env.device.index] if env.device.type == "cuda" else None
@@ -144,7 +155,7 @@ def build_state(cfg: TrainRun, env: Distributed, total_steps: int) -> TrainState
     )
     scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.precision == "amp_fp16")
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup, total_steps))
-    return TrainState(model, ddp, optimizer, scaler, schedule)
+    return TrainState(model, ddp, optimizer, scaler, schedule, token_rows=token_rows)
 
 
 def checkpoint_dict(state: TrainState, cfg: TrainRun, loader: TrainLoader) -> dict[str, Any]:
@@ -162,17 +173,37 @@ def checkpoint_dict(state: TrainState, cfg: TrainRun, loader: TrainLoader) -> di
         "scheduler": state.scheduler.state_dict(),
         "step": state.step,
         "samples_seen": state.samples_seen,
+        "token_rows": None if state.token_rows is None else state.token_rows.used.cpu(),
         "loader_state": [e["loader"] for e in everyone],
         "rng_state": [e["rng"] for e in everyone],
         "config": cfg.to_dict(),
     }
 
 
+def _rows(ids: Tensor | None) -> str:
+    return "all rows" if ids is None else f"{len(ids)} used rows"
+
+
+def check_same_token_rows(saved: Tensor | None, current: Tensor | None) -> None:
+    """Refuse a resume whose optimizer state belongs to other token-embedding rows (None:
+    the whole table)."""
+    both = saved is not None and current is not None
+    if not (torch.equal(saved, current) if both else saved is current):
+        raise ValueError(
+            f"cannot resume: the checkpoint trained {_rows(saved)} of the token embedding, "
+            f"this run {_rows(current)} (train.token_rows changed, or the captions did); "
+            "resume: none starts over"
+        )
+
+
 def restore(
     state: TrainState, checkpoint: dict[str, Any], env: Distributed
 ) -> LoaderPosition | None:
     """Load a checkpoint into ``state``; returns this rank's loader position (or a fresh one
-    when the number of ranks changed, which makes the resume inexact)."""
+    when the number of ranks changed, which makes the resume inexact). Refuses a checkpoint
+    whose optimizer trained other token-embedding rows (``train.token_rows``)."""
+    current = None if state.token_rows is None else state.token_rows.used.cpu()
+    check_same_token_rows(checkpoint.get("token_rows"), current)
     state.model.load_state_dict(checkpoint["state_dict"])
     state.optimizer.load_state_dict(checkpoint["optimizer"])
     state.scaler.load_state_dict(checkpoint["scaler"])
@@ -208,6 +239,8 @@ def train_step(
         state.scaler.unscale_(state.optimizer)  # clip the true gradient, not the scaled one
         nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip_norm)
     state.scaler.step(state.optimizer)
+    if state.token_rows is not None:
+        state.token_rows.decay_unused(state.optimizer)  # at this step's learning rate
     state.scaler.update()
     state.optimizer.zero_grad(set_to_none=True)
     state.scheduler.step()

@@ -32,6 +32,7 @@ Precision = Literal["fp32", "amp_bf16", "amp_fp16"]
 Sampling = Literal["auto", "split", "resampled"]
 Loss = Literal["clip", "siglip"]
 DecodeDevice = Literal["cpu", "cuda"]
+TokenRows = Literal["all", "used"]
 # OpenCLIP's --siglip initialisation, for a model config that has no logit bias of its own.
 SIGLIP_INIT_LOGIT_SCALE = math.log(10)
 SIGLIP_INIT_LOGIT_BIAS = -10.0
@@ -39,6 +40,7 @@ PRECISIONS: tuple[str, ...] = get_args(Precision)
 SAMPLING: tuple[str, ...] = get_args(Sampling)
 LOSSES: tuple[str, ...] = get_args(Loss)
 DECODE_DEVICES: tuple[str, ...] = get_args(DecodeDevice)
+TOKEN_ROWS: tuple[str, ...] = get_args(TokenRows)
 
 
 def _integer(value: Any) -> bool:
@@ -76,6 +78,7 @@ _RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "precision": (f"one of {PRECISIONS}", lambda v: v in PRECISIONS),
     "sampling": (f"one of {SAMPLING}", lambda v: v in SAMPLING),
     "decode_device": (f"one of {DECODE_DEVICES}", lambda v: v in DECODE_DEVICES),
+    "token_rows": (f"one of {TOKEN_ROWS}", lambda v: v in TOKEN_ROWS),
 }
 
 
@@ -136,6 +139,15 @@ class TrainConfig:
     log_every_steps: int = 10
     vocab: str | None = None
     """Path to a trained BPE vocabulary; None means CLIP's own 49,152-merge vocabulary."""
+    token_rows: TokenRows = "all"
+    """all: the whole token-embedding table is one parameter. used: only the rows of the
+    token ids that the training captions use are trained (the captions are read and
+    tokenised once before training); the others only decay, as AdamW decays a row whose
+    gradient is zero. The weights are the same (bit for bit on the CPU), while the gradient,
+    its all-reduce, the clipping norm and AdamW cover the used rows instead of all 49,408
+    (``model/token_rows.py``). For small datasets: the demo's captions use 954 rows, and its
+    training on two CPU ranks took 87-88 s instead of 118-123 s. Not with ``amp_fp16``,
+    whose skipped steps would still decay the other rows."""
     sampling: Sampling = "auto"
     """split: each epoch's shards are divided among ranks x workers (fewer shards than readers
     is an error); resampled: shards drawn with replacement; auto: split, or resampled when
@@ -171,6 +183,11 @@ class TrainConfig:
             value = getattr(self, name)
             if not fits(value):
                 raise ValueError(f"train.{name} must be {rule}, got {value!r}")
+        if self.token_rows == "used" and self.precision == "amp_fp16":
+            raise ValueError(
+                "train.token_rows 'used' is not supported with precision amp_fp16: a step the "
+                "grad scaler skips would still decay the unused rows; use amp_bf16 or fp32"
+            )
         if self.loss == "clip" and self.init_logit_bias is not None:
             raise ValueError(
                 f"train.init_logit_bias is {self.init_logit_bias} but train.loss is 'clip': a "
