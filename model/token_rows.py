@@ -158,6 +158,9 @@ class UsedTokenRows(nn.Module):
 
 def use_token_rows(model: nn.Module, used: Tensor) -> UsedTokenRows:
     """Swap ``model.token_embedding`` for a ``UsedTokenRows`` over ``used``; returns it."""
-    rows = UsedTokenRows(model.token_embedding, used)
+    embedding = model.token_embedding
+    if not isinstance(embedding, nn.Embedding):
+        raise TypeError(f"model.token_embedding is a {type(embedding).__name__}, not nn.Embedding")
+    rows = UsedTokenRows(embedding, used)
     model.token_embedding = rows
     return rows

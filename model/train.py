@@ -187,8 +187,8 @@ def _rows(ids: Tensor | None) -> str:
 def check_same_token_rows(saved: Tensor | None, current: Tensor | None) -> None:
     """Refuse a resume whose optimizer state belongs to other token-embedding rows (None:
     the whole table)."""
-    both = saved is not None and current is not None
-    if not (torch.equal(saved, current) if both else saved is current):
+    same = saved is current if saved is None or current is None else torch.equal(saved, current)
+    if not same:
         raise ValueError(
             f"cannot resume: the checkpoint trained {_rows(saved)} of the token embedding, "
             f"this run {_rows(current)} (train.token_rows changed, or the captions did); "
