@@ -20,6 +20,7 @@ with the downloader, so it works under the multiprocessing, pyspark and ray dist
 from __future__ import annotations
 
 import io
+import multiprocessing
 import os
 import socket
 import struct
@@ -37,7 +38,11 @@ from PIL import Image  # noqa: E402
 
 from tasks.download import pinned_http  # noqa: E402
 from tasks.download.pinned_http import Destination, FetchRefused  # noqa: E402
-from tasks.download.process_tree import die_with_parent, killed_with_parent  # noqa: E402
+from tasks.download.process_tree import (  # noqa: E402
+    WORKER_START_METHOD,
+    die_with_parent,
+    killed_with_parent,
+)
 
 HEADER_SIZED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 """Formats whose pixel size Pillow reads from the header without decoding, and OpenCV
@@ -188,8 +193,15 @@ def guarded_download_image(
         return key, None, str(err) or type(err).__name__
 
 
+_WORKER_PROCESS: Any = multiprocessing.get_context(WORKER_START_METHOD).Process  # type: ignore[attr-defined]
+
+
 class MortalLoggerProcess(i2d_logger.LoggerProcess):
-    """img2dataset's logger process, which exits when the process that started it dies."""
+    """img2dataset's logger process, which exits when the process that started it dies;
+    forked (``WORKER_START_METHOD``), where img2dataset's class spawns."""
+
+    _start_method = WORKER_START_METHOD
+    _Popen = staticmethod(_WORKER_PROCESS._Popen)
 
     def run(self) -> None:
         die_with_parent()

@@ -5,10 +5,12 @@ download stage runs img2dataset. ``python process_tree_scenario.py MODE OUT``:
   the worker's main thread is busy in one long C call (PBKDF2, ~10 s) while a second thread appends
   a line to ``OUT`` every 10 ms, as img2dataset's workers write a shard while their main
   thread resizes an image. The test kills processes and watches ``OUT``.
-- ``pool``: the child maps 6 tasks over a 1-process spawn pool with ``maxtasksperchild=5``
+- ``pool``: the child maps 6 tasks over a 1-process pool with ``maxtasksperchild=5``
   as img2dataset's (the pool's handler thread starts the worker for the 6th, which then
   waits for more) and terminates it as img2dataset's distributor does; then writes
   ``OUT``. The test checks that this ends.
+
+Every process starts as the stage starts img2dataset's (``WORKER_START_METHOD``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ import threading
 import time
 from pathlib import Path
 
-from tasks.download.process_tree import killed_with_parent, run_in_process_tree
+from tasks.download.process_tree import (
+    WORKER_START_METHOD,
+    killed_with_parent,
+    run_in_process_tree,
+)
 
 
 def _append_forever(out: str) -> None:
@@ -41,7 +47,9 @@ def writer_worker(out: str) -> None:
 def writer(out: str) -> None:
     with open(out + ".child", "w") as f:
         f.write(str(os.getpid()))
-    proc = multiprocessing.get_context("spawn").Process(target=writer_worker, args=(out,))
+    proc = multiprocessing.get_context(WORKER_START_METHOD).Process(
+        target=writer_worker, args=(out,)
+    )
     proc.start()
     proc.join()
 
@@ -52,7 +60,7 @@ def pool_task(i: int) -> int:
 
 
 def pool(out: str) -> None:
-    with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=5) as workers:
+    with multiprocessing.get_context(WORKER_START_METHOD).Pool(1, maxtasksperchild=5) as workers:
         squares = list(workers.imap_unordered(pool_task, range(6)))
         workers.terminate()
         workers.join()
@@ -61,7 +69,7 @@ def pool(out: str) -> None:
 
 
 def unarmed(out: str) -> None:
-    proc = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(600,))
+    proc = multiprocessing.get_context(WORKER_START_METHOD).Process(target=time.sleep, args=(600,))
     proc.start()
     with open(out, "w") as f:
         f.write(str(proc.pid))
@@ -74,7 +82,7 @@ def _worker_ready(out: str) -> None:
 
 
 def idle_pool(out: str) -> None:
-    with multiprocessing.get_context("spawn").Pool(2, _worker_ready, (out,)) as workers:
+    with multiprocessing.get_context(WORKER_START_METHOD).Pool(2, _worker_ready, (out,)) as workers:
         workers.map(pool_task, [3])  # one worker takes the task; the other never gets one
         while len(Path(out + ".ready").read_text().split()) < 2:  # both wait for tasks
             time.sleep(0.05)
