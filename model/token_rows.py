@@ -1,15 +1,15 @@
 """Train only the token-embedding rows that the training captions use (``train.token_rows``).
 
-CLIP's token embedding is a (49,408, width) table, and a small dataset uses a few thousand of
-its rows: the demo's 10,390 captions use ~2,000. With the whole table as one parameter, every
+CLIP's token embedding is a (49,408, width) table, and a small dataset uses a small share of
+its rows: the demo's 10,390 captions use 954. With the whole table as one parameter, every
 step still writes a dense gradient for all rows (zeros where no token of the batch fell),
 all-reduces it, takes its norm for clipping and runs AdamW over it. For the demo's tiny model
 that table is 90% of the parameters and about a quarter of a CPU step.
 
 ``UsedTokenRows`` replaces the model's ``token_embedding`` for the run. It holds the rows of
 the ids found in the training captions as the parameter ``rows`` and every other row in a
-plain tensor outside autograd, DDP and the optimizer. On the CPU the two give the same
-weights as the whole table, bit for bit:
+plain tensor outside autograd, DDP and the optimizer. Training with it gives the same
+weights as with the whole table, bit for bit on the CPU:
 
 - a row that no caption uses gets an exactly zero gradient under the whole table, so AdamW's
   moments for it stay zero and its update is the decoupled weight decay alone, ``p * (1 - lr
@@ -22,8 +22,9 @@ weights as the whole table, bit for bit:
   may round differently in its last bit).
 
 ``tests/train/test_token_rows.py`` checks it: a run with ``token_rows: used`` ends with the
-same state dict as one with ``all``; so did the demo's 1,406 steps on two DDP ranks. The state dict keeps OpenCLIP's layout: a
-(vocab, width) ``token_embedding.weight``, so checkpoints load anywhere the whole table does.
+same state dict as one with ``all``, and so did the demo's 1,406 steps on two DDP ranks. The
+state dict keeps OpenCLIP's layout, a (vocab, width) ``token_embedding.weight``, so
+checkpoints load anywhere the whole table does.
 """
 
 from __future__ import annotations

@@ -4,7 +4,10 @@ A checkpoint is one ``torch.save``'d dict::
 
     {"state_dict": OpenCLIP parameter names -> tensors, "model_config": OpenCLIP-format dict,
      "optimizer", "scaler", "scheduler", "step", "samples_seen", "loader_state",
-     "rng_state": one entry per rank, "config": the resolved train config}
+     "rng_state": one entry per rank, "config": the resolved train config,
+     "token_rows": the token ids whose embedding rows the optimizer trains, or None for all}
+
+The state dict always holds the whole token-embedding table (``model/token_rows.py``).
 
 ``step_N.pt`` is written first, then ``latest.pt`` becomes a copy of it, so a reader sees
 either the previous complete checkpoint or the new one, never a partial file (both through

@@ -193,7 +193,7 @@ def guarded_download_image(
         return key, None, str(err) or type(err).__name__
 
 
-_WORKER_PROCESS: Any = multiprocessing.get_context(WORKER_START_METHOD).Process  # type: ignore[attr-defined]
+_CONTEXT: Any = multiprocessing.get_context(WORKER_START_METHOD)
 
 
 class MortalLoggerProcess(i2d_logger.LoggerProcess):
@@ -201,7 +201,7 @@ class MortalLoggerProcess(i2d_logger.LoggerProcess):
     forked (``WORKER_START_METHOD``), where img2dataset's class spawns."""
 
     _start_method = WORKER_START_METHOD
-    _Popen = staticmethod(_WORKER_PROCESS._Popen)
+    _Popen = staticmethod(_CONTEXT.Process._Popen)
 
     def run(self) -> None:
         die_with_parent()
