@@ -142,6 +142,12 @@ def resolve_sampling(requested: str, n_shards: int, world: int, workers: int) ->
     return "split"
 
 
+def training_caption(data: bytes) -> str:
+    """A sample's ``.txt`` as training reads it; raises UnicodeDecodeError (a ValueError, so
+    the loader skips the sample) when it is not UTF-8."""
+    return data.decode("utf-8").strip()
+
+
 def _tar_samples(uri: str, storage_options: dict[str, Any]) -> Iterator[RawSample]:
     """Samples of one tar with their image and caption members (``model.tario``)."""
     for sample in open_samples(uri, storage_options, _MEMBERS):
@@ -297,7 +303,7 @@ class ShardStream(IterableDataset):
         ext = image_extension(members)
         if ext is None or "txt" not in members:
             raise ValueError(f"{name}: needs an image and a .txt, has {sorted(members)}")
-        caption = members["txt"].decode("utf-8").strip()
+        caption = training_caption(members["txt"])
         size, scale, ratio = self.cfg.image_size, self.cfg.crop_scale, self.cfg.crop_ratio
         cache = cache if cache is not None else DecodedCache(0)
         rgb = cache.get(name)

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from model.data import training_caption
 from model.tario import open_samples
 from model.tokenizer import ClipTokenizer
 
@@ -44,13 +45,13 @@ _TOKENIZE_CHUNK = 4096
 
 
 def _captions(shards: Iterable[str], storage_options: dict[str, Any]) -> Iterator[str]:
-    """Every caption of the shards, as the loader reads it (``model.data``); a caption that
-    is not UTF-8 is never trained on (the loader skips its sample) and is left out."""
+    """Every caption of the shards, as the loader reads it (``training_caption``); a caption
+    that is not UTF-8 is never trained on (the loader skips its sample) and is left out."""
     for uri in shards:
         for sample in open_samples(uri, storage_options, ("txt",)):
             if "txt" in sample:
                 try:
-                    yield sample["txt"].decode("utf-8").strip()
+                    yield training_caption(sample["txt"])
                 except UnicodeDecodeError:
                     continue
 

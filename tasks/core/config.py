@@ -467,9 +467,10 @@ class ExecutionConfig(_Section):
     threads: int | None = Field(None, ge=1)
     """With runner local: how many of the flow process's threads run a stage's mapped tasks at
     once; None: the flow's own pool (Prefect's default: a thread per task, unless
-    PREFECT_TASK_RUNNER_THREAD_POOL_MAX_WORKERS caps it). Curate's per-shard features are mostly Python under the GIL: on the 2-core
-    build machine the demo's six shards took 15.5 s on six threads, 13.0 s on two and 8.2 s
-    on one, so the demo sets 1. Tasks that wait on storage (S3) gain from more."""
+    PREFECT_TASK_RUNNER_THREAD_POOL_MAX_WORKERS caps it). Curate's per-shard features are
+    mostly Python under the GIL: on the 2-core build machine the demo's six shards took
+    15.5 s on six threads, 13.0 s on two and 8.2 s on one, so the demo sets 1. Tasks that
+    wait on storage (S3) gain from more."""
 
     @model_validator(mode="after")
     def _address_needs_an_engine(self) -> ExecutionConfig:
