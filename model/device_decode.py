@@ -19,7 +19,6 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.io import ImageReadMode, decode_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +37,11 @@ def require_device(name: str) -> torch.device:
 def _decode_all(data: list[Tensor], device: torch.device) -> list[Tensor | None]:
     """Each JPEG as a (3, H, W) uint8 tensor on ``device``; None where it does not decode.
     One batched call; after a failure (the call returns nothing then), one call per image."""
+    # Imported here, not at the top: model.data and model.train import this module, and
+    # torchvision's package import (torch._dynamo through torchvision.ops) costs every CPU
+    # training rank ~1.4 s it never uses.
+    from torchvision.io import ImageReadMode, decode_jpeg
+
     with warnings.catch_warnings():
         # torchvision 0.29 deprecates its image decoders in favour of TorchCodec.
         warnings.simplefilter("ignore", DeprecationWarning)

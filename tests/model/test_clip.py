@@ -248,3 +248,18 @@ def test_image_transform_matches_open_clip(is_train: bool) -> None:
     assert torch.equal(a, b)
     gray = image_transform(28, is_train=False, mean=(0.5,) * 3, std=(0.5,) * 3)(image.convert("L"))
     assert gray.shape == (3, 28, 28) and gray.min() >= -1 and gray.max() <= 1
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "I;16", "1"])
+def test_eval_transform_matches_open_clip_at_every_size(mode: str) -> None:
+    """EvalTransform resizes, crops and normalises without torchvision: the tensor is
+    OpenCLIP's (torchvision's Compose) bit for bit, whatever the image's mode and size
+    (already the model's, smaller, larger, portrait, landscape, odd margins)."""
+    generator = torch.Generator().manual_seed(0)
+    ours = image_transform(28, is_train=False)
+    ref = open_clip.image_transform(28, is_train=False)
+    for width, height in [(28, 28), (27, 28), (28, 27), (53, 37), (37, 53), (64, 64), (100, 30),
+                          (29, 101), (13, 9)]:  # fmt: skip
+        pixels = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8, generator=generator)
+        image = Image.fromarray(pixels.numpy(), mode="RGB").convert(mode)
+        assert torch.equal(ours(image), ref(image)), (mode, width, height)
