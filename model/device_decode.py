@@ -38,8 +38,8 @@ def _decode_all(data: list[Tensor], device: torch.device) -> list[Tensor | None]
     """Each JPEG as a (3, H, W) uint8 tensor on ``device``; None where it does not decode.
     One batched call; after a failure (the call returns nothing then), one call per image."""
     # Imported here, not at the top: model.data and model.train import this module, and
-    # torchvision's package import (torch._dynamo through torchvision.ops) costs every CPU
-    # training rank ~1.4 s it never uses.
+    # torchvision's package import (~1.4 s with the torch._dynamo it pulls in) is then paid
+    # only where a GPU decode runs.
     from torchvision.io import ImageReadMode, decode_jpeg
 
     with warnings.catch_warnings():

@@ -1,8 +1,10 @@
-"""CLIP's image preprocessing with torchvision, as OpenCLIP's ``image_transform`` builds it.
+"""CLIP's image preprocessing, as OpenCLIP's ``image_transform`` builds it: torchvision's
+``Compose`` for training, torchvision's arithmetic on the PIL image for evaluation
+(``EvalTransform``).
 
 torchvision is imported where the training transform is built, not at the top: the trainer
-reads this module's mean and std, and evaluation needs none of it (``EvalTransform``); its
-package import costs ~1.4 s (torch._dynamo, through torchvision.ops).
+reads this module's mean and std, and evaluation needs none of it; its package import costs
+~1.4 s (torch._dynamo, through torchvision.ops).
 """
 
 from __future__ import annotations
