@@ -20,7 +20,6 @@ with the downloader, so it works under the multiprocessing, pyspark and ray dist
 from __future__ import annotations
 
 import io
-import multiprocessing
 import os
 import socket
 import struct
@@ -39,6 +38,7 @@ from PIL import Image  # noqa: E402
 from tasks.download import pinned_http  # noqa: E402
 from tasks.download.pinned_http import Destination, FetchRefused  # noqa: E402
 from tasks.download.process_tree import (  # noqa: E402
+    WORKER_CONTEXT,
     WORKER_START_METHOD,
     die_with_parent,
     killed_with_parent,
@@ -193,15 +193,12 @@ def guarded_download_image(
         return key, None, str(err) or type(err).__name__
 
 
-_CONTEXT: Any = multiprocessing.get_context(WORKER_START_METHOD)
-
-
 class MortalLoggerProcess(i2d_logger.LoggerProcess):
     """img2dataset's logger process, which exits when the process that started it dies;
     forked (``WORKER_START_METHOD``), where img2dataset's class spawns."""
 
     _start_method = WORKER_START_METHOD
-    _Popen = staticmethod(_CONTEXT.Process._Popen)
+    _Popen = staticmethod(WORKER_CONTEXT.Process._Popen)
 
     def run(self) -> None:
         die_with_parent()

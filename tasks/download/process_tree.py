@@ -39,6 +39,8 @@ WORKER_START_METHOD = "fork"
 it, ready, where img2dataset's own ``spawn`` would import img2dataset, and torch through
 webdataset, again in each (~3.5 s of CPU apiece). The child holds no lock in another
 thread when it forks: its only other thread, the watchdog, just polls and sleeps."""
+WORKER_CONTEXT: Any = multiprocessing.get_context(WORKER_START_METHOD)
+"""The multiprocessing context of that start method, for img2dataset's pool and logger."""
 _PR_SET_PDEATHSIG = 1
 _POLL_SECONDS = 0.1
 _BETWEEN_TASKS_SIGNAL = signal.SIGUSR1

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import logging
-import multiprocessing
 import os
 import re
 from collections.abc import Iterator
@@ -40,7 +39,7 @@ from tasks.download.fetch import (
     opencv_pixel_limit,
 )
 from tasks.download.pinned_http import check_destinations
-from tasks.download.process_tree import WORKER_START_METHOD, run_in_process_tree
+from tasks.download.process_tree import WORKER_CONTEXT, run_in_process_tree
 
 log = logging.getLogger(__name__)
 # The package's `main` attribute is the function of that name, not the module.
@@ -155,7 +154,7 @@ def _guarded_img2dataset(policy: FetchPolicy, s3_endpoint: str | None) -> Iterat
     GuardedDownloader.policy = policy
     i2d_main.Downloader = GuardedDownloader
     i2d_main.LoggerProcess = MortalLoggerProcess
-    i2d_distributor.get_context = lambda _method: multiprocessing.get_context(WORKER_START_METHOD)
+    i2d_distributor.get_context = lambda _method: WORKER_CONTEXT
     if s3_endpoint:
         os.environ["FSSPEC_S3_ENDPOINT_URL"] = s3_endpoint  # fsspec config, inherited by workers
         # fsspec read the environment when it was imported: this process needs it set here.
