@@ -155,10 +155,11 @@ class TrainConfig:
     shuffle_buffer: int = 2000
     """Samples held per data-loader worker for shuffling (0: shard order only)."""
     decoded_cache_mb: int = 0
-    """MiB of decoded images each data-loader worker keeps (0: none), so that a dataset
-    that fits is decoded once, not once per epoch. Batches are bit-identical either way:
-    the random crop is drawn on the cached image as on a fresh decode. Images beyond the
-    budget are decoded every time."""
+    """MiB each data-loader worker keeps in memory (0: none): decoded images, and whole
+    shards' samples once read to their end, so that a dataset that fits is read and decoded
+    once, not once per epoch. Batches are bit-identical either way: the random crop is drawn
+    on the cached image as on a fresh decode, and a kept shard yields its samples in the
+    order it was read. What is beyond the budget is read and decoded every time."""
     crop_scale_min: float = 0.9
     """Smallest image area fraction a training random-resized crop keeps (OpenCLIP: 0.9)."""
     crop_ratio_min: float = 3 / 4

@@ -5,14 +5,18 @@ from __future__ import annotations
 import copy
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from PIL import Image
 
+import model.data
 from demo.train_shards import write_fashion_shards
 from model.data import (
+    DecodedCache,
     LoaderConfig,
     LoaderPosition,
     ShardStream,
@@ -35,7 +39,7 @@ def test_split_gives_each_reader_its_shards_and_every_sample_once(fashion_shards
     for rank in range(2):
         stream = ShardStream(cfg, rank, 2, LoaderPosition.start(2, 2))
         for reader in range(2):
-            raw = stream._raw_stream(reader)
+            raw = stream._raw_stream(reader, DecodedCache(0))
             # 4 shards of 150 over 4 readers: one shard each per epoch.
             first_epoch = [next(raw)[0] for _ in range(150)]
             assert len({k.rsplit("/", 2)[0] for k in first_epoch}) == 1
@@ -124,32 +128,45 @@ def test_png_and_grayscale_images_decode(tmp_path: Path) -> None:
     assert images.shape == (3, 28, 28, 3)
 
 
-def test_decoded_cache_gives_the_same_batches_and_decodes_less(
+def test_decoded_cache_gives_the_same_batches_and_decodes_and_reads_less(
     fashion_shards: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    opened = {"n": 0}
-    real_open = Image.open
+    counts = {"opens": 0, "reads": 0}
+    real_open, real_read = Image.open, model.data._tar_samples
 
     def counting_open(*args: object, **kwargs: object) -> Image.Image:
-        opened["n"] += 1
+        counts["opens"] += 1
         return real_open(*args, **kwargs)
 
-    monkeypatch.setattr(Image, "open", counting_open)
+    def counting_read(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        counts["reads"] += 1
+        return real_read(*args, **kwargs)
 
-    def batches(cache_mb: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int]:
-        # 3+ epochs of 600 samples, with random crops and flips drawn per batch.
+    monkeypatch.setattr(Image, "open", counting_open)
+    monkeypatch.setattr(model.data, "_tar_samples", counting_read)
+
+    def batches(cache_mb: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], dict]:
+        # 3+ epochs of 600 samples (4 shards), random crops and flips drawn per batch.
         cfg = loader_config(fashion_shards, workers=0, batch_size=64, crop_scale=(0.5, 1.0),
                             hflip=True, seed=5, decoded_cache_mb=cache_mb)  # fmt: skip
         loader = TrainLoader(cfg, rank=0, world=1)
-        opened["n"] = 0
+        counts.update(opens=0, reads=0)
         out = [loader.next_batch() for _ in range(30)]
-        return out, opened["n"]
+        return out, dict(counts)
 
-    plain, plain_opens = batches(0)
-    # 1 MiB holds 445 of the 600 28 px images: some come from the cache, the rest are
-    # decoded each epoch, as without one.
-    cached, cached_opens = batches(1)
-    for (images, texts), (got_images, got_texts) in zip(plain, cached, strict=True):
-        assert torch.equal(got_images, images) and torch.equal(got_texts, texts)
-    assert plain_opens >= 30 * 64
-    assert cached_opens <= plain_opens - 2 * 445
+    plain, plain_counts = batches(0)
+    # 1 MiB holds part of it (the 600 decoded 28 px images take 2,352 bytes each): what it
+    # does not hold is decoded, or read, each epoch, as without a cache.
+    small, small_counts = batches(1)
+    # 4 MiB holds every image and every shard: each image is decoded once, each shard read
+    # once (the epochs after the first come from memory).
+    whole, whole_counts = batches(4)
+    for got in (small, whole):
+        for (images, texts), (got_images, got_texts) in zip(plain, got, strict=True):
+            assert torch.equal(got_images, images) and torch.equal(got_texts, texts)
+    epochs = 30 * 64 // 600
+    assert plain_counts["opens"] >= 30 * 64 and plain_counts["reads"] >= 4 * epochs
+    assert plain_counts["opens"] - 600 >= small_counts["opens"] > 600
+    assert small_counts["reads"] <= plain_counts["reads"]
+    # (a corrupt image is never kept: it is tried again, and skipped, each epoch)
+    assert whole_counts["opens"] <= 600 + len(CORRUPT) * epochs and whole_counts["reads"] == 4
