@@ -19,6 +19,7 @@ import itertools
 import json
 import logging
 import struct
+import warnings
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -150,6 +151,36 @@ def fashion_mnist_set(train_samples: int) -> BenchmarkSet:
         Split("train", labelled_samples(train_x[:train_samples], train_y[:train_samples])),
     ]
     return BenchmarkSet("classification", splits, FASHION_MNIST_CLASSNAMES, FASHION_MNIST_TEMPLATES)
+
+
+def fashion_mnist_validation_set(web_dir: Path, per_class: int = 1000) -> BenchmarkSet:
+    """A validation split of Fashion-MNIST *train* images that the demo web in ``web_dir``
+    never shows, ``per_class`` of each class (seeded): a demo recipe can be chosen on it
+    without looking at the test set the README reports. An image is left out when its
+    pixels are those of any 28 x 28 PNG the web serves (the garments, and the spare train
+    images its planted cases draw). The split is named "test", the split the evaluate stage
+    reads; it is not among ``SETS``, since it needs the web."""
+    train_x, train_y = offline_data.fashion_mnist("train")
+    shown = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        for path in Path(web_dir).rglob("*.png"):
+            try:
+                with Image.open(path) as image:
+                    if image.size == (28, 28):
+                        shown.add(np.asarray(image.convert("L")).tobytes())
+            except (OSError, Image.DecompressionBombError):
+                continue  # the web's hostile files (bombs, truncated PNGs): not 28 x 28 pictures
+    unseen = np.array([i for i in range(len(train_x)) if train_x[i].tobytes() not in shown])
+    rng = np.random.default_rng(2026)
+    chosen = np.sort(np.concatenate([
+        rng.permutation(unseen[train_y[unseen] == label])[:per_class]
+        for label in range(len(FASHION_MNIST_CLASSNAMES))
+    ]))  # fmt: skip
+    split = Split("test", labelled_samples(train_x[chosen], train_y[chosen]))
+    return BenchmarkSet(
+        "classification", [split], FASHION_MNIST_CLASSNAMES, FASHION_MNIST_TEMPLATES
+    )
 
 
 def mnist_set(train_samples: int) -> BenchmarkSet:

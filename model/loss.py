@@ -7,6 +7,10 @@ towers too. Every rank must pass the same local batch size (``drop_last``).
 - ``ClipLoss``: symmetric InfoNCE (CLIP). With ``local_loss`` (the default) a rank scores
   only its own rows against the global batch, memory O(B_local x B_global); the mean over
   ranks (which DDP's gradient averaging takes) is the loss over the whole global batch.
+  Without it every rank scores the whole global batch, memory O(B_global^2), and needs no
+  collective in the backward pass: the features are gathered once, without autograd, and
+  only a rank's own rows carry gradient (scaled so that DDP's average is the same gradient;
+  ``_gather_global_batch``). On two CPU ranks that saves the backward's two all-to-alls.
 - ``SigLipLoss``: SigLIP's pairwise sigmoid loss, local rows against all columns. The text
   features travel between neighbouring ranks (OpenCLIP's bidirectional exchange), one
   block at a time, so a rank holds O(B_local x B_local) logits, never the gathered batch.
@@ -38,6 +42,29 @@ def gather_with_grad(x: Tensor) -> Tensor:
     return torch.cat(torch.distributed.nn.all_gather(x), dim=0)
 
 
+def _times_gradient(x: Tensor, factor: float) -> Tensor:
+    """``x`` (the same values, bit for bit) with ``factor`` times its gradient."""
+    return x.detach() + (x - x.detach()) * factor
+
+
+def _gather_global_batch(
+    image_features: Tensor, text_features: Tensor, rank: int, world: int
+) -> tuple[Tensor, Tensor]:
+    """Every rank's image and text rows in rank order, in one all-gather without autograd:
+    only this rank's own rows are live tensors. Every rank then computes the same global
+    loss L, but its backward reaches only its own rows, with their part of dL; their
+    gradient is multiplied by ``world``, so that DDP's mean over the ranks is dL itself, as
+    with the gradient-carrying gather (whose backward sums every rank's part onto each row's
+    owner, an all-to-all per gathered tensor)."""
+    width = image_features.shape[1]
+    both = torch.cat([image_features, text_features], dim=1)
+    parts = [torch.empty_like(both) for _ in range(world)]
+    dist.all_gather(parts, both.detach().contiguous())
+    parts[rank] = _times_gradient(both, world)
+    everyone = torch.cat(parts)
+    return everyone[:, :width], everyone[:, width:]
+
+
 class ClipLoss(nn.Module):
     """Symmetric cross-entropy over image-text similarities; pairs share a row index."""
 
@@ -54,13 +81,18 @@ class ClipLoss(nn.Module):
     ) -> Tensor:
         """Unit features (B_local, D) each and the (exp'd) scale -> scalar loss."""
         rank, world = _rank_and_world()
-        all_images = gather_with_grad(image_features)
-        all_texts = gather_with_grad(text_features)
         if self.local_loss:
+            all_images = gather_with_grad(image_features)
+            all_texts = gather_with_grad(text_features)
             logits_per_image = logit_scale * image_features @ all_texts.T  # (B_l, B_g)
             logits_per_text = logit_scale * text_features @ all_images.T  # (B_l, B_g)
             offset = rank * image_features.shape[0]
         else:
+            all_images, all_texts = (
+                _gather_global_batch(image_features, text_features, rank, world)
+                if world > 1
+                else (image_features, text_features)
+            )
             logits_per_image = logit_scale * all_images @ all_texts.T  # (B_g, B_g)
             logits_per_text = logits_per_image.T
             offset = 0

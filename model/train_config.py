@@ -108,6 +108,11 @@ class TrainConfig:
     recomputed against all of them (OpenCLIP's scheme), so the gradient is that of one
     contrastive batch of ``batch_size * accum_steps`` per rank, not of separate batches."""
     local_loss: bool = True
+    """CLIP loss only: each rank scores its own rows against the global batch (memory
+    O(B_local x B_global); the gather carries gradient back, a collective in the backward
+    pass), or, false, the whole global batch (memory O(B_global^2); the features are gathered
+    once without autograd, and the backward pass communicates nothing but DDP's all-reduce).
+    The same gradient either way, up to float rounding (``model/loss.py``)."""
     loss: Loss = "clip"
     """clip: CLIP's softmax contrastive loss; siglip: SigLIP's sigmoid loss, which also trains
     the model's ``logit_bias``."""

@@ -3,6 +3,8 @@ that the demo web never uses as a caption."""
 
 from __future__ import annotations
 
+import collections
+import io
 import itertools
 import os
 import random
@@ -11,7 +13,9 @@ import string
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from demo import benchmark_sets
 from demo import captions as demo_captions
@@ -137,3 +141,33 @@ def test_two_processes_building_one_set_build_it_once(tmp_path):
     assert len(log.read_text().split()) == 1  # built once
     info = read_dataset_info(str(out), needs_templates=True)
     assert info.classnames == list(FASHION_MNIST_CLASSNAMES)
+
+
+def test_validation_set_holds_train_images_the_demo_web_never_shows(demo_web, tmp_path):
+    from demo import offline_data
+    from model.tario import open_samples
+
+    bench = benchmark_sets.fashion_mnist_validation_set(demo_web.site_dir, per_class=30)
+    benchmark_sets.write_set(tmp_path / "val", bench)
+    train_x, train_y = offline_data.fashion_mnist("train")
+    index_of = {pixels.tobytes(): i for i, pixels in enumerate(train_x)}
+    # The web's own record of the train images it shows (planted.json), not the pixels the
+    # builder compares: none of them may be a validation image.
+    shown = {r["index"] for r in demo_web.planted["fashion"] if r["split"] == "train"}
+    assert len(shown) == 10 * 20
+    labels = []
+    for shard in sorted((tmp_path / "val" / "test").glob("*.tar")):
+        for sample in open_samples(str(shard), {}, ("png", "cls")):
+            pixels = np.asarray(Image.open(io.BytesIO(sample["png"])).convert("L"))
+            index = index_of[pixels.tobytes()]  # a real Fashion-MNIST train image
+            assert index not in shown
+            assert int(sample["cls"]) == int(train_y[index])
+            labels.append(int(sample["cls"]))
+    assert sorted(collections.Counter(labels).values()) == [30] * 10
+    # With room for every train image, each class holds its images less the recorded ones and
+    # a few more: the spare train images the planted cases draw (not indexed in planted.json).
+    everything = benchmark_sets.fashion_mnist_validation_set(demo_web.site_dir, per_class=6000)
+    counts = collections.Counter(int(label) for *_, label in everything.splits[0].samples)
+    shown_per_class = collections.Counter(int(train_y[i]) for i in shown)
+    unrecorded = {c: 6000 - shown_per_class[c] - counts[c] for c in range(10)}
+    assert all(n >= 0 for n in unrecorded.values()) and 0 < sum(unrecorded.values()) <= 60

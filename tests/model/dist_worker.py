@@ -32,6 +32,22 @@ def loss_of(kind: str, img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor
     return ClipLoss(local_loss=kind == "local")(img, txt, scale)
 
 
+def backward_collectives(loss: torch.Tensor) -> list[str]:
+    """The autograd nodes of ``loss``'s graph that communicate in the backward pass
+    (torch.distributed.nn's all-gather and all-to-all, the neighbour exchanges)."""
+    names, seen, todo = [], set(), [loss.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        name = type(node).__name__
+        if any(word in name for word in ("AllGather", "AlltoAll", "Exchange", "Shift")):
+            names.append(name)
+        todo += [child for child, _ in node.next_functions]
+    return sorted(names)
+
+
 def rank_main(rank: int, init_file: str, out_dir: str, kinds: list[str]) -> None:
     """Compute each loss on this rank's rows and save loss and gradients to ``out_dir``."""
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
@@ -42,8 +58,10 @@ def rank_main(rank: int, init_file: str, out_dir: str, kinds: list[str]) -> None
             img, txt = (t[rows].clone().requires_grad_() for t in features(seed))
             scale = torch.tensor(12.0, requires_grad=True)
             loss = loss_of(kind, img, txt, scale)
+            collectives = backward_collectives(loss)
             loss.backward()
             results[kind] = {
+                "backward_collectives": collectives,
                 "loss": loss.detach(),
                 "img": img.grad,
                 "txt": txt.grad,

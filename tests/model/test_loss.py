@@ -52,6 +52,11 @@ def test_two_process_gloo_loss_and_gradients_equal_single_process(tmp_path) -> N
         rank_main, args=(str(tmp_path / "init"), str(tmp_path), kinds), nprocs=WORLD, join=True
     )
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    # The local loss's gather carries gradient back (an all-to-all per gathered tensor); the
+    # global loss gathers once without autograd, so its backward pass communicates nothing.
+    for r in ranks:
+        assert r["local"]["backward_collectives"] == ["_AllGatherBackward"] * 2
+        assert r["global"]["backward_collectives"] == []
     for seed, kind in enumerate(kinds):
         single = _single_process(kind, seed)
         per_rank = [r[kind] for r in ranks]
