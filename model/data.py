@@ -266,7 +266,8 @@ class DecodedCache:
                 else:
                     kept = None  # too big to keep: stream it as before
             yield sample
-        if kept is not None:
+        # Images decoded while the shard was read may have taken part of the room meanwhile.
+        if kept is not None and self.used + size <= self.budget:
             self._shards[uri] = kept
             self.used += size
 

@@ -170,3 +170,19 @@ def test_decoded_cache_gives_the_same_batches_and_decodes_and_reads_less(
     assert small_counts["reads"] <= plain_counts["reads"]
     # (a corrupt image is never kept: it is tried again, and skipped, each epoch)
     assert whole_counts["opens"] <= 600 + len(CORRUPT) * epochs and whole_counts["reads"] == 4
+
+
+def test_decoded_cache_never_holds_more_than_its_budget() -> None:
+    # A shard read while its images are decoded and kept: the images take room meanwhile,
+    # so the shard, which fitted when its read began, no longer does at its end.
+    cache = DecodedCache(budget=10_000)
+    samples = [(f"s/{i}", {"png": b"x" * 1_000, "txt": b"a caption"}) for i in range(5)]
+    for name, _ in cache.read_shard("s", iter(samples)):
+        cache.put(name, Image.new("L", (40, 25)))  # 1,000 bytes each
+    # (the shard's 5,045 bytes fit beside the first four images, not beside all five)
+    assert cache.used <= cache.budget
+    assert cache.shard("s") is None and cache.get("s/3") is not None
+    # With room for both, the shard is kept, in its order.
+    roomy = DecodedCache(budget=100_000)
+    assert list(roomy.read_shard("s", iter(samples))) == samples
+    assert roomy.shard("s") == samples
