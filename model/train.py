@@ -70,6 +70,21 @@ class Distributed:
         return self.rank == 0
 
 
+def pin_to_cores(local_rank: int, local_world: int) -> set[int] | None:
+    """Restrict this process, and the threads it starts later, to block ``local_rank`` of
+    ``local_world`` equal blocks of the cores it may use now; returns that block, or None
+    (nothing changed) where there are fewer cores than ranks or no ``sched_setaffinity``."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    per_rank = len(cores) // max(local_world, 1)
+    if per_rank == 0:
+        return None
+    mine = set(cores[local_rank * per_rank : (local_rank + 1) * per_rank])
+    os.sched_setaffinity(0, mine)
+    return mine
+
+
 def setup_distributed(timeout_minutes: float) -> Distributed:
     """Join the process group (NCCL on GPU, gloo on CPU) when torchrun started several."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -425,6 +440,11 @@ def main(argv: list[str] | None = None) -> int:
         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
     )
     cfg = load_train_config(args.config, resume=args.resume)
+    if cfg.pin_cpu_cores and not torch.cuda.is_available():
+        # Before the process group and any thread pool exist, so that their threads inherit it.
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        cores = pin_to_cores(local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+        log.info("rank %d bound to cores %s", local_rank, sorted(cores or []) or "(unchanged)")
     env = setup_distributed(cfg.timeout_minutes)
     try:
         summary = train(cfg, env)

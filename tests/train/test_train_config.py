@@ -4,6 +4,7 @@ value fails naming the field, whether it reaches the pipeline or ``model.train``
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import subprocess
 import sys
@@ -65,6 +66,10 @@ def test_model_train_checks_the_same_fields_without_pydantic(tmp_path: Path) -> 
     path.write_text(yaml.safe_dump({**where, "lr": "5e-4"}))  # YAML reads 5e-4 as a string
     with pytest.raises(ValueError, match=r"train\.lr must be a number > 0, got '5e-4'"):
         load_train_config(str(path))
+    # A quoted "false" is a string, which was read as true (flips on): now refused.
+    path.write_text(yaml.safe_dump({**where, "hflip": "false"}))
+    with pytest.raises(ValueError, match=r"train\.hflip must be true or false, got 'false'"):
+        load_train_config(str(path))
     path.write_text(yaml.safe_dump({**where, "batchsize": 3}))
     with pytest.raises(ValueError, match=r"unknown train keys \['batchsize'\]"):
         load_train_config(str(path))
@@ -91,3 +96,20 @@ def test_model_train_imports_neither_prefect_nor_the_pipeline() -> None:
         cwd=Path(__file__).resolve().parents[2],
     )  # fmt: skip
     assert out.stdout.strip() == "[]"
+
+
+def test_pin_to_cores_gives_each_local_rank_its_own_block_of_cores() -> None:
+    # In a child process: the affinity would otherwise stay with the test process. It prints
+    # the cores it may use, then what pinning returns with more ranks than cores (nothing
+    # done), then the last rank's block with one rank per core, and its affinity afterwards.
+    probe = (
+        "import os; from model.train import pin_to_cores; "
+        "cores = sorted(os.sched_getaffinity(0)); "
+        "print(cores, pin_to_cores(0, len(cores) + 1), "
+        "sorted(pin_to_cores(len(cores) - 1, len(cores))), sorted(os.sched_getaffinity(0)))"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True, cwd=repo).stdout.strip()  # fmt: skip
+    cores = sorted(os.sched_getaffinity(0))
+    assert out == f"{cores} None {[cores[-1]]} {[cores[-1]]}"
