@@ -197,7 +197,8 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be {rule}, got {value!r}")
         for spec in dataclasses.fields(self):  # a YAML "yes" or "false" string is not a bool
             value = getattr(self, spec.name)
-            if spec.type == "bool" and not isinstance(value, bool):
+            # (the annotation is the string "bool" under ``from __future__ import annotations``)
+            if spec.type in ("bool", bool) and not isinstance(value, bool):
                 raise ValueError(f"train.{spec.name} must be true or false, got {value!r}")
         if self.token_rows == "used" and self.precision == "amp_fp16":
             raise ValueError(
