@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import model.loss  # noqa: E402
 from model.clip import clamp_logit_scale  # noqa: E402
-from model.train import build_state, make_loader, setup_distributed  # noqa: E402
+from model.train import build_state, make_loader, pin_to_cores, setup_distributed  # noqa: E402
 from model.train_config import load_train_config  # noqa: E402
 from model.train_step import make_loss  # noqa: E402
 from model.transforms import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD  # noqa: E402
@@ -46,7 +47,7 @@ MODES = ("ddp", "no-allreduce", "no-gather", "neither", "local-loss-false")
 PHASES = ("data", "forward", "loss", "backward", "optimizer")
 
 
-def _local_stand_in(x: torch.Tensor) -> torch.Tensor:
+def _local_stand_in(x: torch.Tensor, host: object = None) -> torch.Tensor:
     """The gathered shape without communicating: this rank's rows, then detached copies."""
     _, world = model.loss._rank_and_world()
     return torch.cat([x, *(x.detach() for _ in range(world - 1))])
@@ -58,12 +59,21 @@ def main() -> None:
     parser.add_argument("--mode", choices=MODES, default="ddp")
     parser.add_argument("--steps", type=int, default=200, help="timed steps, after 100 untimed")
     parser.add_argument("--fixed", action="store_true", help="repeat each rank's first batch")
+    parser.add_argument("--host-collectives", choices=("config", "on", "off"), default="config",
+                        help="train.host_collectives as in the config, or forced on or off")  # fmt: skip
     args = parser.parse_args()
-    local_loss = None if args.mode != "local-loss-false" else False
-    overrides = {"resume": "none"} | ({} if local_loss is None else {"local_loss": False})
+    overrides: dict[str, object] = {"resume": "none"}
+    if args.mode == "local-loss-false":
+        overrides["local_loss"] = False
+    if args.host_collectives != "config":
+        overrides["host_collectives"] = args.host_collectives == "on"
     cfg = load_train_config(args.config, **overrides)
     if cfg.precision != "fp32":
         parser.error(f"profiles the fp32 CPU step; the config has precision {cfg.precision}")
+    if cfg.pin_cpu_cores:  # as model.train's main does, before the process group
+        pin_to_cores(
+            int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        )
     env = setup_distributed(cfg.timeout_minutes)
     if env.world < 2:
         parser.error("run it under torchrun with --nproc-per-node 2 or more")
@@ -72,7 +82,7 @@ def main() -> None:
     skip_allreduce = args.mode in ("no-allreduce", "neither")
     state = build_state(cfg, env, total_steps=100 + args.steps)
     loader, _ = make_loader(cfg, env, state.model, None)
-    loss_fn = make_loss(cfg.loss, cfg.local_loss)
+    loss_fn = make_loss(cfg.loss, cfg.local_loss, state.host)
     mean = torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
     first: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -120,7 +130,8 @@ def main() -> None:
         ranks = torch.stack(everyone)  # (world, steps)
         slowest = ranks.max(dim=0).values.mean()
         gap = (ranks.max(dim=0).values - ranks.min(dim=0).values).mean()
-        print(f"{args.mode}{' (fixed batch)' if args.fixed else ''}: step {1e3 * steps.mean():.1f}"
+        transport = "host" if state.host is not None else "gloo"
+        print(f"{args.mode}{' (fixed batch)' if args.fixed else ''} [{transport}]: step {1e3 * steps.mean():.1f}"
               f" ms ({per_phase}); slower rank {1e3 * slowest:.1f} ms, ranks apart"
               f" {1e3 * gap:.1f} ms", flush=True)  # fmt: skip
     dist.destroy_process_group()

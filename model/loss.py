@@ -26,6 +26,8 @@ import torch.distributed.nn
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model.host_collectives import HostGroup
+
 
 def _rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
@@ -33,12 +35,14 @@ def _rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-def gather_with_grad(x: Tensor) -> Tensor:
+def gather_with_grad(x: Tensor, host: HostGroup | None = None) -> Tensor:
     """All ranks' rows in rank order, (B_local, D) -> (B_global, D); gradients flow back to
-    the rank that owns each row."""
+    the rank that owns each row. Through ``host``'s shared memory when given, else gloo."""
     _, world = _rank_and_world()
     if world == 1:
         return x
+    if host is not None:
+        return host.gather_with_grad(x)
     return torch.cat(torch.distributed.nn.all_gather(x), dim=0)
 
 
@@ -48,7 +52,7 @@ def _times_gradient(x: Tensor, factor: float) -> Tensor:
 
 
 def _gather_global_batch(
-    image_features: Tensor, text_features: Tensor, rank: int, world: int
+    image_features: Tensor, text_features: Tensor, rank: int, world: int, host: HostGroup | None
 ) -> tuple[Tensor, Tensor]:
     """Every rank's image and text rows in rank order, in one all-gather without autograd:
     only this rank's own rows are live tensors. Every rank then computes the same global
@@ -58,19 +62,25 @@ def _gather_global_batch(
     owner, an all-to-all per gathered tensor)."""
     width = image_features.shape[1]
     both = torch.cat([image_features, text_features], dim=1)
-    parts = [torch.empty_like(both) for _ in range(world)]
-    dist.all_gather(parts, both.detach().contiguous())
+    if host is not None:
+        parts = list(host.all_gather(both))
+    else:
+        parts = [torch.empty_like(both) for _ in range(world)]
+        dist.all_gather(parts, both.detach().contiguous())
     parts[rank] = _times_gradient(both, world)
     everyone = torch.cat(parts)
     return everyone[:, :width], everyone[:, width:]
 
 
 class ClipLoss(nn.Module):
-    """Symmetric cross-entropy over image-text similarities; pairs share a row index."""
+    """Symmetric cross-entropy over image-text similarities; pairs share a row index. With
+    ``host`` (``model/host_collectives.py``) the features are gathered through its shared
+    memory instead of gloo: the same values and gradients."""
 
-    def __init__(self, local_loss: bool = True) -> None:
+    def __init__(self, local_loss: bool = True, host: HostGroup | None = None) -> None:
         super().__init__()
         self.local_loss = local_loss
+        self.host = host
 
     def forward(
         self,
@@ -82,14 +92,14 @@ class ClipLoss(nn.Module):
         """Unit features (B_local, D) each and the (exp'd) scale -> scalar loss."""
         rank, world = _rank_and_world()
         if self.local_loss:
-            all_images = gather_with_grad(image_features)
-            all_texts = gather_with_grad(text_features)
+            all_images = gather_with_grad(image_features, self.host)
+            all_texts = gather_with_grad(text_features, self.host)
             logits_per_image = logit_scale * image_features @ all_texts.T  # (B_l, B_g)
             logits_per_text = logit_scale * text_features @ all_images.T  # (B_l, B_g)
             offset = rank * image_features.shape[0]
         else:
             all_images, all_texts = (
-                _gather_global_batch(image_features, text_features, rank, world)
+                _gather_global_batch(image_features, text_features, rank, world, self.host)
                 if world > 1
                 else (image_features, text_features)
             )

@@ -37,6 +37,7 @@ from model.atomic import write_atomic
 from model.clip import CLIP, clamp_logit_scale, create_model
 from model.data import LoaderConfig, LoaderPosition, TrainLoader, read_shard_list, resolve_sampling
 from model.device_decode import require_device
+from model.host_collectives import HostGroup, register_ddp_hook
 from model.token_rows import UsedTokenRows, use_token_rows, used_token_ids
 from model.tokenizer import get_tokenizer
 from model.train_checkpoint import (
@@ -113,6 +114,8 @@ class TrainState:
     samples_seen: int = 0
     token_rows: UsedTokenRows | None = None
     """The token embedding's trained rows, with ``train.token_rows: used``."""
+    host: HostGroup | None = None
+    """The shared-memory collectives, with ``train.host_collectives`` on CPU ranks."""
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -159,6 +162,15 @@ def build_state(cfg: TrainRun, env: Distributed, total_steps: int) -> TrainState
         # Gradients as views into DDP's all-reduce buckets: no copy into the buckets and out
         # again each step (~2 ms of the demo's ~75 ms CPU step), the same sums.
         ddp = DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
+    host = None
+    if cfg.host_collectives and env.world > 1:
+        if env.device.type == "cpu":
+            host = HostGroup(timeout_s=cfg.timeout_minutes * 60)
+            register_ddp_hook(ddp, host)  # type: ignore[arg-type]
+            log.info("host_collectives: the gradient all-reduce and the loss's gathers go "
+                     "through shared memory")  # fmt: skip
+        else:
+            log.info("host_collectives: ignored on %s (NCCL)", env.device.type)
     if cfg.compile:
         ddp = torch.compile(ddp)  # type: ignore[assignment]
     optimizer = torch.optim.AdamW(
@@ -170,7 +182,7 @@ def build_state(cfg: TrainRun, env: Distributed, total_steps: int) -> TrainState
     )
     scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.precision == "amp_fp16")
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup, total_steps))
-    return TrainState(model, ddp, optimizer, scaler, schedule, token_rows=token_rows)
+    return TrainState(model, ddp, optimizer, scaler, schedule, token_rows=token_rows, host=host)
 
 
 def checkpoint_dict(state: TrainState, cfg: TrainRun, loader: TrainLoader) -> dict[str, Any]:
@@ -348,7 +360,7 @@ def train(cfg: TrainRun, env: Distributed) -> dict[str, Any]:
     if env.is_master:
         write_atomic(json.dumps(cfg.to_dict(), indent=2).encode(),
                      posixpath.join(cfg.output, "resolved_config.json"), cfg.storage_options)  # fmt: skip
-    loss_fn = make_loss(cfg.loss, cfg.local_loss)
+    loss_fn = make_loss(cfg.loss, cfg.local_loss, state.host)
     bar = tqdm(
         total=total_steps, initial=state.step, disable=not env.is_master, unit="step",
         mininterval=1.0 if sys.stderr.isatty() else 30.0,

@@ -19,17 +19,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from model.host_collectives import HostGroup
 from model.loss import ClipLoss, SigLipLoss
 
 AUTOCAST = {"fp32": None, "amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}
 Batch = tuple[Tensor, Tensor]  # normalised images (B, 3, S, S), token ids (B, T), on device
 
 
-def make_loss(loss: str, local_loss: bool) -> nn.Module:
-    """The training loss by its config name (``clip`` or ``siglip``)."""
+def make_loss(loss: str, local_loss: bool, host: HostGroup | None = None) -> nn.Module:
+    """The training loss by its config name (``clip`` or ``siglip``). ``host`` carries the
+    CLIP loss's gathers (SigLIP's neighbour exchange stays on the process group)."""
     if loss == "siglip":
         return SigLipLoss()
-    return ClipLoss(local_loss=local_loss)
+    return ClipLoss(local_loss=local_loss, host=host)
 
 
 def _loss_in_fp32(loss_fn: nn.Module, device_type: str, *inputs: Tensor) -> Tensor:

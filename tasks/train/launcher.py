@@ -44,7 +44,7 @@ LAUNCH_KEYS = ("nproc_per_node", "nnodes", "rdzv_endpoint", "rdzv_port")
 # reaches model.train, which refuses it (schedule, data order) unless ``force_resume``.
 RESUMABLE_CHANGES = frozenset(
     {"resume", "force_resume", "samples", "workers", "decode_device", "decoded_cache_mb",
-     "pin_cpu_cores", "checkpoint_every_steps", "checkpoint_every_minutes", "log_every_steps", "keep_checkpoints",
+     "pin_cpu_cores", "host_collectives", "checkpoint_every_steps", "checkpoint_every_minutes", "log_every_steps", "keep_checkpoints",
      "timeout_minutes", *LAUNCH_KEYS}
 )  # fmt: skip
 TAIL_LINES = 40

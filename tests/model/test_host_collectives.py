@@ -1,0 +1,81 @@
+"""``model/host_collectives.py``: the same sums and gathers as gloo through shared memory,
+bit for bit on two ranks, under ranks that arrive at different times; DDP through it trains
+the same weights; a silent peer times out by name; ranks on several nodes are refused."""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from tests.model.host_worker import (
+    across_nodes_main,
+    collectives_main,
+    ddp_main,
+    silent_peer_main,
+)
+
+
+def _spawn(main, world: int, tmp_path: Path, *extra: object) -> None:
+    mp.spawn(main, args=(world, str(tmp_path / "init"), str(tmp_path), *extra), nprocs=world)
+
+
+def _arena_files() -> set[str]:
+    return set(glob.glob("/dev/shm/clipflow-host-*"))
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_collectives_equal_gloo_with_ranks_arriving_at_different_times(tmp_path, world) -> None:
+    before = _arena_files()
+    _spawn(collectives_main, world, tmp_path)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world)]
+    kinds = {kind for kind, _, _ in ranks[0]["results"]}
+    assert kinds == {"sum", "gather", "scatter"}
+    # 4 KiB slots: collectives of up to 40 KB went in chunks, more collectives than calls.
+    assert ranks[0]["collectives"] > 200
+    for r in ranks:
+        for i, (kind, by_gloo, by_host) in enumerate(r["results"]):
+            assert by_host.shape == by_gloo.shape, (i, kind)
+            if world == 2 or kind == "gather":  # a two-term sum is exact in any order
+                assert torch.equal(by_host, by_gloo), (i, kind)
+            else:  # gloo adds three terms in its own order
+                assert torch.allclose(by_host, by_gloo, rtol=1e-6, atol=1e-6), (i, kind)
+    # Every rank holds the same sums and gathers, bit for bit.
+    for i, (kind, _, mine) in enumerate(ranks[0]["results"]):
+        if kind != "scatter":  # (a reduce-scatter gives each rank its own block)
+            assert all(torch.equal(r["results"][i][2], mine) for r in ranks), (i, kind)
+    assert _arena_files() == before  # unlinked once every rank had opened them
+
+
+@pytest.mark.parametrize("local_loss", [True, False])
+def test_ddp_through_shared_memory_trains_the_same_weights_as_gloo(tmp_path, local_loss) -> None:
+    _spawn(ddp_main, 2, tmp_path, local_loss)
+    for r in range(2):
+        weights = torch.load(tmp_path / f"ddp{r}.pt", weights_only=True)
+        assert weights["gloo"].keys() == weights["host"].keys()
+        differ = [k for k, v in weights["gloo"].items() if not torch.equal(v, weights["host"][k])]
+        assert differ == []
+    # The premise: training moved the weights.
+    assert not torch.equal(weights["host"]["image.0.weight"], _initial_image_weight())
+
+
+def _initial_image_weight() -> torch.Tensor:
+    from tests.model.host_worker import _Towers
+
+    torch.manual_seed(0)
+    return _Towers().state_dict()["image.0.weight"]
+
+
+def test_a_silent_peer_times_out_by_rank(tmp_path) -> None:
+    _spawn(silent_peer_main, 2, tmp_path)
+    error = (tmp_path / "error.txt").read_text()
+    assert "rank 1 sent nothing for 1 s" in error
+
+
+def test_ranks_on_several_nodes_are_refused(tmp_path) -> None:
+    _spawn(across_nodes_main, 2, tmp_path)
+    for r in range(2):
+        assert "must run on one host" in (tmp_path / f"refused{r}.txt").read_text()
