@@ -21,9 +21,9 @@ than a slot goes in slot-sized chunks.
 Used by ``model/train.py`` with ``train.host_collectives: true``: DDP's gradient all-reduce
 (a comm hook, ``register_ddp_hook``) and ``ClipLoss``'s feature gathers (``model/loss.py``).
 Everything else (the start-up broadcast, the logging all-reduce, barriers, checkpoints'
-objects) stays on gloo. All ranks must be on this host, and the files live in
-``/dev/shm``; each is unlinked as soon as every rank has opened it, so a killed run leaves
-nothing behind.
+objects) stays on gloo. All ranks must be on this host. The arena and the pipes are files
+in ``/dev/shm`` (or the temporary folder where it is too small), each unlinked as soon as
+every rank has opened it, so a killed run leaves nothing behind.
 """
 
 # No ``from __future__ import annotations``: DDP checks the comm hook's annotations as
@@ -39,11 +39,20 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-DEFAULT_SLOT_BYTES = 16 << 20
+DEFAULT_SLOT_BYTES = 4 << 20
+"""Bytes a rank writes per chunk: the demo's 1.6 MB of gradients go in one; a 25 MB DDP
+bucket in seven. The arena is 2 x world slots (16 MiB for two ranks)."""
 
 
-def _shm_folder() -> str:
-    return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+def _arena_folder(size: int) -> str:
+    """/dev/shm where it has room for the arena (a container's is often 64 MiB, shared with
+    other users, and a write past its end is a SIGBUS), else the temporary folder: a
+    mapped file there is shared through the page cache as well."""
+    try:
+        stats = os.statvfs("/dev/shm")
+    except OSError:
+        return tempfile.gettempdir()
+    return "/dev/shm" if stats.f_bavail * stats.f_frsize >= 2 * size else tempfile.gettempdir()
 
 
 class HostGroup:
@@ -64,7 +73,8 @@ class HostGroup:
         self.slot_bytes = slot_bytes
         self.timeout_s = timeout_s
         self.collectives = 0
-        prefix = [os.path.join(_shm_folder(), f"clipflow-host-{uuid.uuid4().hex}")]
+        size = 2 * self.world * self.slot_bytes
+        prefix = [os.path.join(_arena_folder(size), f"clipflow-host-{uuid.uuid4().hex}")]
         dist.broadcast_object_list(prefix, src=0)
         base = prefix[0]
         arena = f"{base}.arena"
@@ -74,7 +84,6 @@ class HostGroup:
             for dst in range(self.world)
             if src != dst
         }
-        size = 2 * self.world * self.slot_bytes
         if self.rank == 0:
             with open(arena, "wb") as fh:
                 fh.truncate(size)

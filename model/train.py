@@ -2,7 +2,9 @@
 
     torchrun --nproc_per_node 2 -m model.train --config data/train/config.yaml [--resume latest]
 
-DDP over NCCL on GPUs and gloo on CPUs; each rank scores its local batch against the
+DDP over NCCL on GPUs and gloo on CPUs (with ``host_collectives``, the step's all-reduce
+and gathers through shared memory among one host's CPU ranks, ``model/host_collectives.py``);
+each rank scores its local batch against the
 gathered global batch (``ClipLoss(local_loss=True)``, or SigLIP's loss with ``loss: siglip``);
 ``accum_steps`` micro-batches make one contrastive batch (``model/train_step.py``). The run is
 a fixed number of optimizer steps, ``samples // (batch_size * world * accum_steps)``; the data
