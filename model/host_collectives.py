@@ -117,7 +117,7 @@ class HostGroup:
 
     def _slot(self, buffer: int, rank: int, dtype: torch.dtype, numel: int) -> Tensor:
         start = (buffer * self.world + rank) * self.slot_bytes
-        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        nbytes = numel * dtype.itemsize
         return self._arena[start : start + nbytes].view(dtype)
 
     def _exchange(self, part: Tensor) -> list[Tensor]:
@@ -167,14 +167,24 @@ class HostGroup:
 
     def reduce_scatter_sum(self, tensor: Tensor) -> Tensor:
         """``tensor`` is (world * n, ...) on every rank: this rank's block of n rows, summed
-        over ranks in rank order (the backward of ``all_gather``)."""
-        rows = tensor.shape[0] // self.world
-        whole = self.all_gather(tensor)  # (world, world * n, ...)
-        mine = whole[:, self.rank * rows : (self.rank + 1) * rows]
-        total = mine[0].clone()
-        for other in mine[1:]:
-            total.add_(other)
-        return total
+        over ranks in rank order (the backward of ``all_gather``). Each rank reads only its
+        own block of the others' slots."""
+        flat = tensor.detach().contiguous().view(-1)
+        block = flat.numel() // self.world
+        lo, hi = self.rank * block, (self.rank + 1) * block
+        total = torch.empty(block, dtype=flat.dtype)
+        start = 0
+        for part in self._chunks(flat):  # every rank takes part in every chunk
+            end = start + part.numel()
+            slots = self._exchange(part)
+            first, last = max(start, lo), min(end, hi)
+            if first < last:
+                mine = total[first - lo : last - lo]
+                mine.copy_(slots[0][first - start : last - start])
+                for other in slots[1:]:
+                    mine.add_(other[first - start : last - start])
+            start = end
+        return total.view(tensor.shape[0] // self.world, *tensor.shape[1:])
 
     def gather_with_grad(self, x: Tensor) -> Tensor:
         """All ranks' rows in rank order, (B_local, D) -> (B_global, D), whose gradient flows

@@ -59,7 +59,7 @@ def collectives_main(rank: int, world: int, init_file: str, out_dir: str) -> Non
         dist.destroy_process_group()
 
 
-class _Towers(nn.Module):
+class Towers(nn.Module):
     """Two small towers and a temperature: CLIP's shape, in a few parameters."""
 
     def __init__(self) -> None:
@@ -76,41 +76,49 @@ class _Towers(nn.Module):
         )
 
 
-def ddp_main(rank: int, world: int, init_file: str, out_dir: str, local_loss: bool) -> None:
-    """Ten AdamW steps of DDP with the CLIP loss, once through gloo and once through a
-    ``HostGroup`` (DDP's comm hook and the loss's gathers); saves both final weights."""
+def ddp_main(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    """Ten AdamW steps of DDP with the CLIP loss (local and global), once through gloo and
+    once through a ``HostGroup`` (DDP's comm hook and the loss's gathers); saves the final
+    weights of each."""
     _join(rank, world, init_file)
     try:
         host = HostGroup()
         weights = {}
-        for transport in ("gloo", "host"):
-            torch.manual_seed(0)
-            towers = _Towers()
-            ddp = DistributedDataParallel(towers, bucket_cap_mb=0.004)  # several buckets
-            group = host if transport == "host" else None
-            if group is not None:
-                register_ddp_hook(ddp, group)
-            loss_fn = ClipLoss(local_loss=local_loss, host=group)
-            optimizer = torch.optim.AdamW(towers.parameters(), lr=1e-2)
-            for step in range(10):
-                g = torch.Generator().manual_seed(100 * step + rank)
-                loss = loss_fn(
-                    *ddp(torch.randn(6, 12, generator=g), torch.randn(6, 10, generator=g))
-                )
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad()
-            weights[transport] = {k: v.detach().clone() for k, v in towers.state_dict().items()}
+        for local_loss in (True, False):
+            for transport in ("gloo", "host"):
+                torch.manual_seed(0)
+                towers = Towers()
+                ddp = DistributedDataParallel(towers, bucket_cap_mb=0.004)  # several buckets
+                group = host if transport == "host" else None
+                if group is not None:
+                    register_ddp_hook(ddp, group)
+                loss_fn = ClipLoss(local_loss=local_loss, host=group)
+                optimizer = torch.optim.AdamW(towers.parameters(), lr=1e-2)
+                for step in range(10):
+                    g = torch.Generator().manual_seed(100 * step + rank)
+                    images, texts = torch.randn(6, 12, generator=g), torch.randn(6, 10, generator=g)
+                    loss_fn(*ddp(images, texts)).backward()
+                    optimizer.step()
+                    optimizer.zero_grad()
+                state = {k: v.detach().clone() for k, v in towers.state_dict().items()}
+                weights[f"{transport}, local_loss {local_loss}"] = state
         torch.save(weights, Path(out_dir) / f"ddp{rank}.pt")
         host.close()
     finally:
         dist.destroy_process_group()
 
 
-def silent_peer_main(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    """Rank 1 never joins the second collective: rank 0 must time out naming it."""
-    _join(rank, world, init_file)
+def failures_main(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    """As if the ranks were on two nodes (one local rank each): refused on every rank. Then,
+    on one host, rank 1 never joins the second collective: rank 0 times out naming it."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
+        os.environ["LOCAL_WORLD_SIZE"] = "1"
+        try:
+            HostGroup()
+        except ValueError as e:
+            (Path(out_dir) / f"refused{rank}.txt").write_text(str(e))
+        os.environ["LOCAL_WORLD_SIZE"] = str(world)
         host = HostGroup(timeout_s=1.0)
         host.all_reduce_sum_(torch.ones(4))
         if rank == 0:
@@ -119,18 +127,5 @@ def silent_peer_main(rank: int, world: int, init_file: str, out_dir: str) -> Non
             except TimeoutError as e:
                 (Path(out_dir) / "error.txt").write_text(str(e))
         dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
-def across_nodes_main(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    """As if the ranks were on two nodes (one local rank each): refused, on every rank."""
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    os.environ["LOCAL_WORLD_SIZE"] = "1"
-    try:
-        try:
-            HostGroup()
-        except ValueError as e:
-            (Path(out_dir) / f"refused{rank}.txt").write_text(str(e))
     finally:
         dist.destroy_process_group()

@@ -1,6 +1,6 @@
 """``model/host_collectives.py``: the same sums and gathers as gloo through shared memory,
 bit for bit on two ranks, under ranks that arrive at different times; DDP through it trains
-the same weights; a silent peer times out by name; ranks on several nodes are refused."""
+the same weights; ranks on several nodes are refused; a silent peer times out by name."""
 
 from __future__ import annotations
 
@@ -11,12 +11,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.model.host_worker import (
-    across_nodes_main,
-    collectives_main,
-    ddp_main,
-    silent_peer_main,
-)
+from tests.model.host_worker import Towers, collectives_main, ddp_main, failures_main
 
 
 def _spawn(main, world: int, tmp_path: Path, *extra: object) -> None:
@@ -50,32 +45,22 @@ def test_collectives_equal_gloo_with_ranks_arriving_at_different_times(tmp_path,
     assert _arena_files() == before  # unlinked once every rank had opened them
 
 
-@pytest.mark.parametrize("local_loss", [True, False])
-def test_ddp_through_shared_memory_trains_the_same_weights_as_gloo(tmp_path, local_loss) -> None:
-    _spawn(ddp_main, 2, tmp_path, local_loss)
+def test_ddp_through_shared_memory_trains_the_same_weights_as_gloo(tmp_path) -> None:
+    _spawn(ddp_main, 2, tmp_path)
+    torch.manual_seed(0)
+    initial = Towers().state_dict()["image.0.weight"]
     for r in range(2):
         weights = torch.load(tmp_path / f"ddp{r}.pt", weights_only=True)
-        assert weights["gloo"].keys() == weights["host"].keys()
-        differ = [k for k, v in weights["gloo"].items() if not torch.equal(v, weights["host"][k])]
-        assert differ == []
-    # The premise: training moved the weights.
-    assert not torch.equal(weights["host"]["image.0.weight"], _initial_image_weight())
+        for local_loss in (True, False):
+            gloo = weights[f"gloo, local_loss {local_loss}"]
+            host = weights[f"host, local_loss {local_loss}"]
+            assert gloo.keys() == host.keys()
+            assert [k for k, v in gloo.items() if not torch.equal(v, host[k])] == [], local_loss
+            assert not torch.equal(host["image.0.weight"], initial)  # training moved it
 
 
-def _initial_image_weight() -> torch.Tensor:
-    from tests.model.host_worker import _Towers
-
-    torch.manual_seed(0)
-    return _Towers().state_dict()["image.0.weight"]
-
-
-def test_a_silent_peer_times_out_by_rank(tmp_path) -> None:
-    _spawn(silent_peer_main, 2, tmp_path)
-    error = (tmp_path / "error.txt").read_text()
-    assert "rank 1 sent nothing for 1 s" in error
-
-
-def test_ranks_on_several_nodes_are_refused(tmp_path) -> None:
-    _spawn(across_nodes_main, 2, tmp_path)
+def test_refused_across_nodes_and_a_silent_peer_times_out_by_rank(tmp_path) -> None:
+    _spawn(failures_main, 2, tmp_path)
     for r in range(2):
         assert "must run on one host" in (tmp_path / f"refused{r}.txt").read_text()
+    assert "rank 1 sent nothing for 1 s" in (tmp_path / "error.txt").read_text()
