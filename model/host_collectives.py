@@ -30,6 +30,7 @@ every rank has opened it, so a killed run leaves nothing behind.
 # objects (``dist.GradBucket``, ``Future[Tensor]``), not strings.
 import os
 import select
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -61,6 +62,11 @@ class HostGroup:
     with any process group."""
 
     def __init__(self, slot_bytes: int = DEFAULT_SLOT_BYTES, timeout_s: float = 600.0) -> None:
+        if not sys.platform.startswith("linux"):
+            raise ValueError(
+                f"train.host_collectives needs Linux (its pipes are opened read-write, which "
+                f"only Linux defines for a FIFO), not {sys.platform}: set it false"
+            )
         if not dist.is_initialized():
             raise RuntimeError("HostGroup: join the torch.distributed process group first")
         self.rank, self.world = dist.get_rank(), dist.get_world_size()

@@ -5,12 +5,14 @@ the same weights; ranks on several nodes are refused; a silent peer times out by
 from __future__ import annotations
 
 import glob
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from model.host_collectives import HostGroup
 from tests.model.host_worker import Towers, collectives_main, ddp_main, failures_main
 
 
@@ -64,3 +66,9 @@ def test_refused_across_nodes_and_a_silent_peer_times_out_by_rank(tmp_path) -> N
     for r in range(2):
         assert "must run on one host" in (tmp_path / f"refused{r}.txt").read_text()
     assert "rank 1 sent nothing for 1 s" in (tmp_path / "error.txt").read_text()
+
+
+def test_refused_off_linux(monkeypatch) -> None:
+    monkeypatch.setattr(sys, "platform", "darwin")
+    with pytest.raises(ValueError, match="needs Linux .* not darwin: set it false"):
+        HostGroup()
