@@ -468,15 +468,19 @@ def _directed_similarity(
 
     firsts = range(0, len(images), _CHUNK)
     threads = min(_chunk_threads(), len(firsts))
-    if threads <= 1:
-        for first in firsts:
-            chunk(first)
-        return out
-    # Each chunk writes its own pairs' entries of ``out``; one BLAS thread per chunk
-    # thread, so the cores are not oversubscribed (the chunks' products are small). The
-    # BLAS limit is process-wide while the pool runs.
-    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
-        list(pool.map(chunk, firsts))
+    # One BLAS thread per chunk, on one chunk thread or several: the cores are not
+    # oversubscribed (the chunks' products are small), and a product is computed the same
+    # way whatever the number of threads; a multithreaded BLAS may round it otherwise (on an
+    # AMD EPYC, one chunk thread with two BLAS threads changed similarities in the last
+    # bit). Each chunk writes its own pairs' entries of ``out``. The BLAS limit is
+    # process-wide while the chunks run.
+    with threadpool_limits(limits=1, user_api="blas"):
+        if threads <= 1:
+            for first in firsts:
+                chunk(first)
+        else:
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(chunk, firsts))
     return out
 
 

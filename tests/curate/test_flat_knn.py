@@ -12,10 +12,13 @@ from tasks.curate.flat_knn import flat_neighbours
 
 def brute_force(database: np.ndarray, probe: np.ndarray, k: int, floor: float):
     """Per probe row: the first k database rows by (similarity desc, id asc), of those at
-    or above ``floor``; the similarities from the same block products as the search."""
+    or above ``floor``; the similarities from the same block products as the search (query
+    block by database block: BLAS may round a product by its shape, on both axes)."""
+    q_block, d_block = flat_knn.KNN_QUERY_BLOCK, flat_knn.KNN_DATABASE_BLOCK
     sims = np.concatenate(
-        [probe @ database[d : d + flat_knn.KNN_DATABASE_BLOCK].T
-         for d in range(0, len(database), flat_knn.KNN_DATABASE_BLOCK)], axis=1,
+        [np.concatenate([probe[q : q + q_block] @ database[d : d + d_block].T
+                         for d in range(0, len(database), d_block)], axis=1)
+         for q in range(0, len(probe), q_block)], axis=0,
     )  # fmt: skip
     rows, ids, values = [], [], []
     for r, row in enumerate(sims):
