@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import model.loss  # noqa: E402
 from model.clip import clamp_logit_scale  # noqa: E402
-from model.train import build_state, make_loader, pin_to_cores, setup_distributed  # noqa: E402
+from model.train import build_state, make_loader, pin_this_rank, setup_distributed  # noqa: E402
 from model.train_config import load_train_config  # noqa: E402
 from model.train_step import make_loss  # noqa: E402
 from model.transforms import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD  # noqa: E402
@@ -70,10 +69,7 @@ def main() -> None:
     cfg = load_train_config(args.config, **overrides)
     if cfg.precision != "fp32":
         parser.error(f"profiles the fp32 CPU step; the config has precision {cfg.precision}")
-    if cfg.pin_cpu_cores:  # as model.train's main does, before the process group
-        pin_to_cores(
-            int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-        )
+    pin_this_rank(cfg)  # as model.train's main does, before the process group
     env = setup_distributed(cfg.timeout_minutes)
     if env.world < 2:
         parser.error("run it under torchrun with --nproc-per-node 2 or more")

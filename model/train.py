@@ -88,6 +88,17 @@ def pin_to_cores(local_rank: int, local_world: int) -> set[int] | None:
     return mine
 
 
+def pin_this_rank(cfg: TrainRun) -> None:
+    """``train.pin_cpu_cores`` on CPU: bind this torchrun rank to its block of the cores.
+    Call it before the process group and any thread pool exist, so that their threads
+    inherit it."""
+    if not cfg.pin_cpu_cores or torch.cuda.is_available():
+        return
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    cores = pin_to_cores(local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    log.info("rank %d bound to cores %s", local_rank, sorted(cores or []) or "(unchanged)")
+
+
 def setup_distributed(timeout_minutes: float) -> Distributed:
     """Join the process group (NCCL on GPU, gloo on CPU) when torchrun started several."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -454,11 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
     )
     cfg = load_train_config(args.config, resume=args.resume)
-    if cfg.pin_cpu_cores and not torch.cuda.is_available():
-        # Before the process group and any thread pool exist, so that their threads inherit it.
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        cores = pin_to_cores(local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
-        log.info("rank %d bound to cores %s", local_rank, sorted(cores or []) or "(unchanged)")
+    pin_this_rank(cfg)
     env = setup_distributed(cfg.timeout_minutes)
     try:
         summary = train(cfg, env)
