@@ -30,8 +30,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy model tasks
 
+# Two pytest-xdist workers: a serial run kept the 2-core CI machine's cores ~55% busy. Which
+# tests share a worker (a file, or the files of one costly session fixture): tests/xdist_groups.py.
+TEST_WORKERS ?= 2
+
 test: setup lint typecheck
-	$(VENV)/bin/pytest -q -ra --durations=20
+	$(VENV)/bin/pytest -q -ra --durations=20 -n $(TEST_WORKERS) --dist loadgroup
 
 demo: setup
 	$(VENV)/bin/clipflow demo configs/demo.yaml

@@ -25,6 +25,7 @@ pytest_plugins = [
     "tests.fixtures_web",
     "tests.fixtures_s3",
     "tests.fixtures_pipeline",
+    "tests.xdist_groups",
 ]
 
 
