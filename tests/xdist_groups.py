@@ -15,7 +15,6 @@ below is in that fixture's group, so that a new test cannot silently make it twi
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 import pytest
@@ -81,33 +80,29 @@ def group_of(nodeid: str) -> str:
 
 class GroupScheduling(LoadScopeScheduling):
     """xdist's scope scheduling (a whole group to one worker) with ``group_of`` as the scope;
-    the groups in ``LONGEST_FIRST`` first, in that order, then the rest by their number of
-    tests, most first."""
+    a worker asking for work gets the first group left in ``LONGEST_FIRST``, or else the
+    group with the most tests."""
 
     def _split_scope(self, nodeid: str) -> str:
         return group_of(nodeid)
 
-    def schedule(self) -> None:
-        if self.collection is None:  # the first call: order the queue it is about to build
-            self.config.option.loadscopereorder = False  # the queue follows the collection
-            for ids in self.registered_collections.values():
-                ids.sort(key=_queue_position(ids))
-        super().schedule()
+    def _assign_work_unit(self, node: Any) -> None:
+        # xdist hands out the queue's first group: put the one we want there.
+        sizes = {scope: len(tests) for scope, tests in self.workqueue.items()}
+        self.workqueue.move_to_end(
+            min(sizes, key=lambda s: queue_position(s, sizes[s])), last=False
+        )
+        super()._assign_work_unit(node)
 
 
-def _queue_position(ids: list[str]) -> Any:
-    """Sort key of a test id: its group's place in ``LONGEST_FIRST``, or else after them,
-    groups of more tests first (a stable sort keeps each group's tests in their order)."""
-    sizes = Counter(group_of(i) for i in ids)
-    place = {name: n for n, name in enumerate(LONGEST_FIRST)}
-
-    def key(nodeid: str) -> tuple[int, int, str]:
-        group = group_of(nodeid)
-        return (place.get(group, len(place)), -sizes[group], group)
-
-    return key
+def queue_position(group: str, tests: int) -> tuple[int, int, str]:
+    """Sort key of a group of ``tests`` tests: its place in ``LONGEST_FIRST``, or else after
+    them, more tests first."""
+    place = LONGEST_FIRST.index(group) if group in LONGEST_FIRST else len(LONGEST_FIRST)
+    return (place, -tests, group)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which answers for every --dist
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> LoadScopeScheduling | None:
     return GroupScheduling(config, log) if config.getvalue("dist") == "loadgroup" else None
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.xdist_groups import _queue_position, group_of, pytest_collection_modifyitems
+from tests.xdist_groups import group_of, pytest_collection_modifyitems, queue_position
 
 
 def test_a_test_runs_with_its_file_or_its_named_group():
@@ -32,20 +32,16 @@ def test_a_shared_fixture_outside_its_group_is_refused():
 
 
 def test_the_longest_groups_are_queued_first_then_the_largest():
-    ids = [
-        "tests/crawl/test_a.py::t1",
-        "tests/curate/test_b.py::t1",
-        "tests/curate/test_b.py::t2",
-        "tests/inspect/test_ui.py::t1",
-        "tests/e2e/test_kill_resume.py::t1",
-        "tests/e2e/test_pipeline.py::t1",
-    ]
-    ids.sort(key=_queue_position(ids))
-    assert ids == [
-        "tests/e2e/test_kill_resume.py::t1",
-        "tests/inspect/test_ui.py::t1",  # small_pipeline, in the collection's order
-        "tests/e2e/test_pipeline.py::t1",
-        "tests/curate/test_b.py::t1",  # two tests
-        "tests/curate/test_b.py::t2",
-        "tests/crawl/test_a.py::t1",
+    sizes = {
+        "tests/crawl/test_a.py": 1,
+        "tests/curate/test_b.py": 2,
+        "small_pipeline": 1,
+        "tests/e2e/test_kill_resume.py": 13,
+    }
+    order = sorted(sizes, key=lambda group: queue_position(group, sizes[group]))
+    assert order == [
+        "tests/e2e/test_kill_resume.py",
+        "small_pipeline",
+        "tests/curate/test_b.py",
+        "tests/crawl/test_a.py",
     ]
