@@ -30,12 +30,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy model tasks
 
-# Two pytest-xdist workers: a serial run kept the 2-core CI machine's cores ~55% busy. Which
-# tests share a worker (a file, or the files of one costly session fixture): tests/xdist_groups.py.
-TEST_WORKERS ?= 2
+# `make test TEST_WORKERS=2` runs the tests on two pytest-xdist workers, grouped by
+# tests/xdist_groups.py. Not yet the default: on two workers the real Prefect UI test failed
+# once under load (README, "Tests and benchmarks").
+TEST_WORKERS ?=
 
 test: setup lint typecheck
-	$(VENV)/bin/pytest -q -ra --durations=20 -n $(TEST_WORKERS) --dist loadgroup
+	$(VENV)/bin/pytest -q -ra --durations=20 $(if $(TEST_WORKERS),-n $(TEST_WORKERS) --dist loadgroup)
 
 demo: setup
 	$(VENV)/bin/clipflow demo configs/demo.yaml

@@ -1,7 +1,8 @@
-"""Which pytest-xdist worker runs which tests, for `make test` (``-n 2 --dist loadgroup``).
+"""Which pytest-xdist worker runs which tests, for `make test TEST_WORKERS=2` (``-n 2 --dist
+loadgroup``).
 
 A serial run kept the 2-core CI machine's cores ~55% busy (subprocesses starting, servers
-answering, timeouts running out), so the suite runs on two workers. A worker runs whole
+answering, timeouts running out), so the suite can run on two workers. A worker runs whole
 groups: a test file, so that its module-scoped fixtures are made once; or, for the files in
 ``GROUPS``, a named group of files, because they share a costly session fixture (made once
 per worker that needs it) or a resource that another test must not touch meanwhile.
