@@ -30,10 +30,9 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy model tasks
 
-# `make test TEST_WORKERS=2` runs the tests on two pytest-xdist workers, grouped by
-# tests/xdist_groups.py. Not yet the default: on two workers the real Prefect UI test failed
-# once under load (README, "Tests and benchmarks").
-TEST_WORKERS ?=
+# The tests run on two pytest-xdist workers, grouped by tests/xdist_groups.py (README, "Tests
+# and benchmarks"); `make test TEST_WORKERS=` runs them serially, `TEST_WORKERS=4` on four.
+TEST_WORKERS ?= 2
 
 test: setup lint typecheck
 	$(VENV)/bin/pytest -q -ra --durations=20 $(if $(TEST_WORKERS),-n $(TEST_WORKERS) --dist loadgroup)

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import httpx
@@ -93,8 +94,7 @@ def test_worker_runs_a_deployment_and_the_ui_shows_the_quality_report(deployed, 
         log_tail = (tmp_path / "worker.log").read_text(errors="replace")[-4000:]
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:] + log_tail
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(timeout=30)
+        _stop_worker(worker)
         worker_log.close()
 
     (pipeline_run,) = _completed_flow_runs(deployed, "clipflow-pipeline")
@@ -110,6 +110,31 @@ def test_worker_runs_a_deployment_and_the_ui_shows_the_quality_report(deployed, 
     assert "http://127.0.0.1:8770/files/curate/report/data_docs/" in docs["data"]  # not file://
     (summary,) = [a for a in artifacts if a["key"] == "curate-summary"]
     _screenshot_artifact_in_ui(deployed.url, curate_run["id"], summary["id"])
+
+
+def _stop_worker(worker: subprocess.Popen[bytes], grace_s: float = 20) -> None:
+    """Stop `prefect worker start` as a supervisor does: SIGTERM (Prefect turns it into a
+    graceful SIGINT), then, if it is still there after `grace_s`, a second SIGTERM, which
+    Prefect's own handler turns into SIGKILL. On a loaded 2-core machine Prefect 3.9.1's worker
+    idled for good after the first signal, its flow run finished (three times in three tries, with
+    another e2e test running beside it; never alone); this test checks the deployment's run
+    and the UI, not the worker's shutdown, so a hang is reported as a warning, not hidden."""
+    os.killpg(worker.pid, signal.SIGTERM)
+    try:
+        worker.wait(timeout=grace_s)
+        return
+    except subprocess.TimeoutExpired:
+        warnings.warn(
+            f"prefect worker (pid {worker.pid}) ignored SIGTERM for {grace_s:.0f} s; "
+            "sent the second SIGTERM (Prefect's SIGKILL)",
+            stacklevel=2,
+        )
+    os.killpg(worker.pid, signal.SIGTERM)
+    try:
+        worker.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
 
 
 def _screenshot_artifact_in_ui(ui_url: str, flow_run_id: str, summary_id: str) -> None:
