@@ -120,7 +120,7 @@ def _default_sigint() -> None:
     this test's worker when pytest was started so: it ignored both signals and polled on for
     good (Prefect 3.9.1; every try, with or without a flow run or load), while with SIGINT at
     its default it stopped in 0.5 s. A worker started from such a script needs the same:
-    `( trap - INT; exec prefect worker start ... ) &` (README, "The Prefect UI")."""
+    `env --default-signal=INT prefect worker start ... &` (README, "The Prefect UI")."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
