@@ -78,23 +78,22 @@ def test_worker_runs_a_deployment_and_the_ui_shows_the_quality_report(deployed, 
         "curate": {"decontaminate": False, "gate": "warn"},
     }
     params = json.dumps({"config": config, "stages": ["crawl", "download", "curate"]})
-    worker_log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
-    worker = subprocess.Popen(
-        [str(Path(sys.executable).with_name("prefect")), "worker", "start",
-         "--pool", "clipflow-process", "--limit", "1"],
-        cwd=REPO, env=deployed.env, stdout=worker_log, stderr=subprocess.STDOUT,
-        start_new_session=True, preexec_fn=_default_sigint,
-    )  # fmt: skip
-    try:
-        run = deployed.cli(
-            "deployment", "run", "clipflow-pipeline/pipeline", "--params", params, "--watch",
-            "--watch-timeout", "600", timeout=700,
+    with open(tmp_path / "worker.log", "wb") as worker_log:
+        worker = subprocess.Popen(
+            [str(Path(sys.executable).with_name("prefect")), "worker", "start",
+             "--pool", "clipflow-process", "--limit", "1"],
+            cwd=REPO, env=deployed.env, stdout=worker_log, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=_default_sigint,
         )  # fmt: skip
-        log_tail = (tmp_path / "worker.log").read_text(errors="replace")[-4000:]
-        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:] + log_tail
-    finally:
-        _stop_worker(worker)
-        worker_log.close()
+        try:
+            run = deployed.cli(
+                "deployment", "run", "clipflow-pipeline/pipeline", "--params", params, "--watch",
+                "--watch-timeout", "600", timeout=700,
+            )  # fmt: skip
+            log_tail = (tmp_path / "worker.log").read_text(errors="replace")[-4000:]
+            assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:] + log_tail
+        finally:
+            _stop_worker(worker)
 
     (pipeline_run,) = _completed_flow_runs(deployed, "clipflow-pipeline")
     assert pipeline_run["deployment_id"] is not None  # run by the worker, from the deployment
