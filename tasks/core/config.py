@@ -25,6 +25,7 @@ from pydantic import (
 
 # The train section's schema belongs to model/ (a dataclass this module embeds, never copies).
 from model.train_config import TrainConfig
+from tasks.core.hosts import blocklist_domain
 
 ALLOW_PRIVATE_ENV = "CLIPFLOW_ALLOW_PRIVATE_NETWORKS"
 """Private-network access needs this set to 1 in the environment of the process that loads
@@ -207,7 +208,9 @@ class CurateConfig(_Section):
     language_min_chars: int = Field(25, ge=0)
     """Captions shorter than this are not judged by language (language ID is noise on them)."""
     url_blocklist: list[str] = Field(default_factory=list)
-    """Domains (and their subdomains) whose URLs or pages are dropped."""
+    """Domains (and their subdomains) whose URLs or pages are dropped. Stored as hosts are
+    compared (``tasks.core.hosts``): IDNA-encoded, lower case, no root dot; a URL or a path
+    is refused."""
     boilerplate_captions: list[str] = Field(
         default_factory=lambda: [
             "image",
@@ -313,6 +316,12 @@ class CurateConfig(_Section):
     duckdb_temp_dir: str | None = None
     """Local folder DuckDB spills to; None: beside the stage's database, in its local
     temporary folder. Neither key changes the outputs (the config hash leaves them out)."""
+
+    @field_validator("url_blocklist")
+    @classmethod
+    def _blocklist_is_canonical_domains(cls, v: list[str]) -> list[str]:
+        # As tasks.curate.features.url_host spells hosts; refuses what could never match.
+        return [blocklist_domain(entry) for entry in v]
 
     @model_validator(mode="after")
     def _semantic_dedup_needs_embeddings(self) -> CurateConfig:

@@ -36,6 +36,7 @@ from PIL import Image, UnidentifiedImageError
 
 from model.tario import IMAGE_EXTENSIONS, TarReadError, iter_members, split_name
 from tasks.core.config import PipelineConfig
+from tasks.core.hosts import canonical_host
 from tasks.core.storage import Storage
 from tasks.curate.clip_score import BATCH, ClipScorer, clip_scorer
 from tasks.curate.language import identify_language
@@ -155,13 +156,15 @@ def normalise_caption(caption: str | None) -> str | None:
 
 
 def url_host(url: str | None) -> str | None:
-    """The lower-case host of a URL (no user info, no port), None when it has none."""
+    """The host of a URL (no user info, no port) as the resolver spells it
+    (``tasks.core.hosts.canonical_host``), None when it has none or no resolver accepts it."""
     if not url:
         return None
     try:
-        return urlsplit(url).hostname
+        host = urlsplit(url).hostname
     except ValueError:  # e.g. an invalid IPv6 literal: no host the blocklist could match
         return None
+    return canonical_host(host) if host else None
 
 
 def decode_caption(raw: bytes | None) -> tuple[str | None, bool]:

@@ -60,7 +60,7 @@ def rule_parameters(cfg: CurateConfig) -> dict[str, Any]:
         "allowed_languages": list(cfg.allowed_languages),
         "min_language_confidence": cfg.min_language_confidence,
         "language_min_chars": cfg.language_min_chars,
-        "url_blocklist": [d.lower().lstrip(".") for d in cfg.url_blocklist],
+        "url_blocklist": list(cfg.url_blocklist),  # canonical: CurateConfig validates it
         "clip_score_min": cfg.clip_score_min,
         "clip_score_top_fraction": cfg.clip_score_top_fraction,
     }

@@ -25,7 +25,13 @@ from tasks.curate.dedup import (
     multihash_layout,
     survivors_of,
 )
-from tasks.curate.features import FEATURE_SCHEMA, decode_caption, inspect_image, normalise_caption
+from tasks.curate.features import (
+    FEATURE_SCHEMA,
+    decode_caption,
+    inspect_image,
+    normalise_caption,
+    url_host,
+)
 from tasks.curate.near_dup import image_thumbnail, thumbnails_array, thumbnails_resolution
 from tasks.curate.phash import hamming, hashes_to_bytes, phash64
 from tasks.curate.rules import RULES, apply_rules
@@ -261,6 +267,54 @@ def test_duplicate_keys_after_the_first_and_blocked_hosts_are_flagged():
     cfg = CurateConfig(url_blocklist=["spam.example"])
     assert _rule_flags(rows, cfg, "duplicate_key") == [False, False, True, False, True]
     assert _rule_flags(rows, cfg, "url_blocked") == [True, True, False, False, False]
+
+
+def test_blocklist_sees_through_spellings_of_a_host_that_resolve_alike():
+    """Each blocked URL below reaches a listed domain: getaddrinfo, and so every fetch here,
+    IDNA-encodes the host (full-width letters and dots fold, "bücher" is "xn--bcher-kva")
+    and ignores one trailing root dot. The rule must drop them; look-alikes stay."""
+    blocked = [
+        "http://spam.example./a.jpg",
+        "http://CDN.Spam.Example:8080/a.jpg",
+        "http://user@cdn.spam.example./a.jpg",
+        "http://spam\uff0eexample/a.jpg",  # a full-width full stop
+        "http://\uff53\uff50\uff41\uff4d.example/a.jpg",  # full-width letters
+        "http://img.spam.example\u3002/a.jpg",  # an ideographic full stop as the root dot
+        "http://xn--bcher-kva.example/a.jpg",
+        "http://www.B\u00dcCHER.example/a.jpg",
+    ]
+    kept = [
+        "http://notspam.example/a.jpg",
+        "http://spam.example.org/a.jpg",
+        "http://ok.org/spam.example/a.jpg",
+        "http://bucher.example/a.jpg",
+    ]
+    rows = [{"url_host": url_host(u), "page_host": "ok.org"} for u in blocked + kept]
+    rows.append({"url_host": "ok.org", "page_host": url_host("http://SPAM.example./page")})
+    cfg = CurateConfig(url_blocklist=["spam.example", "b\u00fccher.example"])
+    flags = _rule_flags(rows, cfg, "url_blocked")
+    assert flags == [True] * len(blocked) + [False] * len(kept) + [True]
+
+
+def test_blocklist_entries_take_the_form_hosts_are_compared_in():
+    """An entry is matched as the resolver would spell it; a URL, a path or a name no
+    resolver accepts would never match anything, so the config refuses it."""
+    spellings = ["B\u00fccher.Example.", "xn--bcher-kva.example", ".b\u00fccher.example",
+                 "*.b\u00fccher.example"]  # fmt: skip
+    assert {tuple(CurateConfig(url_blocklist=[s]).url_blocklist) for s in spellings} == {
+        ("xn--bcher-kva.example",)
+    }
+    for bad in ["http://spam.example/", "spam.example/ads", "spam example", "a..b", "", "*",
+                "x" * 64 + ".example"]:  # fmt: skip
+        with pytest.raises(ValueError, match="url_blocklist"):
+            CurateConfig(url_blocklist=[bad])
+
+
+def test_url_host_of_names_no_resolver_accepts_is_none():
+    for url in ["http://[::1/a.jpg", "http://a..b/a.jpg", f"http://{'x' * 64}.example/a.jpg", ""]:
+        assert url_host(url) is None, url
+    assert url_host("http://[::1]:8080/a.jpg") == "::1"
+    assert url_host("http://127.0.0.1/a.jpg") == "127.0.0.1"
 
 
 def test_keys_whose_32_bit_hashes_collide_are_not_duplicates():

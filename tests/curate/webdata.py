@@ -164,6 +164,10 @@ def _add_bad(add: Any, images: list[Image.Image], planted: Planted) -> None:
     bad[add("b-wide.png", noise(400, 20), "a very wide banner drawing")] = "aspect_ratio"
     bad[add("b-blocked.png", noise(), "a drawing from a spam site",
             page_url=f"http://www.{BLOCKED_DOMAIN}/page.html")] = "url_blocked"  # fmt: skip
+    # The same domain as a resolver reads it: upper case, a full-width dot, a root dot.
+    respelled = BLOCKED_DOMAIN.upper().replace(".", "\uff0e") + "."
+    bad[add("b-blocked-respelled.png", noise(), "a drawing from a spam site",
+            page_url=f"http://WWW.{respelled}/page.html")] = "url_blocked"  # fmt: skip
     bad[add("b-missing.png", None, "a drawing that is not there")] = "download_failed"
     bad[add("b-garbage.png", b"this is not an image at all", "a broken drawing file")] = (
         "download_failed"
