@@ -1,9 +1,10 @@
 """Host names in the one spelling a resolver gives them, so rules about hosts match them.
 
 Every fetch in this pipeline resolves a host with ``getaddrinfo``, which encodes it with
-Python's IDNA codec (nameprep folds case and full-width letters, and the ideographic and
-full-width full stops are label separators) and resolves a name with one trailing root dot
-as the same name. So ``Spam.Example.``, ``spam．example`` and ``ｓｐａｍ.example`` all reach
+Python's IDNA codec: nameprep folds case and full-width letters (``ｌｏｃａｌｈｏｓｔ``
+resolves as ``localhost``), and the ideographic and full-width full stops separate labels.
+DNS resolves a name with one trailing root dot, its fully qualified form, to the same
+addresses. So ``Spam.Example.``, ``spam．example`` and ``ｓｐａｍ.example`` all reach
 ``spam.example``, and ``bücher.example`` is ``xn--bcher-kva.example``. A rule comparing host
 strings (the curate blocklist) compares ``canonical_host`` of both sides.
 """
