@@ -26,6 +26,7 @@ from pydantic import (
 # The train section's schema belongs to model/ (a dataclass this module embeds, never copies).
 from model.train_config import TrainConfig
 from tasks.core.hosts import blocklist_domain
+from tasks.core.languages import LANGID_LANGUAGES
 
 ALLOW_PRIVATE_ENV = "CLIPFLOW_ALLOW_PRIVATE_NETWORKS"
 """Private-network access needs this set to 1 in the environment of the process that loads
@@ -316,6 +317,19 @@ class CurateConfig(_Section):
     duckdb_temp_dir: str | None = None
     """Local folder DuckDB spills to; None: beside the stage's database, in its local
     temporary folder. Neither key changes the outputs (the config hash leaves them out)."""
+
+    @field_validator("allowed_languages")
+    @classmethod
+    def _languages_langid_names(cls, v: list[str]) -> list[str]:
+        codes = [code.strip().lower() for code in v]
+        unknown = [v[i] for i, code in enumerate(codes) if code not in LANGID_LANGUAGES]
+        if unknown:
+            raise ValueError(
+                f"allowed_languages {unknown} are not languages the language ID names, so "
+                "every caption it judges would be dropped: use ISO 639-1 codes such as 'en' "
+                f"(one of {', '.join(sorted(LANGID_LANGUAGES))})"
+            )
+        return codes
 
     @field_validator("url_blocklist")
     @classmethod

@@ -14,6 +14,7 @@ from PIL import Image
 
 from demo.offline_data import fashion_mnist
 from tasks.core.config import CurateConfig
+from tasks.core.languages import LANGID_LANGUAGES
 from tasks.core.sql import SQL_DIR, bind, load_sql, run_sql
 from tasks.curate import dedup
 from tasks.curate.dedup import (
@@ -308,6 +309,18 @@ def test_blocklist_entries_take_the_form_hosts_are_compared_in():
                 "x" * 64 + ".example"]:  # fmt: skip
         with pytest.raises(ValueError, match="url_blocklist"):
             CurateConfig(url_blocklist=[bad])
+
+
+def test_allowed_languages_are_codes_the_language_id_names():
+    """A code langid never emits would make the language rule drop every caption it judges."""
+    from tasks.curate.language import _loaded
+
+    assert {str(c) for c in _loaded().nb_classes} == LANGID_LANGUAGES
+    assert CurateConfig(allowed_languages=["EN", " de "]).allowed_languages == ["en", "de"]
+    assert CurateConfig(allowed_languages=[]).allowed_languages == []
+    for bad in (["eng"], ["en-US"], ["english"], ["en", "zh-CN"]):
+        with pytest.raises(ValueError, match="allowed_languages"):
+            CurateConfig(allowed_languages=bad)
 
 
 def test_url_host_of_names_no_resolver_accepts_is_none():
