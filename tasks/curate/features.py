@@ -21,8 +21,6 @@ import io
 import json
 import logging
 import posixpath
-import re
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -38,6 +36,7 @@ from model.tario import IMAGE_EXTENSIONS, TarReadError, iter_members, split_name
 from tasks.core.config import PipelineConfig
 from tasks.core.hosts import canonical_host
 from tasks.core.storage import Storage
+from tasks.curate.captions import normalise_caption
 from tasks.curate.clip_score import BATCH, ClipScorer, clip_scorer
 from tasks.curate.language import identify_language
 from tasks.curate.near_dup import THUMB_BYTES, image_thumbnail
@@ -82,8 +81,6 @@ FEATURE_SCHEMA = pa.schema(
         pa.field("clip_score", pa.float64()),
     ]
 )
-_SPACES = re.compile(r"\s+")
-_EDGE_PUNCTUATION = re.compile(r"^[\W_]+|[\W_]+$")
 
 
 class DownloadMismatchError(ValueError):
@@ -145,14 +142,6 @@ class TarImages:
     """key -> the ``sha256`` its ``.json`` member records (img2dataset's hash of the fetch)."""
     problem: str | None = None
     """None, 'missing' (no tar) or 'truncated' (members after the cut are lost)."""
-
-
-def normalise_caption(caption: str | None) -> str | None:
-    """NFKC, lower case, single spaces, no punctuation at either end (what dedup compares)."""
-    if caption is None:
-        return None
-    text = _SPACES.sub(" ", unicodedata.normalize("NFKC", caption).lower()).strip()
-    return _EDGE_PUNCTUATION.sub("", text)
 
 
 def url_host(url: str | None) -> str | None:

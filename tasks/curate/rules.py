@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from tasks.core.config import CurateConfig
 from tasks.core.sql import bind
+from tasks.curate.captions import normalise_caption
 
 RULES: tuple[str, ...] = (
     "duplicate_key",
@@ -44,15 +45,15 @@ RULES: tuple[str, ...] = (
 
 def rule_parameters(cfg: CurateConfig) -> dict[str, Any]:
     """The named parameters of the SQL rules, from config (the only place thresholds live)."""
+    # Compared with caption_norm, so spelled as it is: "Click here!" matches "CLICK HERE!!".
+    boilerplate = sorted({normalise_caption(c) or "" for c in cfg.boilerplate_captions})
     return {
         "min_caption_chars": cfg.min_caption_chars,
         "min_caption_words": cfg.min_caption_words,
         "max_caption_chars": cfg.max_caption_chars,
-        "boilerplate_captions": [c.lower() for c in cfg.boilerplate_captions],
+        "boilerplate_captions": boilerplate,
         # Derived, not a threshold: a caption of more words cannot equal a listed one.
-        "boilerplate_caption_max_words": max(
-            (len(c.split()) for c in cfg.boilerplate_captions), default=0
-        ),
+        "boilerplate_caption_max_words": max((len(c.split()) for c in boilerplate), default=0),
         "boilerplate_filename_pattern": cfg.boilerplate_filename_pattern,
         "boilerplate_filename_max_words": cfg.boilerplate_filename_max_words,
         "min_image_side": cfg.min_image_side,

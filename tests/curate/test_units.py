@@ -323,6 +323,19 @@ def test_allowed_languages_are_codes_the_language_id_names():
             CurateConfig(allowed_languages=bad)
 
 
+def test_boilerplate_entries_are_normalised_as_captions_are():
+    """The list is compared with caption_norm (NFKC, lower case, single spaces, no edge
+    punctuation): an entry written "Click here!" must drop the caption "CLICK HERE!!"."""
+    cfg = CurateConfig(
+        boilerplate_captions=["Click here!", "Untitled  Image", "\uff4c\uff4f\uff47\uff4f"]
+    )
+    captions = ["CLICK HERE!!", "click here", "untitled image.", "Logo", "click here to buy now"]
+    rows = [
+        {"caption_norm": normalise_caption(c), "caption_words": len(c.split())} for c in captions
+    ]
+    assert _rule_flags(rows, cfg, "caption_boilerplate") == [True, True, True, True, False]
+
+
 def test_url_host_of_names_no_resolver_accepts_is_none():
     for url in ["http://[::1/a.jpg", "http://a..b/a.jpg", f"http://{'x' * 64}.example/a.jpg", ""]:
         assert url_host(url) is None, url
