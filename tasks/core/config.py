@@ -9,6 +9,7 @@ message naming the field (``crawl.max_pagse: Extra inputs are not permitted``).
 from __future__ import annotations
 
 import os
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -196,6 +197,19 @@ class DownloadConfig(_Section):
         return 1 if self.encode_format == "png" else 95
 
 
+@cache
+def _duckdb_regex_error(pattern: str) -> str | None:
+    """Why DuckDB's regex engine (RE2) refuses ``pattern``, or None. Asked of DuckDB itself:
+    Python's re accepts a lookbehind that RE2 refuses, and refuses RE2's ``\\pL``."""
+    import duckdb  # here: parsing a config elsewhere needs no database engine
+
+    try:
+        duckdb.connect().execute("SELECT regexp_full_match('', ?)", [pattern])
+    except duckdb.InvalidInputException as e:
+        return str(e).removeprefix("Invalid Input Error: ")
+    return None
+
+
 class CurateConfig(_Section):
     model_config = ConfigDict(extra="forbid", frozen=True)
     min_caption_chars: int = Field(5, ge=0)
@@ -236,7 +250,8 @@ class CurateConfig(_Section):
         r"[\w\-. ()]*\.(jpe?g|png|gif|webp|bmp|tiff?|heic|svg)"
         r"|(img|dsc|dscn|dcim|pxl|photo|image|screenshot)[\s_\-]*\d+"
     )
-    """Regex over the whole normalised caption: camera and file names are not captions."""
+    """Regex over the whole normalised caption: camera and file names are not captions. RE2
+    syntax, as DuckDB runs it (no lookaround, no backreferences); checked when read."""
     boilerplate_filename_max_words: int = Field(3, ge=0)
     """Captions of more words are never taken for a file name (the regex is skipped)."""
     near_dup_min_similarity: float = Field(0.99, ge=-1, le=1)
@@ -317,6 +332,14 @@ class CurateConfig(_Section):
     duckdb_temp_dir: str | None = None
     """Local folder DuckDB spills to; None: beside the stage's database, in its local
     temporary folder. Neither key changes the outputs (the config hash leaves them out)."""
+
+    @field_validator("boilerplate_filename_pattern")
+    @classmethod
+    def _pattern_compiles_in_duckdb(cls, v: str) -> str:
+        problem = _duckdb_regex_error(v)
+        if problem:
+            raise ValueError(f"boilerplate_filename_pattern {v!r} is no RE2 regex: {problem}")
+        return v
 
     @field_validator("allowed_languages")
     @classmethod

@@ -336,6 +336,17 @@ def test_boilerplate_entries_are_normalised_as_captions_are():
     assert _rule_flags(rows, cfg, "caption_boilerplate") == [True, True, True, True, False]
 
 
+def test_filename_pattern_is_checked_in_duckdbs_regex_dialect_when_the_config_is_read():
+    """A pattern DuckDB (RE2) cannot compile is refused up front, not after the feature pass;
+    RE2's dialect is the one checked: Python's re would take a lookbehind and refuse \\pL."""
+    for bad in ["(", "[a-", "(?<=img)_\\d+", "(img)_\\1"]:
+        with pytest.raises(ValueError, match="boilerplate_filename_pattern"):
+            CurateConfig(boilerplate_filename_pattern=bad)
+    unicode_letters = CurateConfig(boilerplate_filename_pattern="\\pL+\\.jpg")
+    rows = [{"caption_norm": "café.jpg", "caption_words": 1}]
+    assert _rule_flags(rows, unicode_letters, "caption_boilerplate") == [True]
+
+
 def test_url_host_of_names_no_resolver_accepts_is_none():
     for url in ["http://[::1/a.jpg", "http://a..b/a.jpg", f"http://{'x' * 64}.example/a.jpg", ""]:
         assert url_host(url) is None, url
