@@ -366,6 +366,17 @@ class CurateConfig(_Section):
             raise ValueError("semantic_dedup needs image embeddings: set clip_score_checkpoint")
         return self
 
+    @model_validator(mode="after")
+    def _clip_score_thresholds_need_a_scorer(self) -> CurateConfig:
+        # Without a scorer every clip_score is NULL, and a threshold would silently keep all.
+        thresholds = [name for name in ("clip_score_min", "clip_score_top_fraction")
+                      if getattr(self, name) is not None]  # fmt: skip
+        if thresholds and not self.clip_score_checkpoint:
+            raise ValueError(
+                f"{' and '.join(thresholds)} need CLIP scores: set clip_score_checkpoint"
+            )
+        return self
+
 
 class ShardConfig(_Section):
     samples_per_shard: int = Field(1000, gt=0)

@@ -347,6 +347,14 @@ def test_filename_pattern_is_checked_in_duckdbs_regex_dialect_when_the_config_is
     assert _rule_flags(rows, unicode_letters, "caption_boilerplate") == [True]
 
 
+def test_a_clip_score_threshold_without_a_scorer_is_refused():
+    """Without clip_score_checkpoint no row has a score, so the threshold would keep all."""
+    for threshold in ({"clip_score_min": 0.28}, {"clip_score_top_fraction": 0.3}):
+        with pytest.raises(ValueError, match="clip_score_checkpoint"):
+            CurateConfig(**threshold)
+        CurateConfig(**threshold, clip_score_checkpoint="runs/clip/latest.pt")
+
+
 def test_url_host_of_names_no_resolver_accepts_is_none():
     for url in ["http://[::1/a.jpg", "http://a..b/a.jpg", f"http://{'x' * 64}.example/a.jpg", ""]:
         assert url_host(url) is None, url
