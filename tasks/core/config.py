@@ -203,10 +203,11 @@ def _duckdb_regex_error(pattern: str) -> str | None:
     Python's re accepts a lookbehind that RE2 refuses, and refuses RE2's ``\\pL``."""
     import duckdb  # here: parsing a config elsewhere needs no database engine
 
-    try:
-        duckdb.connect().execute("SELECT regexp_full_match('', ?)", [pattern])
-    except duckdb.InvalidInputException as e:
-        return str(e).removeprefix("Invalid Input Error: ")
+    with duckdb.connect() as con:
+        try:
+            con.execute("SELECT regexp_full_match('', ?)", [pattern])
+        except duckdb.InvalidInputException as e:
+            return str(e).removeprefix("Invalid Input Error: ")
     return None
 
 
