@@ -44,7 +44,9 @@ from tasks.curate.phash import HASH_BYTES, flatten_alpha, phash_bytes
 
 log = logging.getLogger(__name__)
 
-REQUIRED_COLUMNS = ("key", "url", "status")
+REQUIRED_COLUMNS = ("key", "url", "status", "original_width", "original_height")
+"""Download parquet columns curate cannot do without; img2dataset writes them all. Without the
+original sizes the size and aspect rules could judge no row and would keep every one."""
 PASSTHROUGH_COLUMNS = {
     "key": pa.string(),
     "url": pa.string(),

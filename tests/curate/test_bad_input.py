@@ -126,6 +126,20 @@ def test_unreadable_shard_parquet_is_a_clear_error(downloaded_web, tmp_path):
         curate(cfg, Storage(cfg.storage))
 
 
+def test_a_shard_parquet_without_the_original_sizes_is_a_clear_error(downloaded_web, tmp_path):
+    """Without original_width/height the size and aspect rules could not judge any row (they
+    would keep every one), so such a parquet is refused, named, before any work is done."""
+    root = downloaded_web.root_with_download(tmp_path)
+    parquet = root / "download" / "00000.parquet"
+    pq.write_table(
+        pq.read_table(parquet).drop_columns(["original_width", "original_height"]), parquet
+    )
+    cfg = downloaded_web.config(root)
+    with pytest.raises(ValueError, match=r"00000\.parquet: download shard parquet lacks columns "
+                       r"\['original_width', 'original_height'\]"):  # fmt: skip
+        curate(cfg, Storage(cfg.storage))
+
+
 def test_missing_download_is_a_clear_error(downloaded_web, tmp_path):
     cfg = downloaded_web.config(tmp_path)
     with pytest.raises(FileNotFoundError, match="no download shards"):
