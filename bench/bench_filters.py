@@ -80,6 +80,9 @@ def synthetic_features(n: int, seed: int = 0) -> pa.Table:
             "image_height": pa.array(np.minimum(height, 256)),
             "language": pa.array(language),
             "language_confidence": pa.array(rng.random(n)),
+            # The identifiers' probability of English: high for "en" rows, low for the others.
+            "language_allowed_probability": pa.array(np.where(
+                language == "en", rng.uniform(0.3, 1.0, n), rng.uniform(0.0, 0.1, n))),
             "image_state": pa.array(np.where(status == "success", "ok", "not_downloaded")),
             "download_shard": pa.array(np.char.add(np.char.zfill((np.arange(n) // 10000).astype(str), 5), ".tar")),
             "row_in_shard": pa.array(np.arange(n) % 10000),
@@ -155,9 +158,8 @@ def rules_pandas(frame: pd.DataFrame, cfg: CurateConfig) -> pd.DataFrame:
     out["drop_aspect_ratio"] = side.max(axis=1) > p["max_aspect_ratio"] * side.min(axis=1)
     out["drop_language"] = (
         (len(p["allowed_languages"]) > 0)
-        & ~frame["language"].isin(p["allowed_languages"])
-        & (frame["language_confidence"] >= p["min_language_confidence"])
         & (chars >= p["language_min_chars"]).fillna(False)
+        & (frame["language_allowed_probability"] < p["min_allowed_language_probability"])
     )
     blocked = pd.Series(False, index=frame.index)
     for domain in p["url_blocklist"]:

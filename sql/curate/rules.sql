@@ -86,14 +86,12 @@ SELECT
         AS drop_image_too_small,
     coalesce(greatest(original_width, original_height)
         > $max_aspect_ratio * least(original_width, original_height), FALSE) AS drop_aspect_ratio,
-    -- Language ID abstains on short captions and low confidence, where it is mostly noise.
-    CASE
-        WHEN len($allowed_languages) > 0
-            AND language_confidence >= $min_language_confidence
-            AND caption_chars >= $language_min_chars
-            THEN language IS NOT NULL AND list_position($allowed_languages, language) IS NULL
-        ELSE FALSE
-    END AS drop_language,
+    -- Dropped when the language identifiers' mean probability of the allowed languages is
+    -- low (tasks/curate/language.py); not judged below language_min_chars.
+    coalesce(len($allowed_languages) > 0
+        AND caption_chars >= $language_min_chars
+        AND language_allowed_probability < $min_allowed_language_probability, FALSE)
+        AS drop_language,
     coalesce(url_host IN (SELECT host FROM blocked_hosts)
         OR page_host IN (SELECT host FROM blocked_hosts), FALSE) AS drop_url_blocked,
     -- LAION keeps clip_score >= a threshold; DataComp keeps the top fraction.

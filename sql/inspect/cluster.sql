@@ -5,7 +5,8 @@ WITH survivor AS (
 )
 SELECT
     m.key, m.url, m.page_url, m.caption, m.download_shard, m.image_state, m.original_width,
-    m.original_height, m.width, m.height, m.language, m.language_confidence, m.clip_score,
+    m.original_height, m.width, m.height, m.language, m.language_confidence,
+    m.language_allowed_probability, m.clip_score,
     m.reasons, m.duplicate_of, m.eval_match, m.keep,
     bit_count(xor(('0x' || hex(m.phash))::UBIGINT, ('0x' || hex(s.phash))::UBIGINT))
         AS distance,

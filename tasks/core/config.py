@@ -27,7 +27,7 @@ from pydantic import (
 # The train section's schema belongs to model/ (a dataclass this module embeds, never copies).
 from model.train_config import TrainConfig
 from tasks.core.hosts import blocklist_domain
-from tasks.core.languages import LANGID_LANGUAGES
+from tasks.core.languages import IDENTIFIED_LANGUAGES
 
 ALLOW_PRIVATE_ENV = "CLIPFLOW_ALLOW_PRIVATE_NETWORKS"
 """Private-network access needs this set to 1 in the environment of the process that loads
@@ -219,10 +219,12 @@ class CurateConfig(_Section):
     min_image_side: int = Field(16, ge=0)
     max_aspect_ratio: float = Field(3.0, gt=0)
     allowed_languages: list[str] = Field(default_factory=lambda: ["en"])
-    min_language_confidence: float = Field(0.9, ge=0, le=1)
-    """langid probability below which the language rule abstains."""
-    language_min_chars: int = Field(25, ge=0)
-    """Captions shorter than this are not judged by language (language ID is noise on them)."""
+    min_allowed_language_probability: float = Field(0.03, ge=0, le=1)
+    """A caption is dropped as ``language`` when the language identifiers' mean probability
+    that it is in one of ``allowed_languages`` is below this (``tasks/curate/language.py``;
+    calibrated by ``bench/bench_language_quality.py``)."""
+    language_min_chars: int = Field(0, ge=0)
+    """Captions shorter than this are not judged by language."""
     url_blocklist: list[str] = Field(default_factory=list)
     """Domains (and their subdomains) whose URLs or pages are dropped. Stored as hosts are
     compared (``tasks.core.hosts``): IDNA-encoded, lower case, no root dot; a URL or a path
@@ -342,16 +344,28 @@ class CurateConfig(_Section):
             raise ValueError(f"boilerplate_filename_pattern {v!r} is no RE2 regex: {problem}")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_language_threshold(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "min_language_confidence" in data:
+            raise ValueError(
+                "min_language_confidence (langid's confidence in a language that is not "
+                "allowed) was replaced by min_allowed_language_probability (two identifiers' "
+                "mean probability of the allowed languages; drop below it, default 0.03)"
+            )
+        return data
+
     @field_validator("allowed_languages")
     @classmethod
-    def _languages_langid_names(cls, v: list[str]) -> list[str]:
+    def _languages_identifiers_name(cls, v: list[str]) -> list[str]:
         codes = [code.strip().lower() for code in v]
-        unknown = [v[i] for i, code in enumerate(codes) if code not in LANGID_LANGUAGES]
+        unknown = [v[i] for i, code in enumerate(codes) if code not in IDENTIFIED_LANGUAGES]
         if unknown:
             raise ValueError(
                 f"allowed_languages {unknown} are not languages the language ID names, so "
-                "every caption it judges would be dropped: use ISO 639-1 codes such as 'en' "
-                f"(one of {', '.join(sorted(LANGID_LANGUAGES))})"
+                "every caption it judges would be dropped: use the codes of langid and "
+                "fastText lid.176, ISO 639-1 where there is one, such as 'en' "
+                f"(one of {', '.join(sorted(IDENTIFIED_LANGUAGES))})"
             )
         return codes
 

@@ -38,7 +38,7 @@ from tasks.core.hosts import canonical_host
 from tasks.core.storage import Storage
 from tasks.curate.captions import normalise_caption
 from tasks.curate.clip_score import BATCH, ClipScorer, clip_scorer
-from tasks.curate.language import identify_language
+from tasks.curate.language import read_language
 from tasks.curate.near_dup import THUMB_BYTES, image_thumbnail
 from tasks.curate.phash import HASH_BYTES, flatten_alpha, phash_bytes
 
@@ -71,6 +71,7 @@ FEATURE_SCHEMA = pa.schema(
         pa.field("page_host", pa.string()),
         pa.field("language", pa.string()),
         pa.field("language_confidence", pa.float64()),
+        pa.field("language_allowed_probability", pa.float64()),
         pa.field("download_shard", pa.string()),
         pa.field("row_in_shard", pa.int64()),
         pa.field("image_state", pa.string()),
@@ -83,6 +84,20 @@ FEATURE_SCHEMA = pa.schema(
         pa.field("clip_score", pa.float64()),
     ]
 )
+
+
+def language_columns(
+    captions: list[str | None], allowed_languages: list[str]
+) -> dict[str, list[Any]]:
+    """``language``, ``language_confidence`` and ``language_allowed_probability`` of each
+    caption (``tasks.curate.language.read_language``)."""
+    allowed = frozenset(allowed_languages)
+    readings = [read_language(text, allowed) for text in captions]
+    return {
+        "language": [r.language for r in readings],
+        "language_confidence": [r.confidence for r in readings],
+        "language_allowed_probability": [r.allowed_probability for r in readings],
+    }
 
 
 class DownloadMismatchError(ValueError):
@@ -263,10 +278,15 @@ def _column(table: pa.Table, name: str, kind: pa.DataType) -> list[Any]:
 
 
 def shard_features(
-    storage: Storage, parquet_uri: str, scorer: ClipScorer | None = None
+    storage: Storage,
+    parquet_uri: str,
+    allowed_languages: list[str],
+    scorer: ClipScorer | None = None,
 ) -> tuple[pa.Table, np.ndarray | None]:
     """The feature table (FEATURE_SCHEMA) of one download shard, one row per parquet row,
-    and with a scorer the (rows, d) image embeddings (NaN rows where no image decoded)."""
+    and with a scorer the (rows, d) image embeddings (NaN rows where no image decoded).
+    ``language_allowed_probability`` is of ``allowed_languages`` (features are computed on
+    every curate run, so a changed list is always read afresh)."""
     table = read_shard_rows(storage, parquet_uri)
     shard_name = posixpath.basename(parquet_uri).removesuffix(".parquet")
     tar_uri = parquet_uri.removesuffix(".parquet") + ".tar"
@@ -284,9 +304,7 @@ def shard_features(
     columns["caption_words"] = [len(n.split()) if n else 0 for n in columns["caption_norm"]]
     columns["url_host"] = [url_host(u) for u in columns["url"]]
     columns["page_host"] = [url_host(u) for u in columns["page_url"]]
-    languages = [identify_language(text) for text in columns["caption"]]
-    columns["language"] = [lang for lang, _ in languages]
-    columns["language_confidence"] = [conf for _, conf in languages]
+    columns |= language_columns(columns["caption"], allowed_languages)
     columns["download_shard"] = [f"{shard_name}.tar"] * table.num_rows
     columns["row_in_shard"] = list(range(table.num_rows))
     infos = [
@@ -355,7 +373,9 @@ def curate_shard(job: ShardJob) -> str:
         if curate_cfg.clip_score_checkpoint
         else None
     )
-    features, embeddings = shard_features(storage, job.parquet_uri, scorer)
+    features, embeddings = shard_features(
+        storage, job.parquet_uri, curate_cfg.allowed_languages, scorer
+    )
     with storage.atomic_local_path(job.part_uri) as (fh, _):
         pq.write_table(features, fh)
     if embeddings is not None:

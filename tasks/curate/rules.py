@@ -59,7 +59,7 @@ def rule_parameters(cfg: CurateConfig) -> dict[str, Any]:
         "min_image_side": cfg.min_image_side,
         "max_aspect_ratio": cfg.max_aspect_ratio,
         "allowed_languages": list(cfg.allowed_languages),
-        "min_language_confidence": cfg.min_language_confidence,
+        "min_allowed_language_probability": cfg.min_allowed_language_probability,
         "language_min_chars": cfg.language_min_chars,
         "url_blocklist": list(cfg.url_blocklist),  # canonical: CurateConfig validates it
         "clip_score_min": cfg.clip_score_min,

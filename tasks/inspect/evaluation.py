@@ -21,7 +21,7 @@ RULE_THRESHOLDS: dict[str, tuple[str, ...]] = {
     "caption_boilerplate": ("boilerplate_filename_pattern", "boilerplate_filename_max_words"),
     "image_too_small": ("min_image_side",),
     "aspect_ratio": ("max_aspect_ratio",),
-    "language": ("allowed_languages", "min_language_confidence", "language_min_chars"),
+    "language": ("allowed_languages", "min_allowed_language_probability", "language_min_chars"),
     "url_blocked": ("url_blocklist",),
     "clip_score": ("clip_score_min", "clip_score_top_fraction"),
     "eval_contamination": (

@@ -50,6 +50,7 @@ def _write_parts(folder: Path) -> list[str]:
                     (i % 300)::BIGINT AS original_width, (i % 200 + 1)::BIGINT AS original_height,
                     64::BIGINT AS image_width, 64::BIGINT AS image_height,
                     'en' AS language, (i % 100) / 100.0 AS language_confidence,
+                    (i % 100) / 100.0 AS language_allowed_probability,
                     NULL::DOUBLE AS clip_score
                 FROM range({lo}, {hi}) AS t(i)
             ) TO '{path}' (FORMAT parquet)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from demo.offline_data import fashion_mnist
 from tasks.core.config import CurateConfig
-from tasks.core.languages import LANGID_LANGUAGES
+from tasks.core.languages import FASTTEXT_LANGUAGES, LANGID_LANGUAGES
 from tasks.core.sql import SQL_DIR, bind, load_sql, run_sql
 from tasks.curate import dedup
 from tasks.curate.dedup import (
@@ -312,11 +312,15 @@ def test_blocklist_entries_take_the_form_hosts_are_compared_in():
 
 
 def test_allowed_languages_are_codes_the_language_id_names():
-    """A code langid never emits would make the language rule drop every caption it judges."""
-    from tasks.curate.language import _loaded
+    """A code neither identifier emits would make the language rule drop every caption it
+    judges."""
+    from tasks.curate.language import _fasttext, _loaded
 
     assert {str(c) for c in _loaded().nb_classes} == LANGID_LANGUAGES
+    labels, _ = _fasttext().predict("x", k=-1, threshold=-1.0)
+    assert {label.removeprefix("__label__") for label in labels} == FASTTEXT_LANGUAGES
     assert CurateConfig(allowed_languages=["EN", " de "]).allowed_languages == ["en", "de"]
+    assert CurateConfig(allowed_languages=["ceb", "sco"]).allowed_languages == ["ceb", "sco"]
     assert CurateConfig(allowed_languages=[]).allowed_languages == []
     for bad in (["eng"], ["en-US"], ["english"], ["en", "zh-CN"]):
         with pytest.raises(ValueError, match="allowed_languages"):
@@ -375,16 +379,16 @@ def test_keys_whose_32_bit_hashes_collide_are_not_duplicates():
 def test_status_language_and_boilerplate_rules_on_nulls():
     """NULL inputs: a missing status is a failed download; a missing language or caption is
     not a language or boilerplate drop (other rules name those rows)."""
-    cfg = CurateConfig(allowed_languages=["en"], min_language_confidence=0.5, language_min_chars=0)
+    cfg = CurateConfig(allowed_languages=["en"], min_allowed_language_probability=0.05)
     status = [{"status": s} for s in ("success", None, "failed_to_download")]
     assert _rule_flags(status, cfg, "download_failed") == [False, True, True]
     long = "a caption long enough to judge"
     languages = [
-        {"caption": long, "language": "de", "language_confidence": 0.9},
-        {"caption": long, "language": "en", "language_confidence": 0.9},
-        {"caption": long, "language": None, "language_confidence": 0.9},
-        {"caption": long, "language": "de", "language_confidence": None},
-        {"caption": long, "language": "de", "language_confidence": 0.2},
+        {"caption": long, "language_allowed_probability": 0.01},
+        {"caption": long, "language_allowed_probability": 0.9},
+        {"caption": long, "language_allowed_probability": None},
+        {"caption": None, "language_allowed_probability": None},
+        {"caption": long, "language_allowed_probability": 0.05},
     ]
     assert _rule_flags(languages, cfg, "language") == [True, False, False, False, False]
     captions = [
