@@ -70,7 +70,9 @@ SELECT
     coalesce(NOT caption_blank
         AND (caption_chars < $min_caption_chars OR caption_words < $min_caption_words), FALSE)
         AS drop_caption_too_short,
-    coalesce(caption_chars > $max_caption_chars, FALSE) AS drop_caption_too_long,
+    -- The length as found: the crawl cuts captions to crawl.max_caption_chars.
+    coalesce(greatest(caption_chars, caption_original_chars) > $max_caption_chars, FALSE)
+        AS drop_caption_too_long,
     -- Only captions of few words can be boilerplate or a file name: CASE, unlike AND, skips
     -- the list lookup and the (costly) regex on every other row. Lists are searched with
     -- list_position: the config lists hold no NULL, so it answers as list_contains does, at

@@ -1,11 +1,12 @@
 """Candidates and crawl errors streamed to Parquet as they are found, in bounded batches.
 
-``crawl/candidates-NNNNN.parquet`` (``url, caption, page_url, source, crawl_time``) holds
-``rows_per_file`` rows per file, written ``batch_rows`` at a time as row groups, and
-``crawl/errors.parquet`` (``url, reason, detail, referrer, source``) one row per page or record
-that gave nothing. Each file appears atomically once complete. Captions are truncated to
-``max_caption_chars`` and exact (url, caption) duplicates dropped, keeping the first: the only
-state kept per candidate is a 16-byte digest of the pair (~80 bytes of memory each).
+``crawl/candidates-NNNNN.parquet`` (``url, caption, page_url, source, crawl_time,
+caption_original_chars``) holds ``rows_per_file`` rows per file, written ``batch_rows`` at a
+time as row groups, and ``crawl/errors.parquet`` (``url, reason, detail, referrer, source``)
+one row per page or record that gave nothing. Each file appears atomically once complete.
+Captions are truncated to ``max_caption_chars`` (``caption_original_chars`` keeps the length
+as found) and exact (url, caption) duplicates dropped, keeping the first: the only state kept
+per candidate is a 16-byte digest of the pair (~80 bytes of memory each).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ CANDIDATE_SCHEMA = pa.schema(
         ("page_url", pa.string()),
         ("source", pa.string()),
         ("crawl_time", pa.timestamp("us", tz="UTC")),
+        # The caption's length as found, before the cut to max_caption_chars: curate's
+        # too-long rule judges this, so a cut caption is not taken for a short one.
+        ("caption_original_chars", pa.int64()),
     ]
 )
 ERROR_SCHEMA = pa.schema(
@@ -186,7 +190,8 @@ class CandidateWriter(_ParquetSink):
     ) -> None:
         for url, caption in pairs:
             self.counts["pairs_found"] += 1
-            if len(caption) > self._max_chars:
+            original_chars = len(caption)
+            if original_chars > self._max_chars:
                 caption = caption[: self._max_chars].rstrip()
                 self.counts["captions_truncated"] += 1
             digest = _pair_digest(url, caption)
@@ -195,7 +200,7 @@ class CandidateWriter(_ParquetSink):
                 continue
             self._digests.add(digest)
             self.counts["pairs_after_dedup"] += 1
-            self._rows.append((url, caption, page_url, source, when))
+            self._rows.append((url, caption, page_url, source, when, original_chars))
 
     def _remove_stale_files(self) -> None:
         """Remove higher-numbered candidate files left by an earlier, larger run."""
@@ -223,7 +228,7 @@ class PairSpool(_ParquetSink):
         self, pairs: Iterable[tuple[str, str]], page_url: str, when: datetime, source: str
     ) -> None:
         for url, caption in pairs:
-            self._rows.append((url, caption, page_url, source, when))
+            self._rows.append((url, caption, page_url, source, when, len(caption)))
 
 
 SPOOL_FOLDER = "_parts"

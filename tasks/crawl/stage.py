@@ -1,12 +1,13 @@
 """The crawl stage: image-text candidates from the site crawler and from WAT/WARC files.
 
 Output: ``{root}/crawl/candidates-NNNNN.parquet`` (``url, caption, page_url, source,
-crawl_time``), ``crawl.rows_per_file`` rows per file, and ``{root}/crawl/errors.parquet``
-(``url, reason, detail, referrer, source``): every page or record that gave nothing, with why.
-Both are streamed as the crawl goes (see tasks.crawl.candidates), so memory does not grow
-with the number of candidates. Captions longer than ``crawl.max_caption_chars`` are
-truncated; exact (url, caption) duplicates are dropped. The counts add up (checked before
-the stage returns, see ``accounting_violations``).
+crawl_time, caption_original_chars``), ``crawl.rows_per_file`` rows per file, and
+``{root}/crawl/errors.parquet`` (``url, reason, detail, referrer, source``): every page or
+record that gave nothing, with why. Both are streamed as the crawl goes (see
+tasks.crawl.candidates), so memory does not grow with the number of candidates. Captions
+longer than ``crawl.max_caption_chars`` are truncated, their length as found kept for
+curate's too-long rule; exact (url, caption) duplicates are dropped. The counts add up
+(checked before the stage returns, see ``accounting_violations``).
 """
 
 from __future__ import annotations

@@ -52,6 +52,7 @@ PASSTHROUGH_COLUMNS = {
     "url": pa.string(),
     "page_url": pa.string(),
     "source": pa.string(),
+    "caption_original_chars": pa.int64(),
     "status": pa.string(),
     "error_message": pa.string(),
     "width": pa.int64(),

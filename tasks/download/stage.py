@@ -46,7 +46,9 @@ log = logging.getLogger(__name__)
 i2d_main: Any = importlib.import_module("img2dataset.main")
 i2d_distributor: Any = importlib.import_module("img2dataset.distributor")
 
-CANDIDATE_COLUMNS = ["url", "caption", "page_url", "source"]
+CANDIDATE_COLUMNS = ["url", "caption", "page_url", "source", "caption_original_chars"]
+# Candidates from before the crawl kept the length as found lack the last column: NULL there.
+OPTIONAL_CANDIDATE_COLUMNS = {"caption_original_chars": "Int64"}
 
 # Reasons our fetch names itself: its messages start with "<reason>: ".
 GUARD_REASONS = (
@@ -94,7 +96,11 @@ def read_candidates(storage: Storage) -> pd.DataFrame:
     if not files:
         raise FileNotFoundError(f"no crawl candidates under {storage.uri('crawl')}")
     frames = [pd.read_parquet(f, storage_options=storage.storage_options()) for f in files]
-    candidates = pd.concat(frames, ignore_index=True)[CANDIDATE_COLUMNS]
+    candidates = pd.concat(frames, ignore_index=True)
+    for name, dtype in OPTIONAL_CANDIDATE_COLUMNS.items():
+        candidates[name] = candidates.get(name, pd.Series(pd.NA, index=candidates.index))
+        candidates[name] = candidates[name].astype(dtype)
+    candidates = candidates[CANDIDATE_COLUMNS]
     order = pd.util.hash_pandas_object(candidates[["url", "caption"]], index=False)
     # The hash first, then the columns themselves for (rare) equal hashes: a total order.
     ranked = candidates.assign(_order=order.to_numpy()).sort_values(
@@ -209,7 +215,7 @@ def _img2dataset(cfg: PipelineConfig, output_folder: str, url_list: str) -> None
             input_format="parquet",
             url_col="url",
             caption_col="caption",
-            save_additional_columns=["page_url", "source"],
+            save_additional_columns=["page_url", "source", "caption_original_chars"],
             output_format="webdataset",
             image_size=d.image_size,
             resize_mode=d.resize_mode,

@@ -57,6 +57,8 @@ def test_duplicates_and_long_captions(tmp_root: Path) -> None:
         ("http://a/1.png", "abc"),
         ("http://a/1.pngabc", ""),
     ]
+    # The length as found travels on, so curate's too-long rule still sees a cut caption.
+    assert list(frame["caption_original_chars"]) == [8, 3, 0]
     assert dict(out.counts) == {
         "pairs_found": 4,
         "pairs_after_dedup": 3,

@@ -36,6 +36,8 @@ def test_crawl_flow_outputs_manifest_skip_and_force(prefect_harness, demo_web, t
     assert counts["duplicates_dropped"] == len(demo_web.planted["repeated_pairs"])
     assert not frame.duplicated(["url", "caption"]).any()
     assert frame["caption"].str.len().max() == 1000 and counts["captions_truncated"] == 1
+    cut = frame[frame["caption_original_chars"] > frame["caption"].str.len()]
+    assert len(cut) == 1 and cut["caption_original_chars"].iloc[0] > 1000
     assert set(frame["source"]) == {"site"}
     errors = pd.read_parquet(tmp_root / "crawl" / "errors.parquet")
     assert len(errors) == counts["pages_failed"] == counts["errors_reported"]

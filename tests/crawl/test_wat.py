@@ -141,7 +141,9 @@ def test_crawl_stage_on_archives(archives, tmp_root: Path) -> None:
     )
     result = crawl(cfg, Storage(cfg.storage))
     frame = pd.read_parquet(tmp_root / "crawl" / "candidates-00000.parquet")
-    assert list(frame.columns) == ["url", "caption", "page_url", "source", "crawl_time"]
+    assert list(frame.columns) == [
+        "url", "caption", "page_url", "source", "crawl_time", "caption_original_chars",
+    ]  # fmt: skip
     assert str(frame["crawl_time"].dtype) == "datetime64[us, UTC]"
     assert (frame["crawl_time"] == pd.Timestamp(DATE)).all()
     # "a red dress" on /a/img/1.png is in both files: the WARC copy is the dropped duplicate.

@@ -47,6 +47,7 @@ def _write_parts(folder: Path) -> list[str]:
                     7::BIGINT AS caption_words,
                     CASE WHEN i % 10 = 0 THEN 'failed' ELSE 'success' END AS status,
                     'ok' AS image_state, FALSE AS caption_invalid_utf8,
+                    NULL::BIGINT AS caption_original_chars,
                     (i % 300)::BIGINT AS original_width, (i % 200 + 1)::BIGINT AS original_height,
                     64::BIGINT AS image_width, 64::BIGINT AS image_height,
                     'en' AS language, (i % 100) / 100.0 AS language_confidence,

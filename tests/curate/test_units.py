@@ -376,6 +376,23 @@ def test_keys_whose_32_bit_hashes_collide_are_not_duplicates():
     assert _rule_flags(rows, CurateConfig(), "duplicate_key") == [False, False, True]
 
 
+def test_too_long_judges_the_caption_as_found_before_the_crawl_cut_it():
+    """The crawl cuts captions to crawl.max_caption_chars (1,000, as curate's limit): a
+    5,000-character alt text reached curate as 1,000 characters and was kept. Without the
+    length as found (another downloader's parquet) the caption's own length decides."""
+    cut = "word " * 200
+    rows = [
+        {"caption": cut.strip(), "caption_original_chars": 5000},
+        {"caption": cut.strip(), "caption_original_chars": 999},
+        {"caption": cut.strip(), "caption_original_chars": None},
+        {"caption": cut * 2, "caption_original_chars": None},
+        {"caption": None, "caption_original_chars": 5000},
+    ]
+    assert _rule_flags(rows, CurateConfig(max_caption_chars=1000), "caption_too_long") == [
+        True, False, False, True, True,
+    ]  # fmt: skip
+
+
 def test_status_language_and_boilerplate_rules_on_nulls():
     """NULL inputs: a missing status is a failed download; a missing language or caption is
     not a language or boilerplate drop (other rules name those rows)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from PIL import Image, ImageFile
@@ -169,6 +171,28 @@ def _run_download(config_path: Path) -> subprocess.Popen[bytes]:
         cwd=Path(__file__).resolve().parents[2],
         start_new_session=True,  # so the kill reaches img2dataset's worker processes too
     )
+
+
+def test_the_captions_length_as_found_reaches_the_download_parquet(demo_web, tmp_root):
+    """The crawl cuts long captions and records their length as found, which curate's
+    too-long rule reads from the download parquet. Candidates without that column (written
+    by an older crawl or another tool) get NULL there, not an error."""
+    cfg = make_config(tmp_root)
+    storage = Storage(cfg.storage)
+    urls = fashion_urls(demo_web, 4)
+    write_candidates(storage, urls[:2])
+    frame = pd.DataFrame({"url": urls[2:], "caption": ["a coat " * 10, "a bag"],
+                          "page_url": ["http://127.0.0.1/page.html"] * 2, "source": ["site"] * 2,
+                          "caption_original_chars": [5000, 5]})  # fmt: skip
+    storage.write_bytes(storage.uri("crawl", "candidates-00001.parquet"), frame.to_parquet())
+    download(cfg, storage)
+    files = [f for f in storage.glob("download/*.parquet") if re.search(r"/\d+\.parquet$", f)]
+    assert {str(pq.read_schema(f).field("caption_original_chars").type) for f in files} == {"int64"}
+    rows = pd.concat(pd.read_parquet(f) for f in files).set_index("url")
+    assert set(rows["status"]) == {"success"}
+    found = rows["caption_original_chars"]
+    assert found[urls[2]] == 5000 and found[urls[3]] == 5
+    assert found[urls[:2]].isna().all()
 
 
 def test_candidate_order_depends_on_the_pairs_not_on_the_crawl(tmp_path):
