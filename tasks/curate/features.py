@@ -36,7 +36,7 @@ from model.tario import IMAGE_EXTENSIONS, TarReadError, iter_members, split_name
 from tasks.core.config import PipelineConfig
 from tasks.core.hosts import canonical_host
 from tasks.core.storage import Storage
-from tasks.curate.captions import normalise_caption
+from tasks.curate.captions import caption_word_count, normalise_caption
 from tasks.curate.clip_score import BATCH, ClipScorer, clip_scorer
 from tasks.curate.language import read_language
 from tasks.curate.near_dup import THUMB_BYTES, image_thumbnail
@@ -302,7 +302,7 @@ def shard_features(
     columns["caption"] = [text for text, _ in decoded]
     columns["caption_invalid_utf8"] = [bad for _, bad in decoded]
     columns["caption_norm"] = [normalise_caption(text) for text, _ in decoded]
-    columns["caption_words"] = [len(n.split()) if n else 0 for n in columns["caption_norm"]]
+    columns["caption_words"] = [caption_word_count(n) for n in columns["caption_norm"]]
     columns["url_host"] = [url_host(u) for u in columns["url"]]
     columns["page_host"] = [url_host(u) for u in columns["page_url"]]
     columns |= language_columns(columns["caption"], allowed_languages)

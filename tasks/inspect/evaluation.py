@@ -18,7 +18,11 @@ from tasks.inspect.images import TarImages
 RULE_THRESHOLDS: dict[str, tuple[str, ...]] = {
     "caption_too_short": ("min_caption_chars", "min_caption_words"),
     "caption_too_long": ("max_caption_chars",),
-    "caption_boilerplate": ("boilerplate_filename_pattern", "boilerplate_filename_max_words"),
+    "caption_boilerplate": (
+        "boilerplate_captions",
+        "boilerplate_filename_pattern",
+        "boilerplate_filename_max_words",
+    ),
     "image_too_small": ("min_image_side",),
     "aspect_ratio": ("max_aspect_ratio",),
     "language": ("allowed_languages", "min_allowed_language_probability", "language_min_chars"),

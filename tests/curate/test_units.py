@@ -35,7 +35,7 @@ from tasks.curate.features import (
 )
 from tasks.curate.near_dup import image_thumbnail, thumbnails_array, thumbnails_resolution
 from tasks.curate.phash import hamming, hashes_to_bytes, phash64
-from tasks.curate.rules import RULES, apply_rules
+from tasks.curate.rules import RULES, apply_rules, rule_parameters
 
 
 def _planted_hashes(n: int, pairs: int, radius: int, seed: int = 0) -> tuple[np.ndarray, set]:
@@ -480,3 +480,33 @@ def test_the_near_threshold_gallery_shows_each_side_and_the_vetoed_pairs():
         ("k4", "k5", True, False), ("k2", "k3", True, False),  # dropped, closest above
         ("k10", "k11", False, True), ("k3", "k4", False, True),  # refused by the veto
     ]  # fmt: skip
+
+
+def test_the_inspect_app_shows_every_threshold_the_rules_read():
+    """A rule's page in `clipflow inspect` lists the config values it compares against; one
+    left out (the boilerplate list was) hides why a row was dropped."""
+    from tasks.inspect.evaluation import RULE_THRESHOLDS
+
+    shown = {name for names in RULE_THRESHOLDS.values() for name in names}
+    read = {name for name in rule_parameters(CurateConfig()) if name in CurateConfig.model_fields}
+    assert read - shown == set()
+
+
+def test_words_of_scripts_written_without_spaces_are_counted():
+    """The caption "冬用の黒いコート" (a black winter coat) is one whitespace token: with
+    allowed_languages [ja] every such caption was dropped as caption_too_short
+    (min_caption_words 2). Where a script has no spaces, words are Unicode's default word
+    boundaries (UAX #29: an ideograph or a kana is a word, a katakana run one); elsewhere a
+    word is a whitespace token."""
+    from tasks.curate.captions import caption_word_count
+
+    assert caption_word_count("冬用の黒いコート") == 6
+    assert caption_word_count("スニーカー") == 1
+    assert caption_word_count("my 冬用 coat") == 4
+    spaced = ["IMG_1234.JPG", "a t-shirt", "don't stop", "pair of sneakers, size 9.5",
+              "une robe rouge pour l'été", "Красное платье на лето", "  ", ""]  # fmt: skip
+    assert [caption_word_count(c) for c in spaced] == [len(c.split()) for c in spaced]
+    cfg = CurateConfig(allowed_languages=["ja"])
+    rows = [{"caption": c, "caption_norm": c, "caption_words": caption_word_count(c)}
+            for c in ("冬用の黒いコート", "コート")]  # fmt: skip
+    assert _rule_flags(rows, cfg, "caption_too_short") == [False, True]
