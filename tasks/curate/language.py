@@ -106,6 +106,10 @@ def read_language(text: str | None, allowed: frozenset[str] | set[str]) -> Langu
     """The two identifiers' mean reading of ``text``; ``NO_READING`` for an empty caption."""
     if text is None or not text.strip():
         return NO_READING
+    if not text.isascii():
+        # Both models read UTF-8: a lone surrogate has no UTF-8 spelling and would raise, so
+        # it is read as "?" (decoded captions never hold one; a str from elsewhere may).
+        text = text.encode("utf-8", "replace").decode("utf-8")
     mean: dict[str, float] = {}
     for distribution_ in (langid_distribution(text), fasttext_distribution(text)):
         for code, p in distribution_.items():

@@ -69,6 +69,12 @@ def test_a_caption_of_several_lines_is_read_whole():
     assert read_language(text, {"en"}).language == "de"
 
 
+def test_a_lone_surrogate_is_read_not_raised():
+    """Neither model can take a str with no UTF-8 spelling; one must not end the shard."""
+    reading = read_language("\ud800 ein warmer Wintermantel mit Taschen", {"en"})
+    assert reading.language == "de"
+
+
 def test_empty_caption_has_no_language():
     assert read_language("  ", {"en"}) == NO_READING
     assert read_language(None, {"en"}) == NO_READING

@@ -73,6 +73,8 @@ def test_kept_samples_filter_with_bound_parameters(served: Served, ui: Ui):
     cards = ui.page.locator(".card .caption")
     assert cards.count() > 0
     assert all("bag" in cards.nth(i).inner_text().lower() for i in range(cards.count()))
+    # Each card shows what the language rule judged: the allowed languages' probability.
+    assert "allowed language" in ui.page.locator(".card .muted").first.inner_text()
     _images(ui)
     ui.page.screenshot(path=str(SCREENSHOTS / "kept.png"), full_page=True)
 
