@@ -27,7 +27,13 @@ PIPELINE: tuple[Stage, ...] = (
         upstream=("crawl",),
         # The SSRF guard's switch lives in crawl: downloads made with it off are not reused
         # once it is back on.
-        reads=("download", "crawl.allow_private_networks", "crawl.allow_private_hosts"),
+        # curate.url_blocklist: a listed host is never fetched, on any redirect hop either.
+        reads=(
+            "download",
+            "crawl.allow_private_networks",
+            "crawl.allow_private_hosts",
+            "curate.url_blocklist",
+        ),
         body="tasks.download.stage:download",
         outputs=("download",),
         accounting=(Identity("candidates", ("successes", "failed_*")),),

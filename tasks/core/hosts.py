@@ -30,6 +30,20 @@ def canonical_host(host: str) -> str | None:
     return name or None
 
 
+def blocked_domain(host: str, domains: frozenset[str]) -> str | None:
+    """The listed domain ``host`` is, or is a subdomain of (compared as a resolver spells
+    both; ``domains`` as ``blocklist_domain`` gives them); None when it is on no list. The
+    fetch's twin of the curate rule's SQL match (sql/curate/rules.sql)."""
+    name = canonical_host(host)
+    if name is None or not domains:
+        return None
+    labels = name.split(".")
+    for start in range(len(labels)):
+        if (suffix := ".".join(labels[start:])) in domains:
+            return suffix
+    return None
+
+
 def blocklist_domain(entry: str) -> str:
     """A blocklist entry as ``canonical_host`` spells hosts: a domain name (``spam.example``;
     a leading ``.`` or ``*.`` is accepted and means the same, the domain and its subdomains)

@@ -62,10 +62,16 @@ class FetchPolicy:
     allow_private_hosts: tuple[str, ...] = ()
     """"host:port" or "address:port" entries reachable though private."""
     max_redirects: int = 10
+    blocked_domains: tuple[str, ...] = ()
+    """``curate.url_blocklist``: hosts never fetched, on any redirect hop either."""
 
     @property
     def destination(self) -> Destination:
-        return Destination(self.allow_private_networks, frozenset(self.allow_private_hosts))
+        return Destination(
+            self.allow_private_networks,
+            frozenset(self.allow_private_hosts),
+            frozenset(self.blocked_domains),
+        )
 
 
 def check_image(data: bytes, max_pixels: int) -> None:

@@ -32,6 +32,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
+from tasks.core.hosts import blocked_domain
 from tasks.core.safe_http import (
     DNS_ERROR,
     IPAddress,
@@ -46,6 +47,7 @@ from tasks.core.safe_http import (
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 DEADLINE_EXCEEDED = "deadline_exceeded"
 REDIRECT_LOOP = "redirect_loop"
+URL_BLOCKED = "url_blocked"
 
 
 class FetchRefused(Exception):
@@ -60,10 +62,19 @@ class FetchRefused(Exception):
 class Destination:
     """Which addresses a fetch may connect to: public ones, plus private ones when
     ``allow_private`` is set, or when "host:port" or "address:port" is in ``exempt``
-    (an exemption by name is an operator's statement about that name, not a stranger's)."""
+    (an exemption by name is an operator's statement about that name, not a stranger's).
+    No host on ``blocked`` (canonical domains, with their subdomains) is reached at all."""
 
     allow_private: bool
     exempt: frozenset[str] = field(default_factory=frozenset)
+    blocked: frozenset[str] = field(default_factory=frozenset)
+
+    def blocklist_refusal(self, url: str) -> Refusal | None:
+        host, _ = host_port(url)
+        domain = blocked_domain(host, self.blocked)
+        if domain is None:
+            return None
+        return Refusal(URL_BLOCKED, f"{host} is on the blocklist ({domain})")
 
     def refusal(self, host: str, port: int, addr: IPAddress) -> Refusal | None:
         if f"{host}:{port}" in self.exempt or f"{addr}:{port}" in self.exempt:
@@ -175,7 +186,7 @@ def checked_addresses(
 ) -> list[str]:
     """The addresses ``url``'s host resolves to, every one of them allowed by ``dest``;
     raises FetchRefused with the reason otherwise."""
-    refusal = static_refusal(url, dest.allow_private, dest.exempt)
+    refusal = static_refusal(url, dest.allow_private, dest.exempt) or dest.blocklist_refusal(url)
     if refusal is not None:
         raise FetchRefused(refusal.reason, refusal.detail)
     host, port = host_port(url)

@@ -54,7 +54,7 @@ OPTIONAL_CANDIDATE_COLUMNS = {"caption_original_chars": "Int64"}
 GUARD_REASONS = (
     "ssrf_refused", "invalid_url", "unsupported_scheme", "dns_error", "deadline_exceeded",
     "redirect_loop", "too_many_pixels", "too_large", "truncated", "empty",
-    "unsupported_format", "not_an_image",
+    "unsupported_format", "not_an_image", "url_blocked",
 )  # fmt: skip
 
 # img2dataset's (and the stdlib's) error messages -> stable failure reasons, first match wins.
@@ -117,6 +117,8 @@ def fetch_policy(cfg: PipelineConfig) -> FetchPolicy:
         max_pixels=d.max_image_pixels,
         allow_private_networks=cfg.crawl.allow_private_networks,
         allow_private_hosts=tuple(cfg.crawl.allow_private_hosts),
+        # Canonical (CurateConfig validates it), as the fetch compares hosts.
+        blocked_domains=tuple(cfg.curate.url_blocklist),
     )
 
 

@@ -36,6 +36,7 @@ from tasks.curate.features import (
 from tasks.curate.near_dup import image_thumbnail, thumbnails_array, thumbnails_resolution
 from tasks.curate.phash import hamming, hashes_to_bytes, phash64
 from tasks.curate.rules import RULES, apply_rules, rule_parameters
+from tasks.download.pinned_http import Destination
 
 
 def _planted_hashes(n: int, pairs: int, radius: int, seed: int = 0) -> tuple[np.ndarray, set]:
@@ -295,6 +296,11 @@ def test_blocklist_sees_through_spellings_of_a_host_that_resolve_alike():
     cfg = CurateConfig(url_blocklist=["spam.example", "b\u00fccher.example"])
     flags = _rule_flags(rows, cfg, "url_blocked")
     assert flags == [True] * len(blocked) + [False] * len(kept) + [True]
+    # The download's fetch refuses the same hosts, on every redirect hop (pinned_http).
+    fetch = Destination(allow_private=False, blocked=frozenset(cfg.url_blocklist))
+    assert [fetch.blocklist_refusal(u) is not None for u in blocked + kept] == (
+        [True] * len(blocked) + [False] * len(kept)
+    )
 
 
 def test_blocklist_entries_take_the_form_hosts_are_compared_in():

@@ -21,6 +21,7 @@ import yaml
 from PIL import Image, ImageFile
 
 from demo.planted import bomb_png
+from demo.server import SSRF_ROUTES, SSRF_TEST_NAME
 from tasks.core.config import PipelineConfig
 from tasks.core.stage import RunContext
 from tasks.core.storage import Storage
@@ -117,6 +118,33 @@ def test_ssrf_guard_refuses_loopback_before_any_request(demo_web, tmp_root):
     assert sorted(refused["url"]) == sorted(urls)
     assert result.counts["failed_ssrf_refused"] == 2
     assert demo_web.requests["/img/fashion/00000.png"] == requested  # no request was made
+
+
+def test_blocked_hosts_are_never_fetched_even_through_a_redirect(demo_web, tmp_root):
+    """curate.url_blocklist dropped rows whose URL or page was on a listed domain, but the
+    fetch followed redirects anywhere: an image on an allowed host that redirects to a
+    blocked one was fetched from it and kept. The fetch now refuses every hop to a listed
+    domain, before any lookup or request (``url_blocked``)."""
+    cfg = PipelineConfig.model_validate({
+        "storage": {"root": str(tmp_root)},
+        "crawl": {"allow_private_networks": True},
+        "download": {"processes_count": 1, "thread_count": 4, "timeout": 3, "image_size": 32},
+        "curate": {"url_blocklist": [SSRF_TEST_NAME]},
+    })  # fmt: skip
+    storage = Storage(cfg.storage)
+    port = demo_web.url.rsplit(":", 1)[1]
+    via_redirect = f"{demo_web.url}{SSRF_ROUTES['redirect_to_name']}"
+    direct = f"http://cdn.{SSRF_TEST_NAME}:{port}/img/fashion/00000.png"
+    good = fashion_urls(demo_web, 2)
+    write_candidates(storage, [via_redirect, direct, *good])
+    result = download(cfg, storage)
+    rows = shard_results(storage).set_index("url")
+    refused = pd.read_parquet(storage.uri("download", "_input", "refused.parquet"))
+    reasons = {**dict(zip(refused["url"], refused["reason"], strict=True)), **rows["reason"]}
+    assert reasons[via_redirect] == "url_blocked"
+    assert reasons[direct] == "url_blocked"  # refused before a DNS lookup, not dns_error
+    assert {reasons[u] for u in good} == {"success"}
+    assert result.counts["failed_url_blocked"] == 2
 
 
 def test_pixel_cap_refuses_a_bomb_from_its_header(monkeypatch):
