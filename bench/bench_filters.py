@@ -162,10 +162,13 @@ def rules_pandas(frame: pd.DataFrame, cfg: CurateConfig) -> pd.DataFrame:
     side = frame[["original_width", "original_height"]]
     out["drop_image_too_small"] = side.min(axis=1) < p["min_image_side"]
     out["drop_aspect_ratio"] = side.max(axis=1) > p["max_aspect_ratio"] * side.min(axis=1)
+    below = np.where(words < p["language_short_words"],
+                     p["min_allowed_language_probability_short"],
+                     p["min_allowed_language_probability"])  # fmt: skip
     out["drop_language"] = (
         (len(p["allowed_languages"]) > 0)
         & (chars >= p["language_min_chars"]).fillna(False)
-        & (frame["language_allowed_probability"] < p["min_allowed_language_probability"])
+        & (frame["language_allowed_probability"] < below)
     )
     blocked = pd.Series(False, index=frame.index)
     for domain in p["url_blocklist"]:

@@ -89,11 +89,14 @@ SELECT
     coalesce(greatest(original_width, original_height)
         > $max_aspect_ratio * least(original_width, original_height), FALSE) AS drop_aspect_ratio,
     -- Dropped when the language identifiers' mean probability of the allowed languages is
-    -- low (tasks/curate/language.py); not judged below language_min_chars.
+    -- low (tasks/curate/language.py), lower still on short captions, where they read less;
+    -- not judged below language_min_chars.
     coalesce(len($allowed_languages) > 0
         AND caption_chars >= $language_min_chars
-        AND language_allowed_probability < $min_allowed_language_probability, FALSE)
-        AS drop_language,
+        AND language_allowed_probability < CASE
+            WHEN caption_words < $language_short_words THEN $min_allowed_language_probability_short
+            ELSE $min_allowed_language_probability
+        END, FALSE) AS drop_language,
     coalesce(url_host IN (SELECT host FROM blocked_hosts)
         OR page_host IN (SELECT host FROM blocked_hosts), FALSE) AS drop_url_blocked,
     -- LAION keeps clip_score >= a threshold; DataComp keeps the top fraction.

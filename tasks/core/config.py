@@ -223,6 +223,10 @@ class CurateConfig(_Section):
     """A caption is dropped as ``language`` when the language identifiers' mean probability
     that it is in one of ``allowed_languages`` is below this (``tasks/curate/language.py``;
     calibrated by ``bench/bench_language_quality.py``)."""
+    min_allowed_language_probability_short: float = Field(0.01, ge=0, le=1)
+    """The same, for captions of fewer than ``language_short_words`` words: the identifiers
+    read less there, and English drops concentrate in them (calibrated alike)."""
+    language_short_words: int = Field(4, ge=0)
     language_min_chars: int = Field(0, ge=0)
     """Captions shorter than this are not judged by language."""
     url_blocklist: list[str] = Field(default_factory=list)

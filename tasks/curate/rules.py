@@ -60,6 +60,8 @@ def rule_parameters(cfg: CurateConfig) -> dict[str, Any]:
         "max_aspect_ratio": cfg.max_aspect_ratio,
         "allowed_languages": list(cfg.allowed_languages),
         "min_allowed_language_probability": cfg.min_allowed_language_probability,
+        "min_allowed_language_probability_short": cfg.min_allowed_language_probability_short,
+        "language_short_words": cfg.language_short_words,
         "language_min_chars": cfg.language_min_chars,
         "url_blocklist": list(cfg.url_blocklist),  # canonical: CurateConfig validates it
         "clip_score_min": cfg.clip_score_min,

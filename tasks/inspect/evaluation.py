@@ -25,7 +25,13 @@ RULE_THRESHOLDS: dict[str, tuple[str, ...]] = {
     ),
     "image_too_small": ("min_image_side",),
     "aspect_ratio": ("max_aspect_ratio",),
-    "language": ("allowed_languages", "min_allowed_language_probability", "language_min_chars"),
+    "language": (
+        "allowed_languages",
+        "min_allowed_language_probability",
+        "min_allowed_language_probability_short",
+        "language_short_words",
+        "language_min_chars",
+    ),
     "url_blocked": ("url_blocklist",),
     "clip_score": ("clip_score_min", "clip_score_top_fraction"),
     "eval_contamination": (
