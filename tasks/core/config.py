@@ -227,6 +227,7 @@ class CurateConfig(_Section):
     """The same, for captions of fewer than ``language_short_words`` words: the identifiers
     read less there, and English drops concentrate in them (calibrated alike)."""
     language_short_words: int = Field(4, ge=0)
+    """Captions of fewer words (``caption_words``) are judged against the short threshold."""
     language_min_chars: int = Field(0, ge=0)
     """Captions shorter than this are not judged by language."""
     url_blocklist: list[str] = Field(default_factory=list)
