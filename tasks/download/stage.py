@@ -217,7 +217,7 @@ def _img2dataset(cfg: PipelineConfig, output_folder: str, url_list: str) -> None
             input_format="parquet",
             url_col="url",
             caption_col="caption",
-            save_additional_columns=["page_url", "source", "caption_original_chars"],
+            save_additional_columns=[c for c in CANDIDATE_COLUMNS if c not in ("url", "caption")],
             output_format="webdataset",
             image_size=d.image_size,
             resize_mode=d.resize_mode,
