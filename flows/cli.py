@@ -9,11 +9,15 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tasks.core.config import ALLOW_PRIVATE_ENV, ConfigError, PipelineConfig, load_config
 from tasks.core.lineage import StaleUpstream, pipeline_status, read_manifest
 from tasks.core.storage import Storage
 from tasks.stages import PIPELINE, STAGES, stage
+
+if TYPE_CHECKING:
+    from flows.temporary_server import TemporaryServer
 
 
 def _parse_stages(text: str | None) -> list[str] | None:
@@ -148,15 +152,25 @@ def main(argv: list[str] | None = None) -> int:
 
         serve(cfg, args.host, args.port)
         return 0
+    stages = _parse_stages(getattr(args, "stages", None))  # refused before anything starts
+    # Every command from here runs flows: Prefect's temporary server (when no server is
+    # configured) boots on the other core while they import (flows/temporary_server.py).
+    from flows.temporary_server import start_in_background, without_heartbeats
+
+    server = start_in_background()
     if args.command == "demo":
         from flows.demo import run_demo
 
-        return run_demo(
-            args.config, with_moto=args.with_moto, web_size=args.web_size, web_dir=args.web_dir
-        )
+        server.wait()
+        with without_heartbeats():
+            return run_demo(
+                args.config, with_moto=args.with_moto, web_size=args.web_size,
+                web_dir=args.web_dir,
+            )  # fmt: skip
     started = datetime.now(UTC)
     try:
-        _run(args, cfg)
+        with without_heartbeats():
+            _run(args, cfg, stages, server)
     except StaleUpstream as refused:
         print(f"clipflow: {refused}".replace("CONFIG", args.config), file=sys.stderr)
         return 3
@@ -165,16 +179,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace, cfg: PipelineConfig) -> None:
+def _run(
+    args: argparse.Namespace,
+    cfg: PipelineConfig,
+    stages: list[str] | None,
+    server: TemporaryServer,
+) -> None:
+    """Import the flow the command runs, wait for the temporary server (if any), run it."""
     if args.command == "run":
         from flows.pipeline import pipeline_flow
 
-        stages = _parse_stages(args.stages)
+        server.wait()
         pipeline_flow(config=cfg, stages=stages, force=args.force, with_upstream=args.with_upstream)
         return
     from flows.common import load_flow
 
-    load_flow(args.command)(config=with_options(cfg, args), force=args.force)
+    flow = load_flow(args.command)
+    server.wait()
+    flow(config=with_options(cfg, args), force=args.force)
 
 
 def with_options(cfg: PipelineConfig, args: argparse.Namespace) -> PipelineConfig:

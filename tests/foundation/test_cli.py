@@ -62,8 +62,11 @@ def test_demo_opens_loopback_for_its_own_config_only(monkeypatch):
     """`clipflow demo` serves the demo web on 127.0.0.1, so it sets the private-network
     switch itself before the config is validated; `clipflow run` on the same config does not."""
     import flows.demo
+    import flows.temporary_server
 
     monkeypatch.delenv("CLIPFLOW_ALLOW_PRIVATE_NETWORKS")
+    # No flow runs here, so no temporary Prefect server is booted for one.
+    monkeypatch.setattr(flows.temporary_server, "uses_temporary_server", lambda: False)
     assert main(["run", "configs/demo.yaml", "--stages", "crawl"]) == 2  # refused up front
     calls: list[str] = []
     monkeypatch.setattr(flows.demo, "run_demo", lambda path, **_: calls.append(path) or 0)
