@@ -161,11 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from flows.demo import run_demo
 
-        server.wait()
         with without_heartbeats():
             return run_demo(
                 args.config, with_moto=args.with_moto, web_size=args.web_size,
-                web_dir=args.web_dir,
+                web_dir=args.web_dir, server=server,
             )  # fmt: skip
     started = datetime.now(UTC)
     try:

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from demo.build_lock import one_builder
 from flows.pipeline import pipeline_flow, pipeline_summary
+from flows.temporary_server import TemporaryServer
 from tasks.core.config import ALLOW_PRIVATE_ENV, PipelineConfig, load_config
 from tasks.core.storage import Storage
 
@@ -109,10 +110,15 @@ def inspect_line(config_path: str, cfg: PipelineConfig) -> str:
 
 
 def run_demo(
-    config_path: str, with_moto: bool = False, web_size: str = "demo", web_dir: Path | None = None
+    config_path: str,
+    with_moto: bool = False,
+    web_size: str = "demo",
+    web_dir: Path | None = None,
+    server: TemporaryServer | None = None,
 ) -> int:
     """Serve the demo web (preset ``web_size``, built into ``web_dir``), run the pipeline on
-    it, print the summary."""
+    it, print the summary. ``server``: Prefect's temporary server booting in the background
+    (``clipflow demo``), waited for inside the wall time the demo prints."""
     from demo.web import serve
 
     # The demo web is served on loopback: the demo (and only the demo) opens the SSRF guard
@@ -129,6 +135,8 @@ def run_demo(
         moto = _start_moto(cfg.storage.s3_endpoint_url, cfg.storage.root[5:].split("/")[0])
     started = time.monotonic()
     try:
+        if server is not None:
+            server.wait()
         with serve(site, host=seed.hostname or "127.0.0.1", port=seed.port or 80):
             pipeline_flow(config=cfg)
         # The summary reads the manifests from storage: before moto (in memory) stops.
