@@ -23,7 +23,6 @@ import contextlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.bench_demo import build_validation, validation_acc1  # noqa: E402
+from bench.bench_demo import build_validation, clipflow, validation_acc1  # noqa: E402
 from tasks.core.config import ALLOW_PRIVATE_ENV, load_config  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "recipe.jsonl"
@@ -69,15 +68,11 @@ def retrain(config: Path, seed: int, assignments: list[str], folder: Path) -> di
     path = folder / f"seed{seed}.yaml"
     path.write_text(yaml.safe_dump(run_config(config, seed, assignments)))
     started = time.monotonic()
-    proc = subprocess.run(
-        [str(Path(sys.executable).with_name("clipflow")), "run", str(path),
-         "--stages", "shard,train,evaluate", "--force", "shard"],
-        cwd=REPO, capture_output=True, text=True, env={**os.environ, ALLOW_PRIVATE_ENV: "1"},
-    )  # fmt: skip
-    if proc.returncode:
-        raise SystemExit(
-            f"seed {seed}: clipflow run failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
-        )
+    code, output = clipflow(
+        "run", str(path), "--stages", "shard,train,evaluate", "--force", "shard"
+    )
+    if code:
+        raise SystemExit(f"seed {seed}: clipflow run failed:\n{output[-3000:]}")
     wall = time.monotonic() - started
     root = Path(load_config(path).storage.root)
     results = json.loads((root / "eval" / "results.json").read_text())["results"]
