@@ -75,11 +75,17 @@ def load_average() -> float:
 
 def clipflow(*args: str) -> tuple[int, str]:
     """Run the ``clipflow`` CLI in a process group of its own (exit code, output); the group
-    (Prefect's server, torchrun's ranks) dies with the bench if the bench is stopped."""
+    (Prefect's server, torchrun's ranks) dies with the bench if the bench is stopped.
+
+    The CLI runs this checkout's code: the venv's ``clipflow`` script would otherwise import
+    the checkout the venv was installed from (its editable finder), so a copy of the bench in
+    a git worktree of a lever under test would time the main checkout. ``PYTHONPATH`` is
+    searched first, and torchrun's ranks inherit it."""
     exe = Path(sys.executable).with_name("clipflow")
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     proc = subprocess.Popen(
         [str(exe), *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, ALLOW_PRIVATE_ENV: "1"}, start_new_session=True,
+        env={**os.environ, ALLOW_PRIVATE_ENV: "1", "PYTHONPATH": path}, start_new_session=True,
     )  # fmt: skip
     try:
         output, _ = proc.communicate()

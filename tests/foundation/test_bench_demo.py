@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -54,3 +56,30 @@ def test_table_has_a_row_per_run_and_the_spread():
     spread = rows[-1].split(" | ")
     assert spread[0] == "| spread" and spread[2:8] == ["2.5"] * 6
     assert spread[8] == "15.0" and spread[9] == "2.12"
+
+
+def test_clipflow_runs_the_checkout_the_benchmark_lives_in(tmp_path):
+    # The venv's `clipflow` script imports through the editable install, i.e. the checkout the
+    # venv was installed from; a copy of the benchmark in another checkout (a git worktree of
+    # a lever under test) must run that checkout's code, not the install's.
+    worktree = tmp_path / "worktree"
+    (worktree / "bench").mkdir(parents=True)
+    (worktree / "bench" / "bench_demo.py").write_text(
+        (REPO / "bench" / "bench_demo.py").read_text()
+    )
+    (worktree / "flows").mkdir()
+    (worktree / "flows" / "__init__.py").write_text("")
+    (worktree / "flows" / "cli.py").write_text(
+        "import sys\n\ndef main():\n    print('worktree code', sys.argv[1:])\n    return 0\n"
+    )
+    script = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('b', {str(worktree / 'bench' / 'bench_demo.py')!r})\n"
+        "b = importlib.util.module_from_spec(spec); spec.loader.exec_module(b)\n"
+        "print(b.clipflow('status', 'x.yaml'))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert "(0, \"worktree code ['status', 'x.yaml']\\n\")" in out.stdout, out.stdout
