@@ -73,13 +73,16 @@ def test_clipflow_runs_the_checkout_the_benchmark_lives_in(tmp_path):
         "import sys\n\ndef main():\n    print('worktree code', sys.argv[1:])\n    return 0\n"
     )
     script = (
-        "import importlib.util, sys\n"
+        "import importlib.util\n"
         f"spec = importlib.util.spec_from_file_location('b', {str(worktree / 'bench' / 'bench_demo.py')!r})\n"
         "b = importlib.util.module_from_spec(spec); spec.loader.exec_module(b)\n"
-        "print(b.clipflow('status', 'x.yaml'))\n"
+        "code, output = b.clipflow('status', 'x.yaml')\n"
+        "print('exit', code); print(output)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr
-    assert "(0, \"worktree code ['status', 'x.yaml']\\n\")" in out.stdout, out.stdout
+    assert out.stdout.splitlines()[:2] == ["exit 0", "worktree code ['status', 'x.yaml']"], (
+        out.stdout
+    )
