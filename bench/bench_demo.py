@@ -8,8 +8,8 @@ times come from the stage manifests. The spread (max - min over runs) tells how 
 fresh runs differ: wall times on a shared machine, and accuracy. Fresh runs over one web keep
 the same samples in the same order, so their accuracies agree; ``--shard-seeds 0,1,2`` gives
 run i the shard stage's seed i (another order of the same samples), which shows how much the
-result owes to the order the model sees the data in (README: 65.7% and 83.9% on seeds 0 and
-1 before the demo clipped its gradients).
+result owes to the order the model sees the data in (docs/DEMO.md: 65.7% and 83.9% on seeds
+0 and 1 before the demo clipped its gradients).
 
     .venv/bin/python bench/bench_demo.py [--runs 2] [--config configs/demo.yaml] [--port 8765]
     .venv/bin/python bench/bench_demo.py --runs 2 --shard-seeds 0,1

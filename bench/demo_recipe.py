@@ -4,7 +4,7 @@ Retrains the demo's curated rows (run ``make demo`` first) with train-section ov
 per shard seed (each seed is another order of the same samples), and prints each run's
 Fashion-MNIST zero-shot acc1 on the validation set (10,000 Fashion-MNIST *train* images the
 demo web never shows) and on the test set, then the means. Choose recipes on the validation
-column; the README's table of the levers measured on 2026-12-03 (issue 18) came from it.
+column; docs/DEMO.md's table of the levers measured on 2026-12-03 (issue 18) came from it.
 
     .venv/bin/python bench/demo_recipe.py --seeds 0,1,2                        # the default
     .venv/bin/python bench/demo_recipe.py --seeds 0,1,2 --set train.batch_size=128

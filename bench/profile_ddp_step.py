@@ -18,7 +18,7 @@ The modes that leave something out train wrongly; they only time the rest. ``--f
 each rank's first batch (no data loading; the same work every step). Prints, per mode, rank
 0's mean milliseconds per phase, and the mean of the slower rank's step and the mean
 difference between the ranks' steps (time one rank waits for the other at a collective).
-Measured on the demo's shards (2026-12-02): README, issue 18's levers.
+Measured on the demo's shards (2026-12-02): docs/DEMO.md, issue 18's levers.
 """
 
 from __future__ import annotations

@@ -164,14 +164,14 @@ class TrainConfig:
     own block of the cores it may use, block ``LOCAL_RANK`` of ``LOCAL_WORLD_SIZE`` equal
     blocks, as CPU launchers bind instances to cores; nothing where there are fewer cores
     than ranks. The same arithmetic; on the demo's two ranks a step waits less at the
-    collectives (README, issue 18)."""
+    collectives (docs/DEMO.md, issue 18)."""
     host_collectives: bool = False
     """On CPU, with every rank on this host: DDP's gradient all-reduce and the CLIP loss's
     feature gathers go through shared memory (``model/host_collectives.py``) instead of
     gloo's loopback TCP and worker threads; the rest (start-up, logging, checkpoints) stays
     on gloo. The same sums, bit for bit with two ranks. Refused with ranks on several nodes;
     ignored on GPUs (NCCL). On the demo's two ranks a step waits less at the collectives
-    (README, issue 18)."""
+    (docs/DEMO.md, issue 18)."""
     decoded_cache_mb: int = 0
     """MiB each data-loader worker keeps in memory (0: none): decoded images, and whole
     shards' samples once read to their end, so that a dataset that fits is read and decoded
