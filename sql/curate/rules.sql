@@ -4,18 +4,45 @@
 -- `features` carries rid, the row's position in the input (0..n-1, shard by shard), and
 -- the features parsed per shard: url_host, page_host, caption_norm, caption_words.
 -- Besides the flags it adds two measures: caption_chars and native_detail.
-WITH repeated_key_hashes AS (
-    -- Sorting 32-bit hashes of the keys is far cheaper than grouping the strings (or sorting
-    -- 64-bit hashes). Only rows whose hash repeats are then compared by key: a collision
-    -- (about n^2 / 2^33 of them) costs a comparison, never a wrong answer.
+WITH read_order AS MATERIALIZED (
+    -- Each row beside the row read before it. Where every (key, rid) is above the one before,
+    -- the keys are in order and each key's rows lie together, lowest rid first: the repeats
+    -- are then exactly the rows whose key equals the key before, found in one pass with no
+    -- sort. The stage's table is in key order (img2dataset numbers keys by shard and position;
+    -- each feature part is in key order, tasks.curate.features), so this is the usual case.
+    -- Any other order (a NULL key included) is answered by the hash check below. MATERIALIZED:
+    -- both answers must read the same order.
+    SELECT
+        rid,
+        key = previous_key AS repeats_previous,
+        key IS NULL OR coalesce(key < previous_key OR (key = previous_key AND rid < previous_rid),
+                                FALSE) AS out_of_order
+    FROM (
+        SELECT rid, key, lag(key) OVER () AS previous_key, lag(rid) OVER () AS previous_rid
+        FROM features
+    )
+),
+keys_in_order AS (
+    SELECT NOT coalesce(bool_or(out_of_order), FALSE) AS yes FROM read_order
+),
+repeated_key_hashes AS (
+    -- Out of order only (otherwise it reads no row). Sorting 32-bit hashes of the keys is far
+    -- cheaper than grouping the strings (or sorting 64-bit hashes). Only rows whose hash
+    -- repeats are then compared by key: a collision (about n^2 / 2^33 of them) costs a
+    -- comparison, never a wrong answer.
     SELECT DISTINCT key_hash FROM (
         SELECT key_hash, lag(key_hash) OVER (ORDER BY key_hash) AS previous_hash
-        FROM (SELECT (hash(key) >> 32)::UINTEGER AS key_hash FROM features)
+        FROM (
+            SELECT (hash(key) >> 32)::UINTEGER AS key_hash FROM features
+            WHERE NOT (SELECT yes FROM keys_in_order)
+        )
     )
     WHERE key_hash = previous_hash
 ),
 duplicate_keys AS (
     -- The first row (by rid) owns a key; later rows with the same key are bad input.
+    SELECT rid FROM read_order WHERE repeats_previous AND (SELECT yes FROM keys_in_order)
+    UNION ALL
     SELECT rid FROM (
         SELECT rid, min(rid) OVER (PARTITION BY key) AS owner_rid
         FROM features

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
@@ -287,7 +288,12 @@ def shard_features(
     """The feature table (FEATURE_SCHEMA) of one download shard, one row per parquet row,
     and with a scorer the (rows, d) image embeddings (NaN rows where no image decoded).
     ``language_allowed_probability`` is of ``allowed_languages`` (features are computed on
-    every curate run, so a changed list is always read afresh)."""
+    every curate run, so a changed list is always read afresh).
+
+    Rows are in key order (``row_in_shard`` keeps each one's place in the parquet, which
+    img2dataset writes as downloads finish): the order keys were handed out, so a rerun of
+    the same download numbers rows alike, and the rules' duplicate-key check finds the
+    table in order (sql/curate/rules.sql)."""
     table = read_shard_rows(storage, parquet_uri)
     shard_name = posixpath.basename(parquet_uri).removesuffix(".parquet")
     tar_uri = parquet_uri.removesuffix(".parquet") + ".tar"
@@ -320,7 +326,9 @@ def shard_features(
     columns["thumb"] = [info.thumb if info else None for info in infos]
     columns["image_sha256"] = [info.sha256 if info else None for info in infos]
     columns["clip_score"], embeddings = _clip_columns(embedder, columns, infos)
-    return pa.table(columns, schema=FEATURE_SCHEMA), embeddings
+    features = pa.table(columns, schema=FEATURE_SCHEMA)
+    order = pc.sort_indices(features, [("key", "ascending", "at_end")])  # stable
+    return features.take(order), None if embeddings is None else embeddings[order.to_numpy()]
 
 
 def _clip_columns(

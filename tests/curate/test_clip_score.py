@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import io
 import json
+import posixpath
 import tarfile
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
@@ -23,6 +26,8 @@ from model import create_model
 from tasks.core.config import ConfigError
 from tasks.core.storage import Storage
 from tasks.curate.clip_score import ClipScorer
+from tasks.curate.features import shard_features
+from tasks.curate.stage import list_download_shards
 from tasks.curate.stage import curate
 from tests.curate.conftest import DownloadedWeb
 
@@ -98,6 +103,36 @@ def test_semantic_dedup_drops_the_planted_copies_and_only_them(scored, downloade
         (kept,) = {copy, original} - {gone}
         assert by_url.loc[gone, "duplicate_of"] == by_url.loc[kept, "key"]
         assert by_url.loc[kept, "keep"]
+
+
+def test_a_part_lists_its_rows_in_key_order_each_with_its_own_embedding(
+    scored, downloaded_web, tmp_path
+):
+    """img2dataset writes a shard's rows as their downloads finish. A part lists them in key
+    order, the order the download handed the keys out, so a row's rid (its place in curate's
+    table) does not depend on the download's timing, and the duplicate-key rule reads the
+    keys in order (sql/curate/rules.sql). Each row's embedding moves with it."""
+    _, _, _, checkpoint = scored
+    root = downloaded_web.root_with_download(tmp_path / "root")
+    storage = Storage(downloaded_web.config(root).storage)
+    shard = list_download_shards(storage)[0]
+    path = root / "download" / posixpath.basename(shard)
+    written = pq.read_table(path)  # as a download that finished its rows backwards lists them
+    pq.write_table(written.take(pc.sort_indices(written, [("key", "descending")])), path)
+    scorer = ClipScorer(checkpoint, "clipflow-tiny")
+    features, embeddings = shard_features(storage, shard, [], scorer)
+    n = written.num_rows
+    assert features["key"].to_pylist() == sorted(written["key"].to_pylist())
+    assert features["row_in_shard"].to_pylist() == list(range(n - 1, -1, -1))
+    assert embeddings is not None and embeddings.shape[0] == n
+    ok = [i for i, state in enumerate(features["image_state"].to_pylist()) if state == "ok"]
+    assert len(ok) >= 3
+    with tarfile.open(path.with_suffix(".tar")) as tar:
+        for i in (ok[0], ok[len(ok) // 2], ok[-1]):
+            member = tar.extractfile(f"{features['key'][i]}.jpg")
+            image = Image.open(io.BytesIO(member.read())).convert("RGB")  # type: ignore[union-attr]
+            np.testing.assert_allclose(embeddings[i], scorer.image_embeddings([image])[0],
+                                       atol=1e-4)  # fmt: skip
 
 
 def test_semantic_dedup_without_a_checkpoint_is_a_config_error(downloaded_web, tmp_path):

@@ -9,6 +9,7 @@ import re
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from PIL import Image
 
@@ -269,6 +270,38 @@ def test_duplicate_keys_after_the_first_and_blocked_hosts_are_flagged():
     cfg = CurateConfig(url_blocklist=["spam.example"])
     assert _rule_flags(rows, cfg, "duplicate_key") == [False, False, True, False, True]
     assert _rule_flags(rows, cfg, "url_blocked") == [True, True, False, False, False]
+
+
+@pytest.mark.parametrize(
+    "read_order",
+    ["key then rid", "key then rid, descending", "key, NULL first", "shuffled", "rid"],
+)
+def test_duplicate_key_flags_each_repeat_after_the_lowest_rid_in_any_read_order(read_order):
+    """The rule reads keys in one pass where the table is in (key, rid) order and falls back
+    to hashing otherwise (sql/curate/rules.sql): every order must give the same flags."""
+    rng = np.random.default_rng(7)
+    keys = [None if k == 0 else f"{k:03d}" for k in rng.integers(0, 60, size=400)]
+    if read_order != "key, NULL first":
+        keys = [k or "000" for k in keys]
+    table = _features([{"key": k} for k in keys])  # rid = position in `keys`
+    seen: set[str | None] = set()
+    expected = []
+    for k in keys:
+        expected.append(k in seen)
+        seen.add(k)
+    assert 0 < sum(expected) < len(keys)
+    by = {"key then rid": [("key", "ascending", "at_end"), ("rid", "ascending")],
+          "key then rid, descending": [("key", "ascending", "at_end"), ("rid", "descending")],
+          "key, NULL first": [("key", "ascending", "at_start"), ("rid", "ascending")]}  # fmt: skip
+    if read_order in by:
+        table = table.take(pc.sort_indices(table, by[read_order]))
+    elif read_order == "shuffled":
+        table = table.take(rng.permutation(len(keys)))
+    con = duckdb.connect()
+    con.register("features", table)
+    apply_rules(con, CurateConfig())
+    flags = con.execute("SELECT drop_duplicate_key FROM rules ORDER BY rid").fetchall()
+    assert [flag for (flag,) in flags] == expected
 
 
 def test_blocklist_sees_through_spellings_of_a_host_that_resolve_alike():
