@@ -27,8 +27,7 @@ from tasks.core.config import ConfigError
 from tasks.core.storage import Storage
 from tasks.curate.clip_score import ClipScorer
 from tasks.curate.features import shard_features
-from tasks.curate.stage import list_download_shards
-from tasks.curate.stage import curate
+from tasks.curate.stage import curate, list_download_shards
 from tests.curate.conftest import DownloadedWeb
 
 TOP_FRACTION = 0.5
