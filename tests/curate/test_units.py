@@ -302,6 +302,11 @@ def test_duplicate_key_flags_each_repeat_after_the_lowest_rid_in_any_read_order(
     apply_rules(con, CurateConfig())
     flags = con.execute("SELECT drop_duplicate_key FROM rules ORDER BY rid").fetchall()
     assert [flag for (flag,) in flags] == expected
+    # ... and the one-pass path is the one taken exactly where (key, rid) ascends.
+    text, _ = bind("curate/rules", rule_parameters(CurateConfig()))
+    order_check = text[: text.index("repeated_key_hashes AS")].rstrip().removesuffix(",")
+    (in_order,) = con.execute(f"{order_check} SELECT yes FROM keys_in_order").fetchone()
+    assert in_order == (read_order == "key then rid")
 
 
 def test_blocklist_sees_through_spellings_of_a_host_that_resolve_alike():
