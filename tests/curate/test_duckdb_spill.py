@@ -28,9 +28,12 @@ RAW_BYTES = (
 )
 
 
-def _write_parts(folder: Path) -> list[str]:
-    """ROWS feature rows in PARTS Parquet files; every key twice, so the duplicate-key
-    window partitions the whole table by its 44-character keys."""
+def _write_parts(folder: Path, keys_in_order: bool) -> list[str]:
+    """ROWS feature rows in PARTS Parquet files; every 44-character key twice. In key order
+    the duplicate-key rule reads them in one pass; out of it, its hash check partitions the
+    whole table by key (sql/curate/rules.sql): both must spill."""
+    # 7,919 is prime to ROWS, so i -> i * 7,919 mod ROWS is a permutation: each key twice.
+    position = "i" if keys_in_order else f"i * 7919 % {ROWS}"
     folder.mkdir()
     gen = duckdb.connect()
     files = []
@@ -39,7 +42,7 @@ def _write_parts(folder: Path) -> list[str]:
         lo, hi = p * ROWS // PARTS, (p + 1) * ROWS // PARTS
         gen.execute(f"""
             COPY (
-                SELECT i AS rid, 'key-' || lpad((i // 2)::VARCHAR, 40, '0') AS key,
+                SELECT i AS rid, 'key-' || lpad(({position} // 2)::VARCHAR, 40, '0') AS key,
                     'cdn' || i % 500 || '.site.com' AS url_host,
                     'cdn' || i % 500 || '.site.com' AS page_host,
                     'a photo of thing ' || i * 7919 % 1000003 || ' on a table' AS caption,
@@ -61,8 +64,11 @@ def _write_parts(folder: Path) -> list[str]:
     return files
 
 
-def test_rules_spill_past_the_memory_limit_with_the_unlimited_answer(tmp_path: Path):
-    files = _write_parts(tmp_path / "parts")
+@pytest.mark.parametrize("keys_in_order", [True, False], ids=["keys in order", "keys unordered"])
+def test_rules_spill_past_the_memory_limit_with_the_unlimited_answer(
+    tmp_path: Path, keys_in_order: bool
+):
+    files = _write_parts(tmp_path / "parts", keys_in_order)
     cfg = CurateConfig(duckdb_memory_limit="64MB", duckdb_temp_dir=str(tmp_path / "spill"))
 
     unlimited = connect(":memory:")
